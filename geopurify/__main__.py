@@ -1,0 +1,5 @@
+import sys
+
+from geopurify.cli import main
+
+sys.exit(main())

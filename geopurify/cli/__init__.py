@@ -1,0 +1,49 @@
+"""`geopurify` console script: a thin dispatcher over one module per sub-command.
+
+Each module in COMMANDS defines `add_parser(subparsers)` (registering its sub-command and
+setting `func`) and keeps the real work in the pipeline packages. An InputError anywhere
+becomes one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from geopurify.errors import EXIT_BAD_INPUT, InputError
+
+# sub-command modules under geopurify.cli, in the order `--help` lists them
+COMMANDS = ["synth", "prepare", "lift", "eval", "select_subset", "train", "val", "demo", "query"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="geopurify", description="Open-vocabulary 3D segmentation with GeoPurify.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMANDS:
+        try:
+            mod = importlib.import_module(f"geopurify.cli.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"geopurify.cli.{name}":
+                continue  # command not built yet
+            raise
+        mod.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        rc = args.func(args)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
