@@ -1,0 +1,34 @@
+"""The interface every 2D vision-language backend implements.
+
+Lifting only needs per-view feature maps and the text side only needs prompt embeddings, both
+in one shared space, so a backend is two methods. `simulated` must be True for stand-ins; every
+report that uses such a backend says so.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+from geopurify.data.scene import Frame, Scene
+
+
+class VLM(ABC):
+    name: str = "vlm"
+    simulated: bool = False
+    dim: int = 0
+
+    @abstractmethod
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        """(P, dim) float32, L2-normalised."""
+
+    @abstractmethod
+    def frame_features(self, scene: Scene, frame_index: int, image_hw: tuple[int, int]) -> torch.Tensor:
+        """(dim, h, w) float32 feature map of one frame, for an image resized to `image_hw` = (H, W).
+
+        (h, w) may be coarser than (H, W) (patch features); lifting samples it at the projected
+        pixel scaled to (h, w). Features should be L2-normalised per pixel.
+        """
+
+    def describe(self) -> str:
+        return f"{self.name} (SIMULATED stand-in)" if self.simulated else self.name
