@@ -75,6 +75,7 @@ class Scene:
     label_space: str = "nyu40"
     source: str = "unknown"  # "scannet", "matterport", "synthetic (procedural room)", ...
     path: Path | None = None
+    meta: dict = field(default_factory=dict)  # reader notes, e.g. {"skipped_frames": 2, "depth_scale": 1000.0}
     _normals: np.ndarray | None = field(default=None, repr=False)
 
     @property
