@@ -1,0 +1,52 @@
+"""`geopurify val`: evaluate a trained checkpoint on the validation split (the seed's run/val.sh)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from geopurify.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("val", help="purify and evaluate the validation split with a trained student")
+    p.add_argument("--exp_dir", "--exp-dir", required=True, type=Path, help="experiment directory (holds model/)")
+    p.add_argument("--config", required=True, type=Path, help="YAML config (as used for training)")
+    p.add_argument("--ckpt_name", "--ckpt-name", default="geopurify.pth", help="checkpoint file under <exp_dir>/model/")
+    p.add_argument("--split", default="val", choices=["train", "val"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--vlm", default=None, help="override lift.vlm")
+    p.add_argument("--vlm-path", default=None, help="override lift.vlm_path")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from geopurify.config import load_config
+    from geopurify.data.splits import resolve_scenes
+    from geopurify.distill.checkpoint import load_student
+    from geopurify.evaluate.metrics import format_table
+    from geopurify.evaluate.split import evaluate_scenes, summary_table
+
+    overrides: dict = {}
+    if args.vlm or args.vlm_path:
+        overrides["lift"] = {k: v for k, v in (("vlm", args.vlm), ("vlm_path", args.vlm_path)) if v}
+    cfg = load_config(args.config, overrides)
+    ckpt = args.exp_dir / "model" / args.ckpt_name
+    if not ckpt.exists():
+        raise InputError(ckpt, "checkpoint not found (train first: sh run/train.sh --exp_dir=... --config=...)")
+    model, meta = load_student(ckpt, args.device)
+    scenes = resolve_scenes(cfg, args.split)
+    out_dir = args.exp_dir / "result" / Path(args.ckpt_name).stem / args.split
+    cache = Path(cfg["data"]["cache_dir"]) if cfg["data"]["cache_dir"] else args.exp_dir / "cache"
+    log.info("evaluating %s on %d %s scenes -> %s", ckpt, len(scenes), args.split, out_dir)
+    report = evaluate_scenes(cfg, scenes, model, out_dir, cache, device=args.device)
+    report["checkpoint"] = {"path": str(ckpt), **{k: meta.get(k) for k in ("teacher", "vlm", "student", "epoch") if k in meta}}
+    from geopurify.io import write_json
+
+    write_json(out_dir / "metrics.json", report)
+    print(f"VLM: {report['vlm']}   label set: {report['label_set']}   scenes: {len(scenes)}")
+    print(format_table(report["metrics"]["purified"]))
+    print(summary_table(report["metrics"]))
+    print(f"wrote {out_dir}/metrics.json, per_class.txt and pred/")
+    return 0
