@@ -1,0 +1,140 @@
+"""Confusion matrix and mIoU / mAcc / f-metrics against hand counts and a plain-loop definition."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from geopurify.evaluate.metrics import IGNORE, confusion, format_table, metrics
+
+NAMES = ["wall", "floor", "chair", "table"]
+# 11 points; the last two are ignored in the ground truth; "table" never occurs in the ground truth
+GT = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2, IGNORE, IGNORE])
+PRED = np.array([0, 0, 0, 2, 1, 0, 2, 3, 2, 0, 3])
+
+
+def test_hand_computed_example():
+    conf = confusion(PRED, GT, 4)
+    assert conf.dtype == np.int64
+    assert conf.tolist() == [[3, 0, 1, 0],
+                             [1, 1, 0, 0],
+                             [0, 0, 2, 1],
+                             [0, 0, 0, 0]]
+    m = metrics(conf, NAMES)
+    # wall 3/(4+4-3), floor 1/(2+1-1), chair 2/(3+3-2); table absent -> left out of the means
+    assert m["mIoU"] == pytest.approx(100 * (3 / 5 + 1 / 2 + 1 / 2) / 3)
+    assert m["mAcc"] == pytest.approx(100 * (3 / 4 + 1 / 2 + 2 / 3) / 3)
+    # f-metrics: wall and floor excluded (ceiling not a class here), table absent -> chair only
+    assert m["f_mIoU"] == pytest.approx(50.0)
+    assert m["f_mAcc"] == pytest.approx(100 * 2 / 3)
+    assert m["absent_classes"] == ["table"]
+    assert m["excluded_from_f"] == ["wall", "floor"]
+    assert m["n_points"] == 9
+    table = {r["name"]: r for r in m["per_class"]}
+    assert table["table"]["iou"] is None and table["table"]["acc"] is None
+    assert table["table"]["pred_points"] == 1 and table["table"]["gt_points"] == 0
+    assert table["wall"]["iou"] == pytest.approx(0.6) and table["wall"]["acc"] == pytest.approx(0.75)
+    assert table["chair"]["gt_points"] == 3 and table["chair"]["pred_points"] == 3
+    json.dumps(m, allow_nan=False)  # JSON-clean: no NaN anywhere
+
+
+def _loop_metrics(pred, gt, n):
+    """The definition, one point and one class at a time."""
+    conf = [[0] * n for _ in range(n)]
+    for p, g in zip(pred.tolist(), gt.tolist()):
+        if g != IGNORE and p != IGNORE:
+            conf[g][p] += 1
+    ious, accs = [], []
+    for c in range(n):
+        tp = conf[c][c]
+        fn = sum(conf[c]) - tp
+        fp = sum(conf[r][c] for r in range(n)) - tp
+        if tp + fn == 0:
+            continue
+        ious.append(tp / (tp + fp + fn))
+        accs.append(tp / (tp + fn))
+    return conf, 100 * sum(ious) / len(ious), 100 * sum(accs) / len(accs)
+
+
+def test_equals_plain_loop_on_random_labels():
+    rng = np.random.default_rng(3)
+    n = 7
+    gt = rng.integers(-1, n - 1, size=5000)  # class n-1 never in the ground truth, -1 = ignore
+    pred = np.where(rng.random(5000) < 0.6, gt, rng.integers(0, n, size=5000))
+    pred[pred == IGNORE] = 0
+    conf_loop, miou, macc = _loop_metrics(pred, gt, n)
+    conf = confusion(torch.from_numpy(pred), torch.from_numpy(gt), n)  # torch input too
+    assert conf.tolist() == conf_loop
+    m = metrics(conf, [f"c{i}" for i in range(n)], exclude=())
+    assert m["mIoU"] == pytest.approx(miou) and m["mAcc"] == pytest.approx(macc)
+    assert m["f_mIoU"] == pytest.approx(miou)
+    assert m["absent_classes"] == [f"c{n - 1}"]
+
+
+def test_accumulates_over_scenes():
+    rng = np.random.default_rng(0)
+    a_gt, b_gt = rng.integers(-1, 5, 3000), rng.integers(-1, 5, 2000)
+    a_pr, b_pr = rng.integers(0, 5, 3000), rng.integers(0, 5, 2000)
+    total = confusion(a_pr, a_gt, 5) + confusion(b_pr, b_gt, 5)
+    joint = confusion(np.concatenate([a_pr, b_pr]), np.concatenate([a_gt, b_gt]), 5)
+    np.testing.assert_array_equal(total, joint)
+
+
+def test_perfect_prediction_and_abstention():
+    gt = np.array([0, 1, 2, 2, IGNORE])
+    m = metrics(confusion(gt.copy(), gt, 3), ["a", "b", "c"])
+    assert m["mIoU"] == 100.0 and m["mAcc"] == 100.0
+    # an abstained point (pred = ignore) is dropped, with a warning, not counted against class 2
+    pred = np.array([0, 1, 2, IGNORE, 1])
+    np.testing.assert_array_equal(confusion(pred, gt, 3), np.diag([1, 1, 1]))
+
+
+def test_bad_ids_and_shapes_raise():
+    with pytest.raises(ValueError, match="outside 0..2"):
+        confusion(np.array([0, 3]), np.array([0, 1]), 3)
+    with pytest.raises(ValueError, match="outside 0..2"):
+        confusion(np.array([0, -2]), np.array([0, 1]), 3)
+    with pytest.raises(ValueError, match="ground truth ids"):
+        confusion(np.array([0, 1]), np.array([0, 5]), 3)
+    with pytest.raises(ValueError, match="points"):
+        confusion(np.array([0, 1, 2]), np.array([0, 1]), 3)
+    with pytest.raises(ValueError, match="integer"):
+        confusion(np.array([0.5, 1.0]), np.array([0, 1]), 3)
+    with pytest.raises(ValueError, match="names"):
+        metrics(np.eye(3, dtype=np.int64), ["a", "b"])
+
+
+def test_no_class_present_gives_null_means():
+    m = metrics(np.zeros((2, 2), np.int64), ["wall", "chair"])
+    assert m["mIoU"] is None and m["f_mAcc"] is None
+    assert m["absent_classes"] == ["wall", "chair"]
+
+
+def test_format_table_lists_every_class_and_the_means():
+    m = metrics(confusion(PRED, GT, 4), NAMES)
+    text = format_table(m, title="toy")
+    lines = text.splitlines()
+    assert lines[0] == "toy"
+    for name in NAMES:
+        assert any(line.startswith(name) for line in lines)
+    assert "absent from ground truth" in next(line for line in lines if line.startswith("table"))
+    assert f"mIoU {m['mIoU']:5.1f}" in text and f"f-mAcc {m['f_mAcc']:5.1f}" in text
+    assert math.isclose(float(next(l for l in lines if l.startswith("wall")).split()[1]), 60.0)
+
+
+def test_classify_by_text_equals_dense_cosine_argmax():
+    from geopurify.evaluate.metrics import classify_by_text
+
+    g = torch.Generator().manual_seed(0)
+    feat = torch.randn(1000, 16, generator=g) * torch.rand(1000, 1, generator=g) * 5
+    text = torch.randn(6, 16, generator=g) * torch.tensor([0.1, 1, 3, 10, 0.5, 2])[:, None]
+    cos = torch.nn.functional.normalize(feat, dim=1) @ torch.nn.functional.normalize(text, dim=1).T
+    expect = cos.argmax(1)
+    got = classify_by_text(feat.half(), text, chunk=97)  # float16 features as stored on disk
+    assert got.dtype == torch.int64
+    # float16 storage may flip near-ties only
+    assert (got == expect).float().mean() > 0.99
+    np.testing.assert_array_equal(classify_by_text(feat, text, chunk=97).numpy(), expect.numpy())
+    with pytest.raises(ValueError, match="same C"):
+        classify_by_text(feat, text[:, :8])
