@@ -1,0 +1,384 @@
+"""Scene readers: one directory per scene -> a validated `Scene` (see docs/data.md for the layout).
+
+A scene directory holds its points in one of two forms:
+- `points_xyzrgb.npy` (N, 6) in the world frame, with optional `labels_nyu40.npy`, `instances.npy`
+  (this project's layout and ../shared/data/scannet), or
+- ScanNet's mesh `<scene>_vh_clean_2.ply` (vertex x, y, z, red, green, blue, alpha) with optional
+  `<scene>_vh_clean_2.labels.ply` (vertex `label` = NYU40 id). These vertices are in ScanNet's
+  original scan frame: when an axis alignment is known the reader applies it to them.
+Frames follow ScanNet's SensReader export: `pose/<k>.txt` (4x4 camera-to-world, original frame),
+`color/<k>.jpg`, `depth/<k>.png`, `intrinsic/intrinsic_{color,depth}.txt` (4x4 or 3x3), plus
+`label/<k>.png` (procedural rooms) and optional per-frame `intrinsic/<k>.txt` / `<k>_depth.txt`.
+The axis alignment (`axis_align_matrix.txt`, or the `axisAlignment` line of ScanNet's
+`<scene>.txt`) maps original -> world; it is folded into every pose: pose_world = A @ pose.
+
+Fatal problems raise InputError naming the offending file. A bad frame (non-finite or non-rigid
+pose, missing or unreadable image) is skipped with a warning and counted in
+`scene.meta["skipped_frames"]` / `scene.meta["skip_reasons"]`, unless every frame is bad.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from geopurify.data.images import COLOR_MODES, DEPTH_MODES, LABEL_MODES, image_header
+from geopurify.data.ply import read_ply
+from geopurify.data.scene import Frame, Scene
+from geopurify.errors import InputError
+
+log = logging.getLogger(__name__)
+
+# file names of the on-disk layout (shared with geopurify.data.writers)
+POINTS_FILE = "points_xyzrgb.npy"
+LABELS_FILE = "labels_nyu40.npy"
+INSTANCES_FILE = "instances.npy"
+AXIS_FILE = "axis_align_matrix.txt"
+META_FILE = "meta.json"
+POSE_DIR, COLOR_DIR, DEPTH_DIR, LABEL_DIR, INTRINSIC_DIR = "pose", "color", "depth", "label", "intrinsic"
+COLOR_INTRINSIC, DEPTH_INTRINSIC = "intrinsic_color.txt", "intrinsic_depth.txt"
+COLOR_EXTS = (".jpg", ".jpeg", ".png")
+MESH_SUFFIX, MESH_LABEL_SUFFIX = "_vh_clean_2.ply", "_vh_clean_2.labels.ply"
+DEFAULT_DEPTH_SCALE = 1000.0
+_RIGID_TOL = 1e-2  # max |R^T R - I| entry for a camera pose (ScanNet stores 6 decimals)
+_WARN_FRAMES = 5  # skipped frames logged individually at WARNING; the rest at DEBUG + one summary
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key putting "2" before "10" ("frame-2" before "frame-10")."""
+    return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name) if t)
+
+
+def read_matrix(path: str | Path) -> np.ndarray:
+    """A whitespace-separated numeric text matrix as float64 (2-D); InputError if unreadable."""
+    path = Path(path)
+    try:
+        m = np.loadtxt(path, dtype=np.float64, ndmin=2)
+    except FileNotFoundError:
+        raise InputError(path, "file not found") from None
+    except (ValueError, OSError, UnicodeDecodeError) as e:
+        raise InputError(path, f"not a numeric matrix ({' '.join(str(e).split())[:160]})") from None
+    return m
+
+
+def read_intrinsic(path: str | Path) -> np.ndarray:
+    """3x3 pinhole intrinsics from a 4x4 (ScanNet) or 3x3 text file; InputError if malformed."""
+    m = read_matrix(path)
+    if m.shape not in ((3, 3), (4, 4)):
+        raise InputError(path, f"intrinsics must be a 3x3 or 4x4 matrix, got {m.shape[0]}x{m.shape[1]}")
+    k = m[:3, :3].copy()
+    if not np.isfinite(k).all():
+        raise InputError(path, "intrinsics hold NaN/inf")
+    if not (k[0, 0] > 0 and k[1, 1] > 0 and abs(k[2, 2] - 1) < 1e-6 and np.allclose(k[2, :2], 0) and k[1, 0] == 0):
+        raise InputError(path, "not a pinhole intrinsic matrix [[fx,s,cx],[0,fy,cy],[0,0,1]] with fx, fy > 0")
+    return k
+
+
+def pose_problem(pose: np.ndarray) -> str | None:
+    """Why a camera-to-world matrix is unusable (None if it is a finite rigid 4x4 transform)."""
+    if pose.shape != (4, 4):
+        return f"pose must be 4x4, got {pose.shape[0]}x{pose.shape[1]}"
+    if not np.isfinite(pose).all():
+        return "pose holds NaN/inf (ScanNet marks lost tracking this way)"
+    if not np.allclose(pose[3], (0, 0, 0, 1), atol=1e-6):
+        return f"pose bottom row must be 0 0 0 1, got {pose[3].tolist()}"
+    r = pose[:3, :3]
+    if np.abs(r.T @ r - np.eye(3)).max() > _RIGID_TOL or np.linalg.det(r) <= 0:
+        return "pose is singular or not a rigid rotation + translation"
+    return None
+
+
+def read_axis_alignment(scene_dir: Path) -> tuple[np.ndarray | None, Path | None]:
+    """(4x4 original -> world matrix, its file) from axis_align_matrix.txt or ScanNet's
+    `<scene>.txt` (`axisAlignment = 16 numbers`, row-major); (None, None) when neither exists."""
+    path = scene_dir / AXIS_FILE
+    if path.is_file():
+        m = read_matrix(path)
+        if m.size == 16:
+            m = m.reshape(4, 4)
+    else:
+        path = scene_dir / f"{scene_dir.name}.txt"
+        if not path.is_file():
+            return None, None
+        try:
+            text = path.read_text(errors="replace")
+        except OSError as e:
+            raise InputError(path, f"unreadable ({e.strerror})") from None
+        line = next((ln for ln in text.splitlines() if ln.strip().startswith("axisAlignment")), None)
+        if line is None:
+            return None, None
+        try:
+            m = np.array([float(v) for v in line.split("=", 1)[1].split()], dtype=np.float64)
+        except ValueError:
+            raise InputError(path, "axisAlignment must be 16 numbers") from None
+        if m.size != 16:
+            raise InputError(path, f"axisAlignment must be 16 numbers, got {m.size}")
+        m = m.reshape(4, 4)
+    problem = pose_problem(m) if m.shape == (4, 4) else f"must be a 4x4 matrix, got {m.shape}"
+    if problem:
+        raise InputError(path, "axis alignment " + problem.replace("pose ", ""))
+    return m, path
+
+
+def _read_meta(scene_dir: Path) -> dict:
+    path = scene_dir / META_FILE
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(path, f"not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise InputError(path, f"must hold a JSON object, got {type(meta).__name__}")
+    if "depth_scale" in meta:
+        s = meta["depth_scale"]
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not np.isfinite(s) or s <= 0:
+            raise InputError(path, f"depth_scale must be a positive number, got {s!r}")
+    return meta
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise InputError(path, f"not a readable .npy array ({' '.join(str(e).split())[:160]})") from None
+
+
+def _check_labels(arr: np.ndarray, n: int, path: Path, what: str) -> np.ndarray:
+    if arr.ndim != 1:
+        raise InputError(path, f"{what} must be a 1-D array, got shape {arr.shape}")
+    if arr.dtype.kind not in "iu":
+        raise InputError(path, f"{what} must be integers, got {arr.dtype}")
+    if arr.shape[0] != n:
+        raise InputError(path, f"{arr.shape[0]} {what} for {n} points")
+    if arr.size and (arr.min() < np.iinfo(np.int32).min or arr.max() > np.iinfo(np.int32).max):
+        raise InputError(path, f"{what} exceed the int32 range")
+    return arr.astype(np.int32)
+
+
+def _check_xyz(xyz: np.ndarray, path: Path) -> None:
+    if xyz.shape[0] == 0:
+        raise InputError(path, "no points")
+    bad = ~np.isfinite(xyz).all(axis=1)
+    if bad.any():
+        raise InputError(path, f"{int(bad.sum())} of {xyz.shape[0]} points have NaN/inf coordinates")
+
+
+def mesh_file(scene_dir: Path) -> Path | None:
+    """ScanNet's `<scene>_vh_clean_2.ply` in `scene_dir` (the one named after the directory first)."""
+    own = scene_dir / f"{scene_dir.name}{MESH_SUFFIX}"
+    if own.is_file():
+        return own
+    found = sorted(p for p in scene_dir.glob(f"*{MESH_SUFFIX}") if not p.name.endswith(MESH_LABEL_SUFFIX))
+    return found[0] if found else None
+
+
+def is_scene_dir(path: str | Path) -> bool:
+    """True when `path` is a directory holding points_xyzrgb.npy or a *_vh_clean_2.ply mesh."""
+    path = Path(path)
+    return path.is_dir() and ((path / POINTS_FILE).is_file() or mesh_file(path) is not None)
+
+
+def load_points(scene_dir: Path, axis: np.ndarray | None) -> dict:
+    """Points, colours, labels and instances of a scene directory, xyz in the world frame."""
+    pts_path = scene_dir / POINTS_FILE
+    out: dict = {"labels": None, "instances": None}
+    if pts_path.is_file():
+        arr = _load_npy(pts_path)
+        if arr.ndim != 2 or arr.shape[1] != 6:
+            raise InputError(pts_path, f"expected a (N, 6) array of xyz + rgb, got shape {arr.shape}")
+        if arr.dtype.kind not in "fiu":
+            raise InputError(pts_path, f"expected numbers, got {arr.dtype}")
+        xyz = arr[:, :3].astype(np.float32)
+        _check_xyz(xyz, pts_path)
+        rgb = arr[:, 3:].astype(np.float64)
+        if not np.isfinite(rgb).all() or rgb.min() < 0 or rgb.max() > 255:
+            raise InputError(pts_path, "colours (columns 3-5) must be finite values in 0..255")
+        out.update(xyz=xyz, rgb=np.rint(rgb).astype(np.uint8), points_file=pts_path, in_world=True)
+        lab_path = scene_dir / LABELS_FILE
+        if lab_path.is_file():
+            out["labels"] = _check_labels(_load_npy(lab_path), xyz.shape[0], lab_path, "labels")
+            out["labels_file"] = lab_path
+    else:
+        mesh = mesh_file(scene_dir)
+        if mesh is None:
+            raise InputError(scene_dir, f"not a scene directory: no {POINTS_FILE} and no *{MESH_SUFFIX}")
+        ply = read_ply(mesh)
+        xyz = ply["xyz"]
+        _check_xyz(xyz, mesh)
+        rgb = ply.get("rgb")
+        if rgb is None:
+            raise InputError(mesh, "mesh vertices have no red/green/blue colours")
+        lab_path = mesh.with_name(mesh.name[: -len(MESH_SUFFIX)] + MESH_LABEL_SUFFIX)
+        if lab_path.is_file():
+            lab = read_ply(lab_path)
+            if "labels" not in lab:
+                raise InputError(lab_path, "label PLY has no vertex 'label' property")
+            if lab["xyz"].shape[0] != xyz.shape[0]:
+                raise InputError(lab_path, f"{lab['xyz'].shape[0]} labelled vertices for {xyz.shape[0]} mesh vertices in {mesh.name}")
+            if not np.allclose(lab["xyz"], xyz, atol=1e-4):
+                raise InputError(lab_path, f"vertices differ from those of {mesh.name}")
+            out["labels"] = lab["labels"].astype(np.int32)
+            out["labels_file"] = lab_path
+        if axis is not None:  # ScanNet meshes are in the original scan frame
+            xyz = (xyz.astype(np.float64) @ axis[:3, :3].T + axis[:3, 3]).astype(np.float32)
+        out.update(xyz=xyz, rgb=rgb, points_file=mesh, in_world=axis is not None)
+    inst_path = scene_dir / INSTANCES_FILE
+    if inst_path.is_file():
+        out["instances"] = _check_labels(_load_npy(inst_path), out["xyz"].shape[0], inst_path, "instance ids")
+    return out
+
+
+def _image(dirpath: Path, key: str, exts: tuple[str, ...]) -> Path | None:
+    for ext in exts:
+        p = dirpath / f"{key}{ext}"
+        if p.is_file():
+            return p
+    return None
+
+
+def _frame(scene_dir: Path, key: str, axis: np.ndarray | None, k_color: np.ndarray | None,
+           k_depth: np.ndarray | None, depth_scale: float, dirs: dict[str, bool]) -> Frame:
+    """One frame, or InputError(file, problem) saying why it must be skipped."""
+    pose_path = scene_dir / POSE_DIR / f"{key}.txt"
+    pose = read_matrix(pose_path)
+    problem = pose_problem(pose)
+    if problem:
+        raise InputError(pose_path, problem)
+    if axis is not None:
+        pose = axis @ pose
+    intr = scene_dir / INTRINSIC_DIR
+    own_k = intr / f"{key}.txt"
+    k_c = read_intrinsic(own_k) if own_k.is_file() else k_color
+    own_kd = intr / f"{key}_depth.txt"
+    k_d = read_intrinsic(own_kd) if own_kd.is_file() else k_depth
+    if k_c is None:
+        raise InputError(intr / COLOR_INTRINSIC, f"colour intrinsics missing (needed by frame {key})")
+
+    paths: dict[str, Path | None] = {}
+    for kind, sub, exts, modes in (("color", COLOR_DIR, COLOR_EXTS, COLOR_MODES),
+                                   ("depth", DEPTH_DIR, (".png",), DEPTH_MODES),
+                                   ("label", LABEL_DIR, (".png",), LABEL_MODES)):
+        p = _image(scene_dir / sub, key, exts) if dirs[kind] else None
+        if dirs[kind] and p is None:
+            raise InputError(scene_dir / sub / f"{key}{exts[0]}", f"{kind} image missing")
+        if p is not None:
+            mode, (h, w) = image_header(p)
+            if mode not in modes:
+                raise InputError(p, f"{kind} image has unexpected PIL mode {mode} (expected one of {', '.join(modes)})")
+            kk = k_c if kind != "depth" or k_d is None else k_d
+            if not (0 < kk[0, 2] < w and 0 < kk[1, 2] < h):
+                raise InputError(p, f"principal point ({kk[0, 2]:.1f}, {kk[1, 2]:.1f}) lies outside this {w}x{h} "
+                                    f"image: intrinsics do not match it")
+        paths[kind] = p
+    if not any(paths.values()):
+        raise InputError(pose_path, "frame has no colour, depth or label image")
+    return Frame(name=key, pose=pose, intrinsic=k_c, color_path=paths["color"], depth_path=paths["depth"],
+                 depth_intrinsic=k_d, depth_scale=depth_scale, label_path=paths["label"])
+
+
+def load_frames(scene_dir: Path, axis: np.ndarray | None, depth_scale: float,
+                frame_step: int = 1) -> tuple[list[Frame], list[str], int]:
+    """(frames, skip reasons, number of pose files) for every `frame_step`-th pose key (numeric order)."""
+    pose_dir = scene_dir / POSE_DIR
+    if not pose_dir.is_dir():
+        return [], [], 0
+    keys = sorted((p.stem for p in pose_dir.glob("*.txt")), key=natural_key)
+    if not keys:
+        return [], [], 0
+    chosen = keys[::frame_step]
+    intr = scene_dir / INTRINSIC_DIR
+    k_color = read_intrinsic(intr / COLOR_INTRINSIC) if (intr / COLOR_INTRINSIC).is_file() else None
+    k_depth = read_intrinsic(intr / DEPTH_INTRINSIC) if (intr / DEPTH_INTRINSIC).is_file() else None
+    if k_color is None and not all((intr / f"{k}.txt").is_file() for k in chosen):
+        raise InputError(intr / COLOR_INTRINSIC, f"colour intrinsics missing; {pose_dir} holds {len(keys)} poses")
+    dirs = {"color": (scene_dir / COLOR_DIR).is_dir(), "depth": (scene_dir / DEPTH_DIR).is_dir(),
+            "label": (scene_dir / LABEL_DIR).is_dir()}
+    frames: list[Frame] = []
+    errors: list[InputError] = []
+    for key in tqdm(chosen, desc=f"frames {scene_dir.name}", unit="frame", disable=len(chosen) < 200):
+        try:
+            frames.append(_frame(scene_dir, key, axis, k_color, k_depth, depth_scale, dirs))
+        except InputError as e:
+            errors.append(e)
+            (log.warning if len(errors) <= _WARN_FRAMES else log.debug)("%s; frame %s skipped", e, key)
+    if errors and not frames:
+        raise InputError(errors[0].path, f"{errors[0].problem} (all {len(chosen)} frames of the scene are unusable)")
+    reasons = [str(e) for e in errors]
+    if len(reasons) > _WARN_FRAMES:
+        log.warning("%s: %d of %d frames skipped (see scene.meta['skip_reasons'])", scene_dir, len(reasons), len(chosen))
+    return frames, reasons, len(keys)
+
+
+def load_scene(path: str | Path, frame_step: int = 1) -> Scene:
+    """Read and validate one scene directory (layout in the module docstring / docs/data.md).
+
+    Frames are the keys in pose/ in numeric order, every `frame_step`-th of them. The depth
+    scale comes from meta.json ("depth_scale") else 1000 (ScanNet millimetres).
+    """
+    scene_dir = Path(path)
+    if not scene_dir.exists():
+        raise InputError(scene_dir, "scene directory not found")
+    if not scene_dir.is_dir():
+        raise InputError(scene_dir, "expected a scene directory")
+    if isinstance(frame_step, bool) or not isinstance(frame_step, (int, np.integer)) or frame_step < 1:
+        raise InputError(scene_dir, f"frame_step must be a positive integer, got {frame_step!r}")
+    meta = _read_meta(scene_dir)
+    axis, axis_path = read_axis_alignment(scene_dir)
+    pts = load_points(scene_dir, axis)
+    depth_scale = float(meta.get("depth_scale", DEFAULT_DEPTH_SCALE))
+    frames, reasons, n_pose = load_frames(scene_dir, axis, depth_scale, int(frame_step))
+    source = meta.get("source") or ("scannet" if re.fullmatch(r"scene\d{4}_\d{2}", scene_dir.name) else "unknown")
+    notes = {
+        "points_file": str(pts["points_file"]),
+        "depth_scale": depth_scale,
+        "frame_step": int(frame_step),
+        "n_pose_files": n_pose,
+        "skipped_frames": len(reasons),
+        "skip_reasons": reasons,
+        "axis_alignment": None if axis_path is None else str(axis_path),
+    }
+    scene = Scene(name=scene_dir.name, xyz=pts["xyz"], rgb=pts["rgb"], labels=pts["labels"],
+                  instances=pts["instances"], frames=frames, label_space=str(meta.get("label_space", "nyu40")),
+                  source=str(source), path=scene_dir, meta={**meta, **notes})
+    scene.validate()
+    log.info("loaded %s: %d points, %d frames%s%s", scene_dir, scene.n_points, len(frames),
+             f" ({len(reasons)} skipped)" if reasons else "", "" if scene.labels is not None else ", no labels")
+    return scene
+
+
+def list_scenes(root: str | Path, list_file: str | Path | None = None) -> list[Path]:
+    """Scene directories under `root`: all of them in natural order, or those named in
+    `list_file` (one name per line; blank lines and '#' comments skipped) in the file's order."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(root, "data root not found" if not root.exists() else "data root is not a directory")
+    if list_file is None:
+        found = sorted((p for p in root.iterdir() if is_scene_dir(p)), key=lambda p: natural_key(p.name))
+        if not found:
+            raise InputError(root, f"no scene directories ({POINTS_FILE} or *{MESH_SUFFIX}) found")
+        return found
+    list_file = Path(list_file)
+    try:
+        lines = list_file.read_text().splitlines()
+    except FileNotFoundError:
+        raise InputError(list_file, "scene list file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(list_file, f"unreadable scene list ({type(e).__name__})") from None
+    out: list[Path] = []
+    for i, line in enumerate(lines, 1):
+        name = line.split("#", 1)[0].strip()
+        if not name:
+            continue
+        p = root / name
+        if not is_scene_dir(p):
+            raise InputError(list_file, f"line {i}: scene {name!r} not found under {root}")
+        if p not in out:
+            out.append(p)
+    if not out:
+        raise InputError(list_file, "scene list names no scenes")
+    return out
