@@ -1,6 +1,7 @@
 """Confusion matrix and mIoU / mAcc / f-metrics against hand counts and a plain-loop definition."""
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -138,3 +139,92 @@ def test_classify_by_text_equals_dense_cosine_argmax():
     np.testing.assert_array_equal(classify_by_text(feat, text, chunk=97).numpy(), expect.numpy())
     with pytest.raises(ValueError, match="same C"):
         classify_by_text(feat, text[:, :8])
+
+
+# ---- `geopurify eval` on the real ScanNet scenes ----------------------------------------------
+SCANNET = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "scannet"
+needs_scannet = pytest.mark.skipif(not (SCANNET / "scene0000_00").exists(), reason="shared ScanNet data not present")
+
+
+def _scannet_gt(name):
+    from geopurify.data.labels import get_label_set
+
+    return get_label_set("scannet20").map(np.load(SCANNET / name / "labels_nyu40.npy"))
+
+
+@needs_scannet
+def test_eval_cli_predictions_sum_over_scenes(tmp_path, capsys):
+    from geopurify.cli import main
+    from geopurify.data.labels import get_label_set
+
+    rng = np.random.default_rng(0)
+    names = ["scene0000_00", "scene0000_01"]
+    preds, gts = [], []
+    for name in names:
+        gt = _scannet_gt(name)
+        pred = np.where(gt >= 0, gt, 0)
+        flip = rng.random(gt.size) < 0.2 * (1 + names.index(name))  # the scenes differ in quality
+        pred[flip] = rng.integers(0, 20, int(flip.sum()))
+        np.save(tmp_path / f"{name}.pred.npy", pred.astype(np.int16))
+        preds.append(pred)
+        gts.append(gt)
+    out = tmp_path / "m.json"
+    rc = main(["eval", *sum((["--scene", str(SCANNET / n)] for n in names), []), "--pred", str(tmp_path),
+               "--label-set", "scannet20", "--out", str(out)])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    expect = metrics(confusion(np.concatenate(preds), np.concatenate(gts), 20), get_label_set("scannet20").names)
+    assert report["confusion"] == confusion(np.concatenate(preds), np.concatenate(gts), 20).tolist()
+    assert report["metrics"]["mIoU"] == pytest.approx(expect["mIoU"])
+    assert report["metrics"]["f_mAcc"] == pytest.approx(expect["f_mAcc"])
+    assert [s["name"] for s in report["scenes"]] == names
+    assert report["scenes"][0]["mIoU"] > report["scenes"][1]["mIoU"]  # fewer flips in the first scene
+    assert report["scenes"][0]["labelled_points"] == int((gts[0] >= 0).sum())
+    assert report["label_set"] == "scannet20" and report["source"]["kind"] == "predictions"
+    assert "mIoU" in capsys.readouterr().out
+
+    # a prediction id outside the label set: one-line error naming the file, exit code 2
+    bad = preds[0].copy()
+    bad[5] = 20
+    np.save(tmp_path / "scene0000_00.pred.npy", bad)
+    rc = main(["eval", "--scene", str(SCANNET / names[0]), "--pred", str(tmp_path), "--out", str(tmp_path / "x.json")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "scene0000_00.pred.npy" in err and "outside 0..19" in err
+    assert not (tmp_path / "x.json").exists()
+
+
+@needs_scannet
+def test_eval_cli_lifted_features_simulated(tmp_path):
+    import torch
+
+    from geopurify.cli import main
+    from geopurify.config import defaults
+    from geopurify.data.labels import get_label_set
+    from geopurify.lift.lift import LiftResult, save_lifted
+    from geopurify.vlm import build_vlm, text_embeddings
+
+    label_set = get_label_set("scannet20")
+    vlm = build_vlm(defaults(), label_set=label_set)
+    text = text_embeddings(vlm, label_set, "a {} in a scene")
+    name = "scene0000_01"
+    gt = _scannet_gt(name)
+    cls = torch.from_numpy(np.where(gt >= 0, gt, 0))
+    g = torch.Generator().manual_seed(0)
+    feat = text[cls] * 3 + 0.01 * torch.randn(len(cls), text.shape[1], generator=g)  # scale must not matter
+    wrong = torch.from_numpy(np.flatnonzero(gt == label_set.index("cabinet"))[:500])
+    feat[wrong] = text[label_set.index("sofa")]  # 500 cabinet points look like a sofa
+    res = LiftResult(feat, torch.ones(len(cls), dtype=torch.bool), torch.ones(len(cls), dtype=torch.int64),
+                     {"vlm": vlm.name, "simulated": True, "fusion": "mean", "scene": name})
+    save_lifted(tmp_path / f"{name}.lift.pt", res)
+    out = tmp_path / "m.json"
+    assert main(["eval", "--scene", str(SCANNET / name), "--features", str(tmp_path), "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    per = {r["name"]: r for r in report["metrics"]["per_class"]}
+    n_cab = int((gt == label_set.index("cabinet")).sum())
+    assert per["cabinet"]["acc"] == pytest.approx((n_cab - 500) / n_cab)
+    assert per["sofa"]["pred_points"] == per["sofa"]["gt_points"] + 500
+    assert per["sofa"]["iou"] == pytest.approx(per["sofa"]["gt_points"] / (per["sofa"]["gt_points"] + 500))
+    assert per["wall"]["iou"] == 1.0
+    assert report["source"]["simulated"] is True and "SIMULATED" in report["source"]["note"]
+    assert report["source"]["vlm"] == [vlm.name]
