@@ -79,4 +79,4 @@ def test_real_room_orientation():
     assert np.median(np.abs(n[wall, 2])) < 0.1
     centre = (xyz.min(0) + xyz.max(0)) / 2
     inward = np.einsum("ij,ij->i", n[wall, :2], centre[:2] - xyz[wall, :2])
-    assert (inward > 0).mean() > 0.9  # 94% on scene0000_00 (walls behind alcoves face away)
+    assert (inward > 0).mean() > 0.9  # 94% on scene0000_00
