@@ -100,3 +100,42 @@ def test_kmeans_is_a_fixed_point_and_seeded():
     assert sorted(a.tolist()) == [0, 1, 2, 3]
     with pytest.raises(ValueError):
         kmeans(dup, 5)
+
+
+def test_select_subset_cli_writes_the_scene_list(tmp_path, capsys):
+    from geopurify.cli import main
+    from geopurify.data.labels import get_label_set
+    from geopurify.data.readers import list_scenes
+    from geopurify.data.splits import read_scene_list
+    from geopurify.data.writers import write_scene
+
+    # NYU40 ids 1 wall, 2 floor, 3 cabinet, 4 bed, 5 chair, 6 sofa, 7 table, 33 toilet, 34 sink; 22 ceiling is ignored
+    rng = np.random.default_rng(0)
+    raw_counts = {
+        "scene0001_00": {1: 300, 2: 200, 4: 80, 5: 60, 7: 40, 22: 100},
+        "scene0002_00": {1: 300, 2: 200, 4: 30, 5: 60, 7: 40, 6: 50, 22: 100},
+        "scene0003_00": {1: 200, 2: 100, 33: 40, 34: 30, 3: 20},
+        "scene0004_00": {1: 150, 2: 100, 33: 50, 34: 40, 3: 40, 7: 10},
+        "scene0005_00": {1: 500, 2: 20},
+        "scene0006_00": {1: 100, 22: 400},
+    }
+    hists = {}
+    label_set = get_label_set("scannet20")
+    for name, counts in raw_counts.items():
+        labels = np.concatenate([np.full(c, k, np.int32) for k, c in counts.items()])
+        xyz = rng.uniform(0, 3, size=(labels.size, 3)).astype(np.float32)
+        write_scene(tmp_path / "root" / name, xyz, np.zeros((labels.size, 3), np.uint8), labels=labels)
+        hists[name] = label_histogram(label_set.map(labels), 20)
+    out = tmp_path / "subset.txt"
+    rc = main(["select-subset", "--root", str(tmp_path / "root"), "--label-set", "scannet20", "--k", "2",
+               "--gamma", "0.5", "--seed", "1", "--out", str(out)])
+    assert rc == 0
+    expect = select_subset(hists, k=2, gamma=0.5, seed=1)
+    # kept: 0001, 0002 (bedrooms) and 0004 (bathroom); the best of each cluster, best score first
+    assert expect == ["scene0004_00", "scene0002_00"]
+    assert read_scene_list(out) == expect  # the format data.train_list reads
+    assert [p.name for p in list_scenes(tmp_path / "root", out)] == expect
+    # a scene without labels cannot be scored: one-line error naming it
+    write_scene(tmp_path / "root" / "scene0007_00", np.zeros((5, 3), np.float32), np.zeros((5, 3), np.uint8))
+    assert main(["select-subset", "--root", str(tmp_path / "root"), "--out", str(tmp_path / "s2.txt")]) == 2
+    assert "scene0007_00" in capsys.readouterr().err and not (tmp_path / "s2.txt").exists()

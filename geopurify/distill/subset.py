@@ -36,7 +36,7 @@ def scene_stats(hist) -> tuple[int, float]:
     if total <= 0:
         return 0, 0.0
     p = hist[hist > 0] / total
-    return int((hist > 0).sum()), float(-(p * np.log2(p)).sum())
+    return int((hist > 0).sum()), max(0.0, float(-(p * np.log2(p)).sum()))
 
 
 def kmeans(x: np.ndarray, k: int, seed: int = 0, n_iter: int = 100) -> tuple[np.ndarray, np.ndarray]:
