@@ -79,7 +79,7 @@ class LabelSet:
 
 def _rows(filename: str) -> list[list[str]]:
     """Data rows of a shipped TSV (header line and '#' comment lines skipped)."""
-    text = resources.files("geopurify").joinpath("resources", filename).read_text(encoding="utf-8")
+    text = resources.files("geopurify").joinpath(f"resources/{filename}").read_text(encoding="utf-8")
     lines = [ln for ln in text.splitlines() if ln and not ln.startswith("#")]
     return [ln.split("\t") for ln in lines[1:]]
 

@@ -246,6 +246,8 @@ def _frame(scene_dir: Path, key: str, axis: np.ndarray | None, k_color: np.ndarr
     """One frame, or InputError(file, problem) saying why it must be skipped."""
     pose_path = scene_dir / POSE_DIR / f"{key}.txt"
     pose = read_matrix(pose_path)
+    if pose.size == 16:  # also accept the 16 numbers on one line
+        pose = pose.reshape(4, 4)
     problem = pose_problem(pose)
     if problem:
         raise InputError(pose_path, problem)
