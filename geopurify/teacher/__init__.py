@@ -1,0 +1,36 @@
+"""Frozen 3D teachers giving per-point embeddings for distillation (training only).
+
+`build_teacher(cfg)` picks one from `cfg["teacher"]`: "geometric" is the offline stand-in
+(hand-crafted descriptors), "sonata" the real Sonata encoder loaded from `cfg["teacher"]["ckpt"]`
+(`geopurify.teacher.sonata`, imported only when asked for).
+"""
+from __future__ import annotations
+
+import logging
+
+from geopurify.errors import InputError
+from geopurify.teacher.base import Teacher, finish_embedding
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Teacher", "build_teacher", "finish_embedding"]
+
+TEACHERS = ("geometric", "sonata")
+
+
+def build_teacher(cfg: dict) -> Teacher:
+    """The teacher named by cfg["teacher"]["name"] (full config dict)."""
+    tcfg = cfg.get("teacher") or {}
+    name = tcfg.get("name", "geometric")
+    if name == "geometric":
+        from geopurify.teacher.geometric import GeometricTeacher
+
+        teacher = GeometricTeacher()
+    elif name == "sonata":
+        from geopurify.teacher.sonata import SonataTeacher
+
+        teacher = SonataTeacher(tcfg.get("ckpt"))
+    else:
+        raise InputError(None, f"config key 'teacher.name' must be one of {', '.join(TEACHERS)}, got {name!r}")
+    logger.info("teacher: %s", teacher.describe())
+    return teacher
