@@ -9,9 +9,11 @@ classes. Choices, stated once here:
   for points without a feature, and a warning with the count is logged: the matrix is (C, C) and has
   no column for "no prediction". Pipelines here label every point, so this should not happen.
 - A class absent from the ground truth of the evaluated points (TP + FN == 0) has no IoU or
-  accuracy (NaN) and is left out of every mean (a nanmean, as the ScanNet benchmark script and
-  OpenScene do); it is listed under `absent_classes`. False positives of such a class still lower
-  the IoU of the classes those points really belong to.
+  accuracy (NaN) and is left out of every mean (a nanmean over the present classes); it is listed
+  under `absent_classes`. False positives of such a class still lower the IoU of the classes those
+  points really belong to. OpenScene's script likewise skips classes without ground-truth points
+  (some versions then still divide by the full class count); on a whole benchmark split every class
+  is present and the conventions agree, they differ only on small subsets such as single scenes.
 - f-mIoU / f-mAcc are the same means over the classes not named in `exclude` (wall, floor,
   ceiling), the long-tail metric of ScanNet200.
 """
