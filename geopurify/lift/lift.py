@@ -1,0 +1,252 @@
+"""Lift 2D VLM feature maps onto a scene's points (METHOD.md section 1).
+
+For each posed frame: the VLM's feature map for the image resized to `lift.image_size`, the
+points projected with the intrinsics rescaled to that size, kept when inside the image minus the
+border, in front of the camera and not occluded (against the frame's depth image resized to the
+same size, or against a z-buffer of the points when the frame has no depth), then the feature
+map sampled (nearest) at each kept pixel and fused over views (mean or consensus).
+
+Lifted feature files (`*.lift.pt`, docs/architecture.md) are written by `save_lifted` and read
+back, validated, by `load_lifted`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from geopurify.data.scene import Frame, Scene
+from geopurify.errors import InputError
+from geopurify.lift.fusion import MeanFusion, TopKFusion, consensus_classes, nearest_fill
+from geopurify.lift.project import rescale_intrinsic, visible
+
+log = logging.getLogger(__name__)
+
+FUSIONS = ("mean", "consensus")
+
+
+@dataclass
+class LiftResult:
+    """Fused per-point features; unseen points already hold their nearest seen point's feature."""
+
+    feat: torch.Tensor  # (N, C) float32
+    seen: torch.Tensor  # (N,) bool: seen by at least one view
+    n_views: torch.Tensor  # (N,) int: number of views that saw the point
+    info: dict = field(default_factory=dict)  # vlm, simulated, fusion, scene, ...
+
+
+def map_index(pix: torch.Tensor, image_hw: tuple[int, int], map_hw: tuple[int, int]) -> torch.Tensor:
+    """Flat index into an (h, w) feature map of the nearest cell to each (col, row) image pixel.
+
+    Pixel x of an image W wide covers [x, x+1); its centre x + 0.5 falls in cell floor((x+0.5) w/W).
+    """
+    (H, W), (h, w) = image_hw, map_hw
+    col = torch.div((2 * pix[:, 0] + 1) * w, 2 * W, rounding_mode="floor").clamp_(0, w - 1)
+    row = torch.div((2 * pix[:, 1] + 1) * h, 2 * H, rounding_mode="floor").clamp_(0, h - 1)
+    return row * w + col
+
+
+def resize_nearest(img: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """Nearest-neighbour resize of an (H0, W0) image to `hw` (pixel-centre aligned; no depth blending)."""
+    H0, W0 = img.shape[-2:]
+    H, W = hw
+    if (H0, W0) == (H, W):
+        return img
+    rows = torch.div((2 * torch.arange(H, device=img.device) + 1) * H0, 2 * H, rounding_mode="floor")
+    cols = torch.div((2 * torch.arange(W, device=img.device) + 1) * W0, 2 * W, rounding_mode="floor")
+    return img[..., rows[:, None], cols[None, :]]
+
+
+def _header_hw(path: Path | None) -> tuple[int, int] | None:
+    if path is None:
+        return None
+    from geopurify.data.images import image_header
+
+    return image_header(path)[1]
+
+
+@dataclass
+class ViewGeometry:
+    """One frame's cameras at the VLM image size: colour K, depth K and the resized depth (or None)."""
+
+    pose: np.ndarray
+    K: np.ndarray
+    K_depth: np.ndarray
+    depth: torch.Tensor | None
+
+
+def view_geometry(frame: Frame, image_hw: tuple[int, int], device="cpu") -> ViewGeometry:
+    """Rescale a frame's colour and depth intrinsics to `image_hw` and load its depth resized to it.
+
+    The colour intrinsics refer to the colour image (or, without one, the label image); a frame
+    with neither is taken to be posed for `image_hw` already (virtual cameras).
+    """
+    color_hw = _header_hw(frame.color_path) or _header_hw(frame.label_path) or tuple(image_hw)
+    K = rescale_intrinsic(frame.intrinsic, color_hw, image_hw)
+    depth = frame.depth()
+    if depth is None:
+        return ViewGeometry(np.asarray(frame.pose, np.float64), K, K, None)
+    K_depth = rescale_intrinsic(frame.K_depth, depth.shape, image_hw)
+    d = resize_nearest(torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32)), image_hw)
+    return ViewGeometry(np.asarray(frame.pose, np.float64), K, K_depth, d.to(device))
+
+
+def _frames_for(scene: Scene, vlm, cfg: dict) -> tuple[Scene, bool]:
+    """The scene whose frames are lifted; a frameless scene gets virtual cameras (simulated VLM only)."""
+    if scene.frames:
+        return scene, False
+    where = scene.path if scene.path is not None else scene.name
+    if not getattr(vlm, "simulated", False):
+        raise InputError(where, f"scene has no posed frames; the {vlm.name} VLM needs colour images to lift from")
+    from geopurify.data.cameras import virtual_frames
+
+    W, H = cfg["lift"]["image_size"]
+    n = int(cfg["lift"]["virtual_frames"])
+    frames = virtual_frames(scene.xyz, n, image_hw=(H, W), seed=int(cfg["lift"]["virtual_seed"]))
+    log.info("scene %s has no frames: lifting from %d virtual cameras (the simulated VLM renders their "
+             "label images; a stand-in, not real views)", scene.name, len(frames))
+    return dataclasses.replace(scene, frames=frames), True
+
+
+def _feature_table(fmap: torch.Tensor, dim: int, where) -> torch.Tensor:
+    """(h*w, C) row table of a (C, h, w) feature map, checked."""
+    if fmap.dim() != 3 or fmap.shape[0] != dim:
+        raise InputError(where, f"VLM returned a feature map of shape {tuple(fmap.shape)}, expected ({dim}, h, w)")
+    return fmap.reshape(dim, -1).t().contiguous().float()
+
+
+def lift_scene(scene: Scene, vlm, cfg: dict, text_emb: torch.Tensor | None = None,
+               device: str | torch.device = "cpu") -> LiftResult:
+    """Fuse `vlm` feature maps of every frame of `scene` onto its points; see the module docstring.
+
+    `cfg` is the full config (keys under `lift`). Consensus fusion needs the class text
+    embeddings `text_emb` (P, C); when None they are built from `data.label_set` and
+    `lift.prompt_template`. Returns features on `device`.
+    """
+    lc = cfg["lift"]
+    fusion = lc["fusion"]
+    if fusion not in FUSIONS:
+        raise InputError(None, f"lift.fusion must be one of {FUSIONS}, got {fusion!r}")
+    W, H = (int(x) for x in lc["image_size"])
+    hw = (H, W)
+    scene_v, virtual = _frames_for(scene, vlm, cfg)
+    n, dim = scene.n_points, int(vlm.dim)
+    where = scene.path if scene.path is not None else scene.name
+    xyz = torch.from_numpy(np.ascontiguousarray(scene.xyz, dtype=np.float32)).to(device)
+    kw = dict(border=int(lc["border"]), thr=float(lc["occlusion_thr"]), splat=int(lc["zbuffer_splat"]),
+              chunk=int(lc["chunk_points"]))
+    log.info("lifting %s: %d points, %d frames, VLM %s, %s fusion", scene.name, n, len(scene_v.frames),
+             vlm.describe(), fusion)
+
+    def views(desc: str):
+        """Yield (point indices, their features) per frame; the visibility is kept for a second pass."""
+        for i in tqdm(range(len(scene_v.frames)), desc=desc, unit="view", leave=False):
+            if i in geom:
+                idx, pix = geom[i]
+            else:
+                g = view_geometry(scene_v.frames[i], hw, device)
+                idx, pix = visible(xyz, g.pose, g.K, hw, depth=g.depth, K_depth=g.K_depth, **kw)
+                n_depth[0] += g.depth is not None
+                if fusion == "consensus":
+                    geom[i] = (idx, pix)
+            fmap = vlm.frame_features(scene_v, i, hw).to(device)
+            table = _feature_table(fmap, dim, where)
+            yield idx, table[map_index(pix, hw, tuple(fmap.shape[1:]))]
+
+    geom: dict[int, tuple] = {}  # visibility kept for the consensus pass
+    n_depth = [0]
+    mean = MeanFusion(n, dim, device)
+    for idx, feats in views("lift"):
+        mean.add(idx, feats)
+    seen = mean.seen
+    feat = mean.mean(inplace=True)
+    if fusion == "consensus":
+        if text_emb is None:
+            from geopurify.data.labels import get_label_set
+            from geopurify.vlm.text import text_embeddings
+
+            text_emb = text_embeddings(vlm, get_label_set(cfg["data"]["label_set"]), lc["prompt_template"])
+        text_emb = text_emb.to(device=device, dtype=torch.float32)
+        cls = consensus_classes(feat, text_emb)
+        topk = TopKFusion(text_emb[cls], k=int(lc["consensus_topk"]), logit_scale=float(lc["consensus_logit_scale"]))
+        for idx, feats in views("consensus"):
+            topk.add(idx, feats)
+        feat = topk.result()
+    feat = nearest_fill(scene.xyz, feat, seen, inplace=True)
+    n_frames, n_depth = len(scene_v.frames), n_depth[0]
+    info = {"vlm": vlm.name, "simulated": bool(vlm.simulated), "fusion": fusion, "scene": scene.name,
+            "n_frames": n_frames, "frames_with_depth": n_depth,
+            "virtual_frames": virtual, "seen_frac": float(seen.float().mean()) if n else 0.0}
+    log.info("lifted %s: %.1f%% of points seen (%d frames, %d with depth, %d z-buffered)%s", scene.name,
+             100 * info["seen_frac"], n_frames, n_depth, n_frames - n_depth,
+             " [SIMULATED VLM]" if vlm.simulated else "")
+    return LiftResult(feat, seen, mean.count.to(torch.int64), info)
+
+
+def save_lifted(path: str | Path, result: LiftResult, meta: dict | None = None) -> None:
+    """Write a `*.lift.pt` file atomically: float16 features, seen mask, view counts and provenance.
+
+    `meta` (vlm, simulated, fusion, scene) overrides the same keys of `result.info`.
+    """
+    from geopurify.io import save_torch
+
+    info = {**result.info, **(meta or {})}
+    obj = {
+        "feat": result.feat.detach().to("cpu", torch.float16).contiguous(),
+        "seen": result.seen.detach().to("cpu", torch.bool).contiguous(),
+        "n_views": result.n_views.detach().cpu().clamp(max=torch.iinfo(torch.int16).max).to(torch.int16),
+        "vlm": str(info.get("vlm", "unknown")),
+        "simulated": bool(info.get("simulated", False)),
+        "fusion": str(info.get("fusion", "unknown")),
+        "scene": str(info.get("scene", "")),
+    }
+    save_torch(path, obj)
+
+
+_KEYS = {"feat": torch.Tensor, "seen": torch.Tensor, "n_views": torch.Tensor, "vlm": str,
+         "simulated": bool, "fusion": str, "scene": str}
+
+
+def load_lifted(path: str | Path, n_points: int | None = None, dim: int | None = None) -> LiftResult:
+    """Read and validate a `*.lift.pt` file; features come back float32.
+
+    Raises InputError(path, problem) when the file is missing or unreadable, a key is missing or
+    has the wrong type, shapes disagree, the point count or feature dimension is not the
+    expected one, or features hold NaN/inf.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "lifted feature file not found")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for corrupt files
+        raise InputError(path, f"not a readable lifted feature file ({type(e).__name__})") from None
+    if not isinstance(obj, dict):
+        raise InputError(path, f"lifted feature file must hold a dict, got {type(obj).__name__}")
+    for key, typ in _KEYS.items():
+        if key not in obj:
+            raise InputError(path, f"lifted feature file lacks '{key}'")
+        if not isinstance(obj[key], typ):
+            raise InputError(path, f"'{key}' must be {typ.__name__}, got {type(obj[key]).__name__}")
+    feat, seen, n_views = obj["feat"], obj["seen"], obj["n_views"]
+    if feat.dim() != 2 or not feat.is_floating_point():
+        raise InputError(path, f"'feat' must be a float (N, C) tensor, got {feat.dtype} {tuple(feat.shape)}")
+    N, C = feat.shape
+    if seen.shape != (N,) or seen.dtype != torch.bool:
+        raise InputError(path, f"'seen' must be bool ({N},), got {seen.dtype} {tuple(seen.shape)}")
+    if n_views.shape != (N,) or n_views.is_floating_point():
+        raise InputError(path, f"'n_views' must be integer ({N},), got {n_views.dtype} {tuple(n_views.shape)}")
+    if n_points is not None and N != n_points:
+        raise InputError(path, f"lifted features have {N} points, the scene has {n_points}")
+    if dim is not None and C != dim:
+        raise InputError(path, f"lifted features are {C}-d, expected {dim}-d")
+    bad = ~torch.isfinite(feat).all(dim=1)
+    if bad.any():
+        raise InputError(path, f"{int(bad.sum())} points have NaN/inf features")
+    info = {k: obj[k] for k in ("vlm", "simulated", "fusion", "scene")}
+    return LiftResult(feat.float(), seen, n_views.to(torch.int64), info)
