@@ -42,12 +42,12 @@ def write_pictures(out_dir: Path, scene, preds: dict, label_set) -> list[str]:
     from geopurify.viz.render import class_colors, colorize_labels, render_points, side_by_side
 
     n = len(label_set.names)
-    gt = label_set.map(scene.labels)
+    gt = label_set.map(scene.labels, scene.label_space)
     panels = {"RGB": scene.rgb, "ground truth": colorize_labels(gt, n)}
     for m in ("raw", "knn_mean", "purified"):
         if m in preds:
             panels[m] = colorize_labels(preds[m], n)
-    images = [render_points(scene.xyz, c, None, view="auto", labels=gt) for c in panels.values()]
+    images = [render_points(scene.xyz, c, None, view="auto", labels=gt, names=label_set.names) for c in panels.values()]
     present = sorted(set(np.unique(gt[gt >= 0]).tolist()) | set(np.unique(preds.get("purified", gt)).tolist()))
     legend = [(label_set.names[i], tuple(int(v) for v in class_colors(n)[i])) for i in present if i >= 0]
     png = out_dir / "pictures" / f"{scene.name}.png"
@@ -117,7 +117,8 @@ def run(args) -> int:
     teacher = build_teacher(cfg)
     pick = ("mIoU", "mAcc", "f_mIoU", "f_mAcc")
     result = {
-        "metrics": {m: {k: round(float(report["metrics"][m][k]), 2) for k in pick} for m in report["metrics"]},
+        "metrics": {m: {k: None if report["metrics"][m][k] is None else round(float(report["metrics"][m][k]), 2)
+                        for k in pick} for m in report["metrics"]},
         "per_scene_mIoU": report["per_scene"],
         "produced_by": {
             "data": f"procedural rooms (synthetic stand-in for ScanNet): {len(train_scenes)} train, {len(val_scenes)} held-out",

@@ -81,13 +81,14 @@ def evaluate_scenes(cfg: dict, scene_paths: list[Path], model, out_dir: Path, ca
         if scene.labels is None:
             log.warning("%s has no labels: predictions written, not scored", path)
             continue
-        gt = label_set.map(scene.labels)
+        gt = label_set.map(scene.labels, scene.label_space)
         per_scene[scene.name] = {}
         for m, pred in preds.items():
             c = confusion(pred, gt, n)
             conf[m] += c
-            per_scene[scene.name][m] = round(metrics(c, label_set.names)["mIoU"], 2)
-        log.info("%s: %s", scene.name, ", ".join(f"{m} mIoU {v:.1f}" for m, v in per_scene[scene.name].items()))
+            miou = metrics(c, label_set.names)["mIoU"]
+            per_scene[scene.name][m] = None if miou is None else round(miou, 2)
+        log.info("%s: %s", scene.name, ", ".join(f"{m} mIoU {_fmt(v, 1)}" for m, v in per_scene[scene.name].items()))
     results = {m: metrics(conf[m], label_set.names, exclude=tuple(cfg["eval"]["exclude_from_f"])) for m in methods}
     report = {
         "metrics": results,
@@ -103,9 +104,14 @@ def evaluate_scenes(cfg: dict, scene_paths: list[Path], model, out_dir: Path, ca
     return report
 
 
+def _fmt(v, width: int) -> str:
+    """A percentage, or n/a when no class qualified for the mean."""
+    return f"{'n/a':>{width}}" if v is None else f"{v:{width}.1f}"
+
+
 def summary_table(results: dict[str, dict]) -> str:
     """One row per method: mIoU, mAcc, f-mIoU, f-mAcc in percent."""
     lines = [f"{'method':<10} {'mIoU':>6} {'mAcc':>6} {'f-mIoU':>7} {'f-mAcc':>7}"]
     for m, r in results.items():
-        lines.append(f"{m:<10} {r['mIoU']:6.1f} {r['mAcc']:6.1f} {r['f_mIoU']:7.1f} {r['f_mAcc']:7.1f}")
+        lines.append(f"{m:<10} {_fmt(r['mIoU'], 6)} {_fmt(r['mAcc'], 6)} {_fmt(r['f_mIoU'], 7)} {_fmt(r['f_mAcc'], 7)}")
     return "\n".join(lines)
