@@ -31,4 +31,5 @@ class VLM(ABC):
         """
 
     def describe(self) -> str:
-        return f"{self.name} (SIMULATED stand-in)" if self.simulated else self.name
+        """The backend's name for logs and reports; a stand-in always reads as SIMULATED."""
+        return f"{self.name} [SIMULATED]" if self.simulated else self.name
