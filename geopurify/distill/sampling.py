@@ -16,7 +16,7 @@ For each anchor point the teacher decides which other points the student must pu
   point cannot sensibly be both).
 
 Exact and memory-bounded: anchors are processed in chunks, each a (chunk, N) cosine block
-reduced with argmax / topk, so memory is O(chunk * N) rather than O(A * N).
+reduced with argmax / topk, so memory is O(chunk * N) rather than O(A * N) (chunk = max(8, chunk_elems // N)).
 """
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
-CHUNK_ELEMS = 1 << 24  # cosine-block entries per anchor chunk (64 MB of float32)
+CHUNK_ELEMS = 1 << 22  # cosine-block entries per anchor chunk (16 MB of float32)
+MIN_CHUNK = 8  # anchors per chunk at least: (1, N) @ (N, D) products run far below GEMM speed
 
 
 @dataclass
@@ -102,7 +103,7 @@ def sample_pairs(teacher: torch.Tensor, xyz, n_anchors: int, n_macro: int = 48, 
     tf = teacher if teacher.dtype == torch.float64 else teacher.float()
     positive = torch.empty(n_anchors, dtype=torch.int64, device=device)
     negatives = torch.empty(n_anchors, n_macro + n_micro, dtype=torch.int64, device=device)
-    chunk = max(1, chunk_elems // n)
+    chunk = max(MIN_CHUNK, chunk_elems // n)
     for s in range(0, n_anchors, chunk):
         a = anchor[s:s + chunk]
         rows = torch.arange(len(a), device=device)
