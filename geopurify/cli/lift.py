@@ -1,0 +1,83 @@
+"""`geopurify lift`: project VLM feature maps onto scene points and fuse them over views.
+
+One --scene writes --out as a file; several write --out/<scene>.lift.pt each, skipping scenes
+whose output already exists (so an interrupted batch resumes).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from geopurify.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("lift", help="lift 2D VLM features onto scene points (multi-view fusion)")
+    p.add_argument("--scene", required=True, type=Path, action="append",
+                   help="scene directory (repeat for several scenes)")
+    p.add_argument("--out", required=True, type=Path,
+                   help="output .lift.pt file (one scene) or directory (several scenes)")
+    p.add_argument("--vlm", default=None, help="VLM backend: simulated | clip (overrides lift.vlm)")
+    p.add_argument("--vlm-path", default=None, help="VLM checkpoint / feature directory (overrides lift.vlm_path)")
+    p.add_argument("--config", type=Path, default=None, help="YAML config over geopurify/defaults.yaml")
+    p.add_argument("--fusion", choices=["mean", "consensus"], default=None, help="overrides lift.fusion")
+    p.add_argument("--device", default="cpu", help="cpu | cuda")
+    p.set_defaults(func=run)
+
+
+def outputs_for(scenes: list[Path], out: Path) -> list[Path]:
+    """The output path of each scene: `out` itself for one scene, out/<scene>.lift.pt for several."""
+    if len(scenes) == 1:
+        if out.is_dir():
+            raise InputError(out, "is a directory; with one --scene, --out names the output file")
+        return [out]
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "exists and is not a directory; with several --scene, --out names a directory")
+    names = [s.resolve().name for s in scenes]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise InputError(None, f"several --scene directories share the name {sorted(dup)[0]!r}; outputs would collide")
+    return [out / f"{n}.lift.pt" for n in names]
+
+
+def run(args) -> int:
+    import torch
+
+    from geopurify.config import load_config
+    from geopurify.data.readers import load_scene
+    from geopurify.lift.lift import lift_scene, save_lifted
+    from geopurify.vlm import build_vlm
+
+    overrides = {k: v for k, v in (("vlm", args.vlm), ("vlm_path", args.vlm_path), ("fusion", args.fusion)) if v}
+    cfg = load_config(args.config, {"lift": overrides} if overrides else None)
+    if str(args.device).startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(None, f"--device {args.device}: CUDA is not available on this machine")
+    outs = outputs_for(args.scene, args.out)
+    todo = [(s, o) for s, o in zip(args.scene, outs) if not (len(outs) > 1 and o.exists())]
+    for s, o in zip(args.scene, outs):
+        if (s, o) not in todo:
+            log.info("skip %s: %s exists", s, o)
+    if not todo:
+        print(f"nothing to do: all {len(outs)} outputs exist in {args.out}")
+        return 0
+    vlm = build_vlm(cfg, device=args.device)
+    if vlm.simulated:
+        log.warning("lifting with a SIMULATED VLM (%s): features derived from labels, an offline stand-in for "
+                    "a real vision-language model; the output files record simulated=True", vlm.describe())
+    text_emb = None
+    if cfg["lift"]["fusion"] == "consensus":
+        from geopurify.data.labels import get_label_set
+        from geopurify.vlm import text_embeddings
+
+        text_emb = text_embeddings(vlm, get_label_set(cfg["data"]["label_set"]), cfg["lift"]["prompt_template"])
+    for scene_dir, out in todo:
+        scene = load_scene(scene_dir, frame_step=int(cfg["data"]["frame_step"]))
+        result = lift_scene(scene, vlm, cfg, text_emb=text_emb, device=args.device)
+        save_lifted(out, result)
+        tag = " (SIMULATED VLM)" if vlm.simulated else ""
+        print(f"{scene.name}: {scene.n_points} points, {result.info['n_frames']} views"
+              f"{' (virtual cameras)' if result.info['virtual_frames'] else ''}, "
+              f"{100 * result.info['seen_frac']:.1f}% seen, {cfg['lift']['fusion']} fusion{tag} -> {out}")
+    return 0
