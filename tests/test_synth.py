@@ -54,7 +54,7 @@ def test_same_seed_same_bytes_other_seed_differs():
 def test_rendered_labels_match_nearest_points_and_a_wrong_pose_fails(room):
     for i in range(room.n_frames):
         view = room.render(i)
-        assert (view.depth > 0).mean() > 0.99  # a closed room: every ray returns
+        assert (view.depth > 0).mean() > 0.98  # a closed room: every ray returns but for sensor dropout
         good = _label_agreement(room, view, room.poses[i])
         wrong = room.poses[i].copy()
         wrong[:3, :3] = _rot_z(8.0) @ wrong[:3, :3]
@@ -146,8 +146,8 @@ def _surface_ids(r) -> np.ndarray:
     sid = np.full(len(r.xyz), -1)
     shell = np.nonzero(r.instances <= 6)[0]
     x = r.xyz[shell].astype(np.float64)
-    face = np.argmin(np.stack([x[:, 0], r.size[0] - x[:, 0], x[:, 1], r.size[1] - x[:, 1], x[:, 2], r.size[2] - x[:, 2]], 1), 1)
-    sid[shell] = face
+    gaps = np.stack([x[:, 0], r.size[0] - x[:, 0], x[:, 1], r.size[1] - x[:, 1], x[:, 2], r.size[2] - x[:, 2]], 1)
+    sid[shell] = np.argmin(gaps, 1)
     rest = np.nonzero(r.instances > 6)[0]
     for j in range(len(r.prim_kind)):
         cand = rest[r.surf_instance[N_SHELL + j] == r.instances[rest]]
@@ -180,6 +180,9 @@ def test_point_colours_match_the_pixels_they_project_to(room):
 def test_depth_noise_is_small_and_grows_with_depth(room):
     exact = room.render(1, noise=False).depth
     noisy = room.render(1).depth
+    dropped = noisy == 0
+    assert 0.002 < dropped.mean() < 0.01  # a few holes, as in real depth
+    exact, noisy = exact[~dropped], noisy[~dropped]
     rel = (noisy - exact) / exact
     assert 0.002 < rel.std() < 0.004 and abs(rel.mean()) < 5e-4
     near, far = exact < np.median(exact), exact >= np.median(exact)
@@ -234,9 +237,11 @@ def test_write_load_roundtrip_and_skip(tmp_path):
         assert np.abs(fr.color().astype(int) - v.color).mean() < 4  # JPEG
     # a second call skips complete scenes; other parameters are refused
     mtime = (paths[0] / "points_xyzrgb.npy").stat().st_mtime_ns
+    stale = tmp_path / ".synth_0002.partial-999999999"  # left by a killed run (no such process)
+    (stale / "pose").mkdir(parents=True)
     again = synthesize(tmp_path, 3, seed=4, n_points=2000, n_frames=3, image_hw=(48, 64), progress=False)
     assert again[:2] == paths and (paths[0] / "points_xyzrgb.npy").stat().st_mtime_ns == mtime
-    assert load_scene(again[2]).n_points == 2000
+    assert load_scene(again[2]).n_points == 2000 and not stale.exists()
     with pytest.raises(InputError, match="other generator parameters"):
         synthesize(tmp_path, 1, seed=4, n_points=1000, n_frames=3, image_hw=(48, 64), progress=False)
 

@@ -253,7 +253,8 @@ def _desk_group(rng) -> list[dict]:
     top = _jitter(rng, WOOD + PAINT)
     parts = [_box((-w / 2, 0, h - 0.03), (w / 2, d, h), top)]
     if rng.random() < 0.5:  # panel sides
-        parts += [_box((-w / 2, 0, 0), (-w / 2 + 0.03, d, h - 0.03), top), _box((w / 2 - 0.03, 0, 0), (w / 2, d, h - 0.03), top)]
+        parts += [_box((-w / 2, 0, 0), (-w / 2 + 0.03, d, h - 0.03), top),
+                  _box((w / 2 - 0.03, 0, 0), (w / 2, d, h - 0.03), top)]
     else:
         parts += [_box((x, y, 0), (x + 0.045, y + 0.045, h - 0.03), _jitter(rng, METAL))
                   for x in (-w / 2 + 0.02, w / 2 - 0.065) for y in (0.02, d - 0.065)]
@@ -267,7 +268,8 @@ def _desk_group(rng) -> list[dict]:
         dark = _jitter(rng, [(0.08, 0.08, 0.09)], 0.02)
         objs.append(_obj(OTHERPROP, "monitor", [_box((mx - 0.1, 0.08, h), (mx + 0.1, 0.25, h + 0.02), dark),
                                                _box((mx - 0.03, 0.12, h + 0.02), (mx + 0.03, 0.16, h + 0.12), dark),
-                                               _box((mx - mw / 2, 0.16, h + 0.12), (mx + mw / 2, 0.19, h + 0.12 + 0.6 * mw), dark)]))
+                                               _box((mx - mw / 2, 0.16, h + 0.12),
+                                                    (mx + mw / 2, 0.19, h + 0.12 + 0.6 * mw), dark)]))
     ch = _chair(rng)
     cd = _parts_aabb([ch])[1][1]
     objs += _transform([ch], 2, (rng.uniform(-0.2, 0.2) * w, d + rng.uniform(0.03, 0.2) + cd))
@@ -344,7 +346,8 @@ def _bed_group(rng) -> list[dict]:
             if rng.random() < 0.5:
                 objs.append(_obj(LAMP, "lamp", [_cyl(xc, nd / 2, 0.07, nh, nh + 0.03, _jitter(rng, METAL)),
                                                 _cyl(xc, nd / 2, 0.012, nh + 0.03, nh + 0.3, _jitter(rng, METAL)),
-                                                _cyl(xc, nd / 2, 0.13, nh + 0.3, nh + 0.5, _jitter(rng, PAINT[:3] + VIVID))]))
+                                                _cyl(xc, nd / 2, 0.13, nh + 0.3, nh + 0.5,
+                                                     _jitter(rng, PAINT[:3] + VIVID))]))
     return objs
 
 
@@ -388,16 +391,19 @@ def _kitchen_group(rng, max_w: float) -> list[dict]:
     handle = _jitter(rng, METAL)
     n_doors = max(2, int(w / 0.5))
     base = [_box((-w / 2, 0, 0.1), (w / 2, 0.58, 0.86), body), _box((-w / 2, 0, 0), (w / 2, 0.52, 0.1), body)]
-    base += [_box((-w / 2 + (i + 0.5) * w / n_doors - 0.05, 0.58, 0.74), (-w / 2 + (i + 0.5) * w / n_doors + 0.05, 0.6, 0.76), handle)
-             for i in range(n_doors)]
-    objs = [_obj(CABINET, "kitchen cabinets", base), _obj(COUNTER, "kitchen counter", [_box((-w / 2, 0, 0.86), (w / 2, 0.62, 0.9), top)])]
+    xh = -w / 2 + (np.arange(n_doors) + 0.5) * w / n_doors
+    base += [_box((x - 0.05, 0.58, 0.74), (x + 0.05, 0.6, 0.76), handle) for x in xh]
+    objs = [_obj(CABINET, "kitchen cabinets", base),
+            _obj(COUNTER, "kitchen counter", [_box((-w / 2, 0, 0.86), (w / 2, 0.62, 0.9), top)])]
     xs = rng.uniform(-w / 2 + 0.4, w / 2 - 0.4)
     steel = _jitter(rng, METAL)
     objs.append(_obj(SINK, "sink", [_box((xs - 0.3, 0.12, 0.9), (xs + 0.3, 0.52, 0.94), steel),
                                     _box((xs - 0.25, 0.16, 0.94), (xs + 0.25, 0.48, 0.945), _jitter(rng, METAL)),
-                                    _cyl(xs, 0.07, 0.02, 0.9, 1.18, steel), _box((xs - 0.015, 0.07, 1.14), (xs + 0.015, 0.22, 1.17), steel)]))
+                                    _cyl(xs, 0.07, 0.02, 0.9, 1.18, steel),
+                                    _box((xs - 0.015, 0.07, 1.14), (xs + 0.015, 0.22, 1.17), steel)]))
     if rng.random() < 0.7:
-        objs.append(_obj(CABINET, "kitchen cabinets", [_box((-w / 2, 0, 1.45), (w / 2, 0.35, 2.1), _jitter(rng, [body], 0.03))]))
+        objs.append(_obj(CABINET, "kitchen cabinets",
+                         [_box((-w / 2, 0, 1.45), (w / 2, 0.35, 2.1), _jitter(rng, [body], 0.03))]))
     return objs
 
 
@@ -430,7 +436,8 @@ def _vanity_group(rng) -> list[dict]:
     else:  # sink on a vanity cabinet
         w = rng.uniform(0.6, 1.0)
         objs = [_obj(CABINET, "bathroom vanity", [_box((-w / 2, 0, 0), (w / 2, 0.5, 0.8), _jitter(rng, WOOD + PAINT))]),
-                _obj(SINK, "sink", [_box((-0.25, 0.08, 0.8), (0.25, 0.45, 0.88), c), _cyl(0, 0.05, 0.015, 0.8, 0.98, steel)])]
+                _obj(SINK, "sink", [_box((-0.25, 0.08, 0.8), (0.25, 0.45, 0.88), c),
+                                    _cyl(0, 0.05, 0.015, 0.8, 0.98, steel)])]
         top = 0.88
     if rng.random() < 0.8:
         objs.append(_obj(MIRROR, "mirror", [_box((-0.3, 0, top + 0.25), (0.3, 0.02, top + 0.95),
@@ -477,7 +484,8 @@ def _window_group(rng, H: float, curtains: bool) -> list[dict]:
     frame = _jitter(rng, PAINT[:3] + WOOD)
     glass = _jitter(rng, [(0.72, 0.80, 0.88), (0.60, 0.70, 0.78)], 0.04)
     parts = [_box((-w / 2 + f, 0, z0 + f), (w / 2 - f, 0.01, z0 + h - f), glass),
-             _box((-w / 2, 0, z0), (-w / 2 + f, 0.05, z0 + h), frame), _box((w / 2 - f, 0, z0), (w / 2, 0.05, z0 + h), frame),
+             _box((-w / 2, 0, z0), (-w / 2 + f, 0.05, z0 + h), frame),
+             _box((w / 2 - f, 0, z0), (w / 2, 0.05, z0 + h), frame),
              _box((-w / 2 + f, 0, z0 + h - f), (w / 2 - f, 0.05, z0 + h), frame),
              _box((-w / 2 - 0.03, 0, z0 - 0.03), (w / 2 + 0.03, 0.08, z0 + f), frame)]
     if w > 1.1:
@@ -492,7 +500,8 @@ def _window_group(rng, H: float, curtains: bool) -> list[dict]:
         objs.append(_obj(CURTAIN, "curtain", [
             _box((-w / 2 - cw + ov, 0.09, zb), (-w / 2 + ov, 0.13, zt - 0.03), col),
             _box((w / 2 - ov, 0.09, zb), (w / 2 + cw - ov, 0.13, zt - 0.03), col),
-            _box((-w / 2 - cw + ov - 0.05, 0.1, zt - 0.03), (w / 2 + cw - ov + 0.05, 0.12, zt), _jitter(rng, METAL + WOOD))]))
+            _box((-w / 2 - cw + ov - 0.05, 0.1, zt - 0.03), (w / 2 + cw - ov + 0.05, 0.12, zt),
+                 _jitter(rng, METAL + WOOD))]))
     return objs
 
 
@@ -515,10 +524,12 @@ def _otherfurniture(rng) -> dict:
         return _obj(OTHERFURNITURE, "trash can", [_cyl(0, r, r, 0, h, _jitter(rng, METAL + VIVID))])
     if c < 0.7:
         w, d = rng.uniform(0.45, 0.8), rng.uniform(0.45, 0.6)
-        return _obj(OTHERFURNITURE, "ottoman", [_box((-w / 2, 0, 0), (w / 2, d, rng.uniform(0.38, 0.45)), _jitter(rng, FABRIC))])
+        h = rng.uniform(0.38, 0.45)
+        return _obj(OTHERFURNITURE, "ottoman", [_box((-w / 2, 0, 0), (w / 2, d, h), _jitter(rng, FABRIC))])
     w, d, h = rng.uniform(0.8, 1.2), rng.uniform(0.08, 0.12), rng.uniform(0.5, 0.7)
-    return _obj(OTHERFURNITURE, "radiator", [_box((-w / 2, 0.03, 0.12), (w / 2, 0.03 + d, 0.12 + h), _jitter(rng, PAINT[:3])),
-                                             _box((-w / 2 + 0.05, 0, 0.3), (-w / 2 + 0.08, 0.03, 0.35), _jitter(rng, METAL))])
+    return _obj(OTHERFURNITURE, "radiator", [
+        _box((-w / 2, 0.03, 0.12), (w / 2, 0.03 + d, 0.12 + h), _jitter(rng, PAINT[:3])),
+        _box((-w / 2 + 0.05, 0, 0.3), (-w / 2 + 0.08, 0.03, 0.35), _jitter(rng, METAL))])
 
 
 class _Placer:
@@ -562,7 +573,10 @@ class _Placer:
             L = Lx if k in (0, 2) else Ly
             if L < 2 * (half + end_margin):
                 continue
-            s = (half if self.rng.random() < 0.5 else L - half) if corner else self.rng.uniform(half + end_margin, L - half - end_margin)
+            if corner:
+                s = half if self.rng.random() < 0.5 else L - half
+            else:
+                s = self.rng.uniform(half + end_margin, L - half - end_margin)
             anchor = [(s, 0.0), (Lx, s), (s, Ly), (0.0, s)][k]
             placed = _transform(objs, k, anchor)
             ko = None
@@ -600,7 +614,9 @@ def _furnish(rng: np.random.Generator, size: np.ndarray, room_type: str) -> list
     if room_type == "bedroom":
         pl.wall(_bed_group(rng), tries=80)
         if some(0.6):
-            pl.wall([_cabinet(rng, tall=True, name="wardrobe", label=OTHERFURNITURE) if some(0.4) else _cabinet(rng, tall=True)])
+            wardrobe = some(0.4)
+            pl.wall([_cabinet(rng, tall=True, name="wardrobe" if wardrobe else "cabinet",
+                              label=OTHERFURNITURE if wardrobe else CABINET)])
         if some(0.5):
             pl.wall(_desk_group(rng))
         if some(0.4):
@@ -855,12 +871,14 @@ def shade(room: Room, p: np.ndarray, n: np.ndarray, sid: np.ndarray) -> np.ndarr
     return room.surf_albedo[sid] * (tex * (0.55 + 0.5 * lambert))[:, None]
 
 
-def sensor_noise(depth: np.ndarray, color: np.ndarray, rng: np.random.Generator,
-                 depth_rel_std: float = 0.003, gain_range: float = 0.06, color_std: float = 0.012):
-    """Depth x (1 + N(0, depth_rel_std^2)) (0 stays 0: noise grows with depth like a structured-light
-    sensor); colour x one exposure gain per frame + per-pixel Gaussian noise."""
+def sensor_noise(depth: np.ndarray, color: np.ndarray, rng: np.random.Generator, depth_rel_std: float = 0.003,
+                 dropout: float = 0.005, gain_range: float = 0.06, color_std: float = 0.012):
+    """Depth x (1 + N(0, depth_rel_std^2)) (noise grows with depth, as in a structured-light sensor)
+    and a `dropout` share of pixels with no return (0, as ScanNet's holes); colour x one exposure
+    gain per frame + per-pixel Gaussian noise."""
     noise = rng.standard_normal(depth.shape, dtype=np.float32)
     depth = depth * (1.0 + depth_rel_std * noise)
+    depth[rng.random(depth.shape, dtype=np.float32) < dropout] = 0.0
     gain = 1.0 + rng.uniform(-gain_range, gain_range)
     color = color * gain + color_std * rng.standard_normal(color.shape, dtype=np.float32)
     return depth, color
@@ -1102,13 +1120,18 @@ def synthesize(out_dir: str | Path, n_scenes: int, seed: int, n_points: int = 10
             _check_existing(final, want)
             paths.append(final)
             continue
+        _remove_stale_partials(out_dir, name)
         tmp = out_dir / f".{name}.partial-{os.getpid()}"
-        if tmp.exists():
-            shutil.rmtree(tmp)
         try:
             room = make_room(rs, n_points=n_points, n_frames=n_frames, image_hw=image_hw, name=name)
-            write_room(room, tmp)
-            os.replace(tmp, final)
+            write_room(room, tmp, progress=progress)
+            try:
+                os.replace(tmp, final)
+            except OSError:
+                if not final.exists():
+                    raise
+                _check_existing(final, want)  # another process finished this scene first
+
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -1119,16 +1142,34 @@ def synthesize(out_dir: str | Path, n_scenes: int, seed: int, n_points: int = 10
     return paths
 
 
+def _remove_stale_partials(out_dir: Path, name: str) -> None:
+    """Delete temporary directories of `name` left by killed runs (their process is gone) or by this one."""
+    for p in out_dir.glob(f".{name}.partial-*"):
+        try:
+            pid = int(p.name.rsplit("-", 1)[1])
+            if pid != os.getpid():
+                os.kill(pid, 0)
+                continue  # a live process is writing it
+        except (ValueError, ProcessLookupError):
+            pass
+        except PermissionError:
+            continue
+        logger.info("removing unfinished %s", p)
+        shutil.rmtree(p, ignore_errors=True)
+
+
 def _check_existing(path: Path, want: dict) -> None:
     import json
 
     try:
         meta = json.loads((path / "meta.json").read_text())
     except (OSError, ValueError):
-        raise InputError(path, "exists but has no readable meta.json; remove it or choose another output directory") from None
+        raise InputError(path, "exists but has no readable meta.json; remove it or choose another output "
+                               "directory") from None
     if meta.get("source") != SOURCE:
         raise InputError(path, f"exists and is not a procedural room (source {meta.get('source')!r})")
     have = {k: meta.get(k) for k in want}
     if have != want:
         diff = ", ".join(f"{k} {have[k]} != {want[k]}" for k in want if have[k] != want[k])
-        raise InputError(path, f"exists with other generator parameters ({diff}); remove it or choose another output directory")
+        raise InputError(path, f"exists with other generator parameters ({diff}); remove it or choose another "
+                               "output directory")
