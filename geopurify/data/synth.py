@@ -13,8 +13,8 @@ From the primitives:
 - a camera trajectory walking around the room centre and looking across it, with ScanNet's
   640 x 480 depth-camera intrinsics (fx ~ 577.9);
 - per frame, images by vectorised ray casting against the primitives: exact z-depth, shaded
-  colour, NYU40 label image; then sensor noise (depth-proportional on depth, exposure and
-  per-pixel on colour).
+  colour, NYU40 label image (`Room.render`); then sensor noise (depth-proportional noise and
+  0.5% dropped pixels on depth, exposure gain and per-pixel noise on colour).
 
 Everything is a pure function of the seed: the same seed gives byte-identical arrays and images.
 `write_room` writes the on-disk scene layout (docs/architecture.md) with
