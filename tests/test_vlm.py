@@ -397,3 +397,21 @@ def test_build_vlm(tmp_path):
     cfg["lift"]["vlm_path"] = str(tmp_path)
     with pytest.raises(InputError, match="config.json"):
         build_vlm(cfg)
+
+
+def test_procedural_room_label_images_from_disk(encoder, labels20, tmp_path):
+    """A procedural room written in the on-disk layout: label PNGs are read, resized and mapped."""
+    from geopurify.data.readers import load_scene
+    from geopurify.data.synth import make_room, write_room
+
+    write_room(make_room(0, n_points=20_000, n_frames=2), tmp_path / "room")
+    scene = load_scene(tmp_path / "room")
+    assert scene.frames and scene.frames[0].label_path is not None
+    vlm = SimulatedVLM(sim_cfg(patch=1, **OFF), label_set=labels20, text_encoder=encoder)
+    T = text_embeddings(vlm, labels20)
+    hw = (120, 160)
+    for i, frame in enumerate(scene.frames):
+        gt = labels20.map(resize_nearest(frame.label_image(), hw), space="nyu40")
+        assert (gt >= 0).mean() > 0.5
+        pred = pixel_argmax(vlm.frame_features(scene, i, hw), T, hw)
+        assert (pred[gt >= 0] == gt[gt >= 0]).all()
