@@ -110,7 +110,7 @@ def write_color(path: str | Path, arr: np.ndarray, quality: int = 95) -> None:
 
 def _write_uint16(path: str | Path, arr: np.ndarray) -> None:
     with atomic_path(path) as tmp:
-        Image.fromarray(np.ascontiguousarray(arr.astype(np.uint16))).save(tmp, format="PNG")
+        Image.fromarray(np.ascontiguousarray(arr.astype(np.uint16))).save(tmp, format="PNG", compress_level=1)  # 7x faster than level 6, ~6% larger
 
 
 def depth_to_uint16(depth_m: np.ndarray, scale: float = 1000.0) -> np.ndarray:
