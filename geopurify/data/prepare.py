@@ -1,0 +1,252 @@
+"""Raw dataset downloads -> this project's on-disk scene layout (docs/architecture.md), resumably.
+
+ScanNet: one raw scan directory (`scans/sceneXXXX_XX/` with `<scene>.sens`,
+`<scene>_vh_clean_2.ply`, `<scene>_vh_clean_2.labels.ply`, `<scene>.txt`, and optionally
+`<scene>.aggregation.json` + `<scene>_vh_clean_2.0.010000.segs.json`) becomes one scene directory:
+`points_xyzrgb.npy` (mesh vertices in the axis-aligned frame), `labels_nyu40.npy`, `instances.npy`,
+`axis_align_matrix.txt`, every k-th frame of the .sens (geopurify.data.sens) and `meta.json`.
+
+Every output scene is built in a staging directory (`<out>/.geopurify-partial/`) and renamed into
+place when complete, so a scene directory under `<out>` is always whole: a re-run skips finished
+scenes and redoes only the one a kill interrupted. Matterport3D lives in geopurify.data.matterport
+and uses the same staging.
+
+The official ScanNet v2 and Matterport3D split lists ship in geopurify/resources/splits/ (`read_split`).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from importlib import resources
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+from geopurify.errors import InputError
+
+log = logging.getLogger(__name__)
+
+STAGING_DIR = ".geopurify-partial"  # under the output root; not a scene directory, so list_scenes ignores it
+SPLITS = ("train", "val", "test")  # shipped official split lists (ScanNet v2 scans, Matterport3D houses)
+_SCENE_RE = re.compile(r"scene\d{4}_\d{2}")
+
+
+# ---------------------------------------------------------------------------------------------- staging
+def is_complete(out_dir: str | Path) -> bool:
+    """True when `out_dir` is a finished scene directory (staged scenes only appear once whole)."""
+    out_dir = Path(out_dir)
+    return out_dir.is_dir() and (out_dir / "points_xyzrgb.npy").is_file()
+
+
+@contextlib.contextmanager
+def staged_dir(final: str | Path) -> Iterator[Path]:
+    """Yield an empty staging directory; when the block succeeds, rename it onto `final`
+    (replacing an existing one). On an exception it is removed; after a kill it stays in the
+    staging area and the next `staged_dir` for the same name deletes it."""
+    final = Path(final)
+    stage_root = final.parent / STAGING_DIR
+    stage_root.mkdir(parents=True, exist_ok=True)
+    for stale in stage_root.glob(f"{final.name}.*"):
+        log.info("removing an interrupted earlier attempt: %s", stale)
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{final.name}.", dir=stage_root))
+    try:
+        yield tmp
+        if final.exists():
+            old = Path(tempfile.mkdtemp(prefix=f"{final.name}.old-", dir=stage_root))
+            os.replace(final, old / final.name)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        stage_root.rmdir()  # only when empty
+
+
+# ---------------------------------------------------------------------------------------------- splits
+def read_split(dataset: str, name: str) -> list[str]:
+    """Names of a shipped official split: ScanNet v2 scans (train 1201, val 312, test 100) or
+    Matterport3D houses (train 61, val 11, test 18); provenance in resources/splits/README.md."""
+    files = {"scannet": "scannetv2_{}.txt", "matterport": "matterport_{}.txt"}
+    if dataset not in files:
+        raise ValueError(f"dataset must be one of {sorted(files)}, got {dataset!r}")
+    if name not in SPLITS:
+        raise InputError(None, f"unknown {dataset} split {name!r} (expected one of {', '.join(SPLITS)})")
+    text = resources.files("geopurify").joinpath("resources/splits/" + files[dataset].format(name)).read_text()
+    return [ln.strip() for ln in text.splitlines() if ln.strip()]
+
+
+def scannet_split(name: str) -> list[str]:
+    """Scene names of the official ScanNet v2 split `name` (train / val / test)."""
+    return read_split("scannet", name)
+
+
+def scene_names(spec: str | Path | None, dataset: str = "scannet") -> list[str] | None:
+    """`--scenes` / `--houses` value -> names: None (all), a shipped split name (train / val / test)
+    or a list file (one name per line, '#' comments)."""
+    if spec is None:
+        return None
+    if str(spec) in SPLITS and not Path(spec).is_file():
+        return read_split(dataset, str(spec))
+    from geopurify.data.splits import read_scene_list
+
+    return read_scene_list(spec)
+
+
+# ---------------------------------------------------------------------------------------------- ScanNet
+def _scan_files(scan_dir: Path) -> dict[str, Path | None]:
+    name = scan_dir.name
+
+    def first(*cands: str) -> Path | None:
+        return next((scan_dir / c for c in cands if (scan_dir / c).is_file()), None)
+
+    return {
+        "sens": first(f"{name}.sens"),
+        "mesh": first(f"{name}_vh_clean_2.ply"),
+        "labels": first(f"{name}_vh_clean_2.labels.ply"),
+        "txt": first(f"{name}.txt"),
+        "aggregation": first(f"{name}.aggregation.json", f"{name}_vh_clean.aggregation.json"),
+        "segs": first(f"{name}_vh_clean_2.0.010000.segs.json"),
+    }
+
+
+def is_scannet_scan(path: str | Path) -> bool:
+    """A raw ScanNet scan directory: named sceneXXXX_XX and holding its mesh or its .sens."""
+    path = Path(path)
+    if not (path.is_dir() and _SCENE_RE.fullmatch(path.name)):
+        return False
+    files = _scan_files(path)
+    return files["mesh"] is not None or files["sens"] is not None
+
+
+def find_scannet_scans(root: str | Path, names: list[str] | None = None) -> list[Path]:
+    """Raw scan directories under `root` (or `root` itself when it is one), in name order,
+    restricted to `names` when given (every named scan must exist)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(root, "raw ScanNet directory not found" if not root.exists() else "not a directory")
+    scans = [root] if is_scannet_scan(root) else sorted((p for p in root.iterdir() if is_scannet_scan(p)),
+                                                        key=lambda p: p.name)
+    if names is not None:
+        by_name = {p.name: p for p in scans}
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            raise InputError(root, f"{len(missing)} of {len(names)} listed scans not found (first: "
+                                   f"{', '.join(missing[:3])}); expected <root>/sceneXXXX_XX/ directories")
+        scans = [by_name[n] for n in dict.fromkeys(names)]
+    if not scans:
+        raise InputError(root, "no ScanNet scan directories (sceneXXXX_XX/ with <scene>_vh_clean_2.ply or "
+                               "<scene>.sens) found")
+    return scans
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(path, f"not readable JSON ({type(e).__name__})") from None
+    if not isinstance(data, dict):
+        raise InputError(path, "expected a JSON object")
+    return data
+
+
+def scannet_instances(aggregation: str | Path, segs: str | Path, n_vertices: int) -> np.ndarray:
+    """Per-vertex instance ids (objectId + 1, 0 = none) from ScanNet's aggregation and
+    over-segmentation files, as ScanNet's benchmark export defines them."""
+    aggregation, segs = Path(aggregation), Path(segs)
+    seg_idx = _read_json(segs).get("segIndices")
+    if not isinstance(seg_idx, list) or len(seg_idx) != n_vertices:
+        raise InputError(segs, f"segIndices must list one segment per vertex ({n_vertices}), "
+                               f"got {len(seg_idx) if isinstance(seg_idx, list) else type(seg_idx).__name__}")
+    groups = _read_json(aggregation).get("segGroups")
+    if not isinstance(groups, list):
+        raise InputError(aggregation, "no segGroups list")
+    seg_arr = np.asarray(seg_idx, dtype=np.int64)
+    uniq, inv = np.unique(seg_arr, return_inverse=True)
+    lut = np.zeros(uniq.shape[0], dtype=np.int32)
+    for g in groups:
+        try:
+            obj, members = int(g["objectId"]) + 1, np.asarray(g["segments"], dtype=np.int64)
+        except (KeyError, TypeError, ValueError):
+            raise InputError(aggregation, "segGroups entries need objectId and segments") from None
+        pos = np.searchsorted(uniq, members)
+        ok = (pos < uniq.shape[0]) & (uniq[np.minimum(pos, uniq.shape[0] - 1)] == members)
+        lut[pos[ok]] = obj
+    return lut[inv.reshape(-1)]
+
+
+def prepare_scannet_scan(scan_dir: str | Path, out_dir: str | Path, frame_step: int = 20,
+                         progress: bool = True) -> Path:
+    """Build the scene directory `out_dir` from one raw ScanNet scan (see the module docstring).
+
+    Points are the vertices of `<scene>_vh_clean_2.ply` mapped by the axisAlignment of
+    `<scene>.txt` (identity, with a warning, when the scan has none); poses stay in the original
+    frame with the alignment in axis_align_matrix.txt, as the readers expect.
+    """
+    from geopurify.data import readers as R
+    from geopurify.data.sens import export_sens
+    from geopurify.data.writers import write_axis_alignment, write_scene
+
+    scan_dir, out_dir = Path(scan_dir), Path(out_dir)
+    files = _scan_files(scan_dir)
+    if files["mesh"] is None:
+        raise InputError(scan_dir / f"{scan_dir.name}{R.MESH_SUFFIX}", "scan mesh not found")
+    axis, axis_path = R.read_axis_alignment(scan_dir)
+    if axis is None:
+        log.warning("%s: no axisAlignment in %s.txt; points and poses stay in the scan's original frame",
+                    scan_dir, scan_dir.name)
+    pts = R.load_points(scan_dir, axis)
+    instances = None
+    if files["aggregation"] is not None and files["segs"] is not None and files["labels"] is not None:
+        instances = scannet_instances(files["aggregation"], files["segs"], pts["xyz"].shape[0])
+    meta = {"source": "scannet", "label_space": "nyu40", "depth_scale": 1000.0,
+            "prepared_from": str(scan_dir.resolve()), "axis_aligned": axis is not None,
+            "axis_alignment_file": None if axis_path is None else axis_path.name}
+    with staged_dir(out_dir) as tmp:
+        if files["sens"] is not None:
+            # frames first: write_frame stores poses as given only while no axis_align_matrix.txt exists
+            summary = export_sens(files["sens"], tmp, frame_step=frame_step, progress=progress)
+            meta.update(depth_scale=summary["depth_shift"], sens=summary)
+        else:
+            log.warning("%s: no %s.sens; the scene gets points only (no frames)", scan_dir, scan_dir.name)
+        write_scene(tmp, pts["xyz"], pts["rgb"], labels=pts["labels"], instances=instances, meta=meta)
+        if axis is not None:
+            write_axis_alignment(tmp, axis)
+    log.info("prepared %s -> %s (%d points%s)", scan_dir.name, out_dir, pts["xyz"].shape[0],
+             "" if pts["labels"] is not None else ", unlabelled")
+    return out_dir
+
+
+def prepare_scannet(root: str | Path, out: str | Path, frame_step: int = 20, scenes: str | Path | None = None,
+                    overwrite: bool = False, progress: bool = True) -> list[Path]:
+    """Prepare every raw scan under `root` (or those named by `scenes`: a list file or a shipped
+    split name) into `out/<scene>/`. Finished scenes are skipped unless `overwrite`."""
+    if isinstance(frame_step, bool) or not isinstance(frame_step, (int, np.integer)) or frame_step < 1:
+        raise InputError(None, f"frame step must be a positive integer, got {frame_step!r}")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "output exists and is not a directory")
+    scans = find_scannet_scans(root, scene_names(scenes))
+    done = []
+    n_skip = 0
+    for scan in tqdm(scans, desc="scannet scenes", unit="scene", disable=not progress):
+        dest = out / scan.name
+        if is_complete(dest) and not overwrite:
+            n_skip += 1
+            log.debug("skip %s: %s is complete", scan.name, dest)
+        else:
+            prepare_scannet_scan(scan, dest, frame_step=frame_step, progress=progress)
+        done.append(dest)
+    if n_skip:
+        log.info("%d of %d scenes were already prepared in %s (skipped)", n_skip, len(scans), out)
+    return done
