@@ -386,6 +386,28 @@ def test_mean_fusion_equals_python_loop():
     assert torch.equal(fus.mean(), fus.mean(inplace=True))
 
 
+@pytest.mark.parametrize("group_bytes", [1, 1 << 30])
+def test_mean_fusion_of_table_rows_equals_python_loop(group_bytes):
+    """Views given as (point, feature-map cell) pairs, folded per view or all in one group."""
+    n, dim = 60, 6
+    g = torch.Generator().manual_seed(5)
+    views = []
+    for idx, _ in random_views(n, dim=dim, seed=5):
+        table = torch.randn(int(torch.randint(3, 9, (1,), generator=g)), dim, generator=g)
+        views.append((idx, torch.randint(0, len(table), (len(idx),), generator=g), table))
+    fus = MeanFusion(n, dim, group_bytes=group_bytes)
+    for idx, rows, table in views:
+        fus.add_table(idx, rows, table)
+    sums, counts = torch.zeros(n, dim), [0] * n
+    for idx, rows, table in views:
+        for i, r in zip(idx.tolist(), rows.tolist()):
+            sums[i] += table[r]
+            counts[i] += 1
+    assert fus.count.tolist() == counts
+    expect = sums / torch.tensor(counts).clamp(min=1)[:, None]
+    torch.testing.assert_close(fus.mean(), expect, atol=1e-5, rtol=1e-5)
+
+
 def naive_consensus(views, n, dim, text, k, scale):
     per_point = [[] for _ in range(n)]
     for idx, f in views:
@@ -462,7 +484,7 @@ def test_lift_scene_fuses_exactly_the_visible_samples(with_depth):
     hw = (48, 64)
     scene = small_scene(hw=hw, with_depth=with_depth)
     vlm = RandomMapVLM()
-    cfg = cfg_for(hw, zbuffer_splat=1, chunk_points=150)
+    cfg = cfg_for(hw, zbuffer_splat=1, chunk_points=150, group_mb=0 if with_depth else 256)
     views = []
     for i, fr in enumerate(scene.frames):
         idx, pix = visible(torch.from_numpy(scene.xyz), fr.pose, fr.intrinsic, hw, border=2, thr=0.05,

@@ -20,16 +20,66 @@ log = logging.getLogger(__name__)
 
 
 class MeanFusion:
-    """Per-point running sum and view count; `mean()` is the average over the views that saw it."""
+    """Per-point running sum and view count; `mean()` is the average over the views that saw it.
 
-    def __init__(self, n_points: int, dim: int, device: str | torch.device = "cpu"):
-        self.sum = torch.zeros(n_points, dim, dtype=torch.float32, device=device)
+    Views come in either as gathered features (`add`) or, cheaper, as rows of a small per-view
+    table such as a feature map's cells (`add_table`): those are kept as (point, row) pairs plus
+    the table, and folded into the sum once the pending tables reach `group_bytes`, by one sorted
+    `embedding_bag(mode="sum")` over all pending pairs, which never materialises the (M, C)
+    gathered features. Memory: the N x C sum plus one group of tables and their pairs.
+    """
+
+    def __init__(self, n_points: int, dim: int, device: str | torch.device = "cpu", group_bytes: int = 256 << 20):
+        self.n, self.dim, self.device = int(n_points), int(dim), device
+        self.group_bytes = int(group_bytes)
+        self._sum: torch.Tensor | None = None  # allocated on first use (the first group can be the sum)
         self.count = torch.zeros(n_points, dtype=torch.int32, device=device)
+        self._pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._tables: list[torch.Tensor] = []
+        self._rows = 0
+        self._bytes = 0
+
+    def _count(self, idx: torch.Tensor) -> None:
+        self.count.index_add_(0, idx, torch.ones_like(idx, dtype=torch.int32))
 
     def add(self, idx: torch.Tensor, feat: torch.Tensor) -> None:
         """Fold one view in: `idx` (M,) distinct point indices, `feat` (M, C) their features."""
-        self.sum.index_add_(0, idx, feat.to(self.sum.dtype))
-        self.count.index_add_(0, idx, torch.ones_like(idx, dtype=torch.int32))
+        self.sum.index_add_(0, idx, feat.to(torch.float32))
+        self._count(idx)
+
+    def add_table(self, idx: torch.Tensor, rows: torch.Tensor, table: torch.Tensor) -> None:
+        """Fold one view in: point idx[m] takes feature table[rows[m]]; `idx` (M,) distinct, `table` (R, C)."""
+        self._count(idx)
+        self._pairs.append((idx, rows.to(torch.int64) + self._rows))
+        self._tables.append(table.to(torch.float32))
+        self._rows += table.shape[0]
+        self._bytes += table.numel() * 4 + idx.numel() * 16
+        if self._bytes >= self.group_bytes:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pairs:
+            return
+        idx = torch.cat([p[0] for p in self._pairs])
+        rows = torch.cat([p[1] for p in self._pairs])
+        table = torch.cat(self._tables) if len(self._tables) > 1 else self._tables[0]
+        self._pairs, self._tables, self._rows, self._bytes = [], [], 0, 0
+        order = torch.argsort(idx, stable=True)
+        per_point = torch.bincount(idx, minlength=self.n)
+        offsets = torch.cumsum(per_point, 0) - per_point
+        group = torch.nn.functional.embedding_bag(rows[order], table, offsets, mode="sum")
+        if self._sum is None:
+            self._sum = group
+        else:
+            self._sum += group
+
+    @property
+    def sum(self) -> torch.Tensor:
+        """(N, C) float32 sum of every view's feature."""
+        self._flush()
+        if self._sum is None:
+            self._sum = torch.zeros(self.n, self.dim, dtype=torch.float32, device=self.device)
+        return self._sum
 
     @property
     def seen(self) -> torch.Tensor:
@@ -38,10 +88,11 @@ class MeanFusion:
     def mean(self, inplace: bool = False) -> torch.Tensor:
         """(N, C) float32 mean feature; zero for points no view saw.
 
-        `inplace` divides the running sum itself (saves an N x C copy; no more `add` after it).
+        `inplace` divides the running sum itself (saves an N x C copy; no more adding after it).
         """
-        denom = self.count.clamp(min=1).to(self.sum.dtype)[:, None]
-        return self.sum.div_(denom) if inplace else self.sum / denom
+        total = self.sum
+        denom = self.count.clamp(min=1).to(total.dtype)[:, None]
+        return total.div_(denom) if inplace else total / denom
 
 
 def consensus_classes(mean_feat: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:

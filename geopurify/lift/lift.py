@@ -144,7 +144,8 @@ def lift_scene(scene: Scene, vlm, cfg: dict, text_emb: torch.Tensor | None = Non
              vlm.describe(), fusion)
 
     def views(desc: str):
-        """Yield (point indices, their features) per frame; the visibility is kept for a second pass."""
+        """Yield (point indices, feature-map cells, (h*w, C) cell table) per frame; the visibility
+        is kept for the consensus pass."""
         for i in tqdm(range(len(scene_v.frames)), desc=desc, unit="view", leave=False):
             if i in geom:
                 idx, pix = geom[i]
@@ -155,14 +156,13 @@ def lift_scene(scene: Scene, vlm, cfg: dict, text_emb: torch.Tensor | None = Non
                 if fusion == "consensus":
                     geom[i] = (idx, pix)
             fmap = vlm.frame_features(scene_v, i, hw).to(device)
-            table = _feature_table(fmap, dim, where)
-            yield idx, table[map_index(pix, hw, tuple(fmap.shape[1:]))]
+            yield idx, map_index(pix, hw, tuple(fmap.shape[1:])), _feature_table(fmap, dim, where)
 
     geom: dict[int, tuple] = {}  # visibility kept for the consensus pass
     n_depth = [0]
-    mean = MeanFusion(n, dim, device)
-    for idx, feats in views("lift"):
-        mean.add(idx, feats)
+    mean = MeanFusion(n, dim, device, group_bytes=int(lc["group_mb"]) << 20)
+    for idx, cells, table in views("lift"):
+        mean.add_table(idx, cells, table)
     seen = mean.seen
     feat = mean.mean(inplace=True)
     if fusion == "consensus":
@@ -174,8 +174,8 @@ def lift_scene(scene: Scene, vlm, cfg: dict, text_emb: torch.Tensor | None = Non
         text_emb = text_emb.to(device=device, dtype=torch.float32)
         cls = consensus_classes(feat, text_emb)
         topk = TopKFusion(text_emb[cls], k=int(lc["consensus_topk"]), logit_scale=float(lc["consensus_logit_scale"]))
-        for idx, feats in views("consensus"):
-            topk.add(idx, feats)
+        for idx, cells, table in views("consensus"):
+            topk.add(idx, table[cells])
         feat = topk.result()
     feat = nearest_fill(scene.xyz, feat, seen, inplace=True)
     n_frames, n_depth = len(scene_v.frames), n_depth[0]
