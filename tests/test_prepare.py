@@ -548,6 +548,19 @@ def test_matterport_visibility_drops_frames_that_do_not_see_a_region(tmp_path):
     assert (counts[:, 0] > 0).all() and (counts[:, 2] == 0).all()
 
 
+def test_matterport_missing_image_drops_the_view(tmp_path, caplog):
+    house, views, _ = make_house(tmp_path / "mp")
+    (house / "undistorted_depth_images" / (views[1][0].replace("_i", "_d") + ".png")).unlink()
+    with caplog.at_level("WARNING"):
+        scenes = MP.prepare_matterport(house, tmp_path / "out", progress=False)
+    assert "1 of 2 views lack their colour or depth image" in caplog.text
+    assert [f.name for f in load_scene(scenes[0]).frames] == [views[0][0]]
+    for d in (house / "undistorted_depth_images").iterdir():
+        d.unlink()
+    with pytest.raises(InputError, match="none of the 2 images"):
+        MP.prepare_matterport(house, tmp_path / "out2", progress=False)
+
+
 def test_cli_matterport(tmp_path, capsys):
     from geopurify.cli import main
 

@@ -295,9 +295,10 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 def _usable_views(views: list[MPView], color_dir: Path, depth_dir: Path, conf: Path) -> list[MPView]:
     ok = [v for v in views if (color_dir / v.color).is_file() and (depth_dir / v.depth).is_file()]
     if len(ok) < len(views):
-        missing = next(v for v in views if v not in ok)
+        kept = {v.key for v in ok}
+        missing = [v.key for v in views if v.key not in kept]
         log.warning("%s: %d of %d views lack their colour or depth image (first: %s); they are left out",
-                    conf, len(views) - len(ok), len(views), missing.key)
+                    conf, len(missing), len(views), missing[0])
     if not ok:
         raise InputError(color_dir, f"none of the {len(views)} images listed in {conf.name} was found")
     return ok
