@@ -132,7 +132,10 @@ def lift_scene(scene: Scene, vlm, cfg: dict, text_emb: torch.Tensor | None = Non
     fusion = lc["fusion"]
     if fusion not in FUSIONS:
         raise InputError(None, f"lift.fusion must be one of {FUSIONS}, got {fusion!r}")
-    W, H = (int(x) for x in lc["image_size"])
+    size = lc["image_size"]
+    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(x, int) and x > 0 for x in size)):
+        raise InputError(None, f"lift.image_size must be [W, H], two positive integers, got {size!r}")
+    W, H = size
     hw = (H, W)
     scene_v, virtual = _frames_for(scene, vlm, cfg)
     n, dim = scene.n_points, int(vlm.dim)
@@ -163,8 +166,9 @@ def lift_scene(scene: Scene, vlm, cfg: dict, text_emb: torch.Tensor | None = Non
     mean = MeanFusion(n, dim, device, group_bytes=int(lc["group_mb"]) << 20)
     for idx, cells, table in views("lift"):
         mean.add_table(idx, cells, table)
-    seen = mean.seen
+    seen, n_views = mean.seen, mean.count.to(torch.int64)
     feat = mean.mean(inplace=True)
+    del mean  # `feat` is now the only N x C buffer
     if fusion == "consensus":
         if text_emb is None:
             from geopurify.data.labels import get_label_set
@@ -173,6 +177,7 @@ def lift_scene(scene: Scene, vlm, cfg: dict, text_emb: torch.Tensor | None = Non
             text_emb = text_embeddings(vlm, get_label_set(cfg["data"]["label_set"]), lc["prompt_template"])
         text_emb = text_emb.to(device=device, dtype=torch.float32)
         cls = consensus_classes(feat, text_emb)
+        del feat  # the top-k buffers (N x k x C) replace it
         topk = TopKFusion(text_emb[cls], k=int(lc["consensus_topk"]), logit_scale=float(lc["consensus_logit_scale"]))
         for idx, cells, table in views("consensus"):
             topk.add(idx, table[cells])
@@ -185,7 +190,7 @@ def lift_scene(scene: Scene, vlm, cfg: dict, text_emb: torch.Tensor | None = Non
     log.info("lifted %s: %.1f%% of points seen (%d frames, %d with depth, %d z-buffered)%s", scene.name,
              100 * info["seen_frac"], n_frames, n_depth, n_frames - n_depth,
              " [SIMULATED VLM]" if vlm.simulated else "")
-    return LiftResult(feat, seen, mean.count.to(torch.int64), info)
+    return LiftResult(feat, seen, n_views, info)
 
 
 def save_lifted(path: str | Path, result: LiftResult, meta: dict | None = None) -> None:

@@ -105,8 +105,9 @@ def zbuffer(xyz: torch.Tensor, pose, K, hw: tuple[int, int], splat: int = 2,
 
     Each point covers the (2*splat+1)^2 pixels around its projection, so background points
     cannot show through the gaps between sparse foreground points; each pixel keeps the
-    nearest point (ties: lowest index). Vectorised as one `scatter_reduce(amin)` of a packed
-    int64 key (micrometre depth << 32 | point index) per footprint offset, in point chunks.
+    nearest point (depths compared to the micrometre; ties: lowest index). Vectorised as one
+    `scatter_reduce(amin)` of a packed int64 key (micrometre depth << 32 | point index) per
+    footprint offset, in point chunks (memory ~ views x chunk).
 
     pose (4, 4) or (V, 4, 4). Returns depth float32 (H, W) / (V, H, W) in metres (0 = empty)
     and index int64 (H, W) / (V, H, W) of the owning point (-1 = empty).
