@@ -1,0 +1,402 @@
+"""VLM backends whose outputs were computed elsewhere and are read from files.
+
+- Prompt embeddings (`load_prompt_embeddings`, `PrecomputedVLM`): the text side of a VLM as a
+  file of (P, C) embeddings plus the P prompts they encode, for models that cannot run here
+  (OpenSeg, LSeg, X-Decoder text encoders). Accepted layouts:
+    * `<name>.pt` holding {"prompts": [str, ...], "embeddings": float tensor (P, C)};
+    * `<name>.pt` holding a float tensor (P, C), or `<name>.npy` holding a float array (P, C),
+      each with a sidecar `<name>.txt`: one prompt per line, line i for row i.
+  `text_source(path)` also accepts a local CLIP checkpoint directory (geopurify.vlm.clip).
+- Per-view features (`ExternalVLM`, docs/external_features.md): one file per frame,
+  `<scene>/features/<k>.pt` (or `<root>/<scene>/<k>.pt`), holding either a feature map
+  {"feat": (C, h, w)} or X-Decoder-style masks {"mask_embeddings": (M, C), "masks": ...,
+  "scores": (M,) optional}. `frame_features` turns either into a (C, h, w) map, so the project's
+  own projection and fusion (geopurify.lift.lift.lift_scene) lift them.
+
+Nothing here is a stand-in: features and embeddings are whatever the files hold
+(`simulated = False`).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from geopurify.data.scene import Scene
+from geopurify.errors import InputError
+from geopurify.vlm.base import VLM
+from geopurify.vlm.text import l2_normalize
+
+log = logging.getLogger(__name__)
+
+TEXT_FILE_NAMES = ("text_embeddings.pt", "text_embeddings.npy")  # looked up inside a feature directory
+
+
+def _torch_load(path: Path, what: str):
+    """torch.load with weights_only (no code runs); any failure -> InputError naming the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise InputError(path, f"{what} not found") from None
+    except Exception as e:  # torch raises many types for truncated / foreign files
+        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
+        raise InputError(path, f"not a readable {what} ({type(e).__name__}{': ' + first if first else ''})") from None
+
+
+def _read_sidecar(path: Path) -> list[str]:
+    """Prompts from `<stem>.txt` next to `path`, one per line (trailing blank lines ignored)."""
+    side = path.with_suffix(".txt")
+    if not side.is_file():
+        raise InputError(path, f"embeddings without prompts: expected the prompt list in {side.name} "
+                               "(one prompt per line) or a .pt dict {'prompts', 'embeddings'}")
+    try:
+        lines = side.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(side, f"unreadable prompt list ({type(e).__name__})") from None
+    while lines and not lines[-1].strip():
+        lines.pop()
+    blank = [i + 1 for i, s in enumerate(lines) if not s.strip()]
+    if blank:
+        raise InputError(side, f"line {blank[0]} is empty; every line must hold one prompt")
+    return [s.strip() for s in lines]
+
+
+def load_prompt_embeddings(path: str | Path) -> tuple[list[str], torch.Tensor]:
+    """(prompts, embeddings (P, C) float32) from a prompt-embedding file (module docstring).
+
+    Raises InputError(path, problem) for a missing / unreadable file, a wrong layout, a row count
+    that differs from the prompt count, repeated prompts, NaN/inf or all-zero rows.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "prompt embedding file not found")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise InputError(path, f"not a readable .npy array ({type(e).__name__})") from None
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise InputError(path, f"embeddings must be floats, got {arr.dtype}")
+        emb, prompts = torch.from_numpy(np.ascontiguousarray(arr)), _read_sidecar(path)
+    elif suffix in (".pt", ".pth"):
+        obj = _torch_load(path, "prompt embedding file")
+        if isinstance(obj, dict):
+            missing = [k for k in ("prompts", "embeddings") if k not in obj]
+            if missing:
+                raise InputError(path, f"prompt embedding dict lacks {missing[0]!r} (needs 'prompts' and 'embeddings')")
+            prompts, emb = obj["prompts"], obj["embeddings"]
+            if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, str) for p in prompts):
+                raise InputError(path, "'prompts' must be a list of strings")
+            prompts = [p.strip() for p in prompts]
+        elif torch.is_tensor(obj):
+            emb, prompts = obj, _read_sidecar(path)
+        else:
+            raise InputError(path, f"expected a dict {{'prompts', 'embeddings'}} or a (P, C) tensor, got {type(obj).__name__}")
+        if not torch.is_tensor(emb):
+            raise InputError(path, f"'embeddings' must be a tensor, got {type(emb).__name__}")
+    else:
+        raise InputError(path, f"unsupported prompt embedding file type {suffix!r} (use .pt or .npy)")
+    if emb.dim() != 2 or not emb.is_floating_point():
+        raise InputError(path, f"embeddings must be a float (P, C) array, got {emb.dtype} {tuple(emb.shape)}")
+    if emb.shape[0] != len(prompts):
+        raise InputError(path, f"{emb.shape[0]} embedding rows for {len(prompts)} prompts")
+    if emb.shape[0] == 0 or emb.shape[1] == 0:
+        raise InputError(path, f"no embeddings (shape {tuple(emb.shape)})")
+    seen: set[str] = set()
+    for p in prompts:
+        if not p:
+            raise InputError(path, "empty prompt in the prompt list")
+        if p in seen:
+            raise InputError(path, f"prompt {p!r} appears more than once")
+        seen.add(p)
+    emb = emb.float()
+    if not torch.isfinite(emb).all():
+        raise InputError(path, "embeddings hold NaN/inf")
+    zero = (emb.norm(dim=1) == 0).nonzero().flatten()
+    if zero.numel():
+        raise InputError(path, f"embedding of prompt {prompts[int(zero[0])]!r} is all zeros")
+    return list(prompts), emb.contiguous()
+
+
+class PrecomputedVLM(VLM):
+    """Text side from a prompt-embedding file; there is no 2D model behind it.
+
+    `encode_text` looks every prompt up in the file (exact match after stripping surrounding
+    whitespace) and returns its L2-normalised row; a prompt not in the file raises InputError.
+    `frame_features` always raises: per-view features must come from files (`ExternalVLM`) or
+    per-point features from OpenScene's release (geopurify.lift.external).
+    """
+
+    simulated = False
+
+    def __init__(self, path: str | Path, name: str | None = None):
+        self.path = Path(path)
+        self.prompts, emb = load_prompt_embeddings(self.path)
+        self.embeddings = l2_normalize(emb)
+        self.dim = int(emb.shape[1])
+        self._row = {p: i for i, p in enumerate(self.prompts)}
+        self.name = name or f"precomputed text ({self.path.name})"
+        log.info("prompt embeddings from %s: %d prompts, %d-d", self.path, len(self.prompts), self.dim)
+
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        """(P, dim) float32 unit rows of the file, in the order asked."""
+        keys = [str(p).strip() for p in prompts]
+        missing = [p for p in keys if p not in self._row]
+        if missing:
+            have = ", ".join(repr(p) for p in self.prompts[:3])
+            raise InputError(self.path, f"{len(missing)} prompt(s) not in the file, e.g. {missing[0]!r} "
+                                        f"(it holds {len(self.prompts)} prompts: {have}{', ...' if len(self.prompts) > 3 else ''})")
+        idx = torch.tensor([self._row[p] for p in keys], dtype=torch.int64)
+        return self.embeddings[idx].clone()
+
+    def frame_features(self, scene: Scene, frame_index: int, image_hw: tuple[int, int]) -> torch.Tensor:
+        raise InputError(self.path, "holds precomputed text embeddings only; there is no 2D model to compute "
+                                    "per-view features (use per-view feature files with lift.vlm = external, or "
+                                    "OpenScene point features with lift.vlm = openscene)")
+
+
+def text_source(path: str | Path, device: str = "cpu") -> VLM:
+    """The text side named by `path`: a prompt-embedding file (PrecomputedVLM) or a local CLIP
+    checkpoint directory (ClipVLM, whose `encode_text` runs the real text encoder)."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            from geopurify.vlm.clip import ClipVLM
+
+            return ClipVLM(path, device=device)
+        raise InputError(path, "is a directory but not a CLIP checkpoint (no config.json); give a prompt "
+                               "embedding file (.pt / .npy + .txt) or a transformers CLIP directory")
+    return PrecomputedVLM(path)
+
+
+def find_text_file(directory: str | Path) -> Path:
+    """The prompt-embedding file kept inside a feature directory (`TEXT_FILE_NAMES`, in that order)."""
+    directory = Path(directory)
+    for name in TEXT_FILE_NAMES:
+        if (directory / name).is_file():
+            return directory / name
+    raise InputError(directory, f"no prompt embeddings found (looked for {' and '.join(TEXT_FILE_NAMES)}); "
+                                "give them with lift.text_path (a .pt / .npy file or a CLIP checkpoint directory)")
+
+
+# ----------------------------------------------------------------- per-view feature files
+
+def _resize_ids(a: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """Nearest (pixel-centre) resize of the last two axes; the same cells lifting would sample."""
+    from geopurify.lift.lift import resize_nearest
+
+    return resize_nearest(a, hw)
+
+
+def mask_owner(masks: torch.Tensor, scores: torch.Tensor | None, n_masks: int, where) -> torch.Tensor:
+    """(H, W) int64 owning mask per pixel, -1 where no mask owns it.
+
+    masks: an int (H, W) mask-id image (negative = none), or (M, H, W) binary masks (bool / 0-1
+    integers; overlaps go to the highest score, or to the lowest index without scores), or
+    (M, H, W) non-negative float mask scores (each pixel takes argmax_m scores[m] * masks[m],
+    X-Decoder style; a pixel whose best score is 0 is unowned).
+    """
+    if masks.dim() == 2:
+        if masks.is_floating_point() or masks.dtype == torch.bool:
+            raise InputError(where, f"a 2-D 'masks' must be an integer mask-id image, got {masks.dtype}")
+        ids = masks.long()
+        if ids.numel() and int(ids.max()) >= n_masks:
+            raise InputError(where, f"mask id {int(ids.max())} in 'masks' but only {n_masks} mask embeddings")
+        return torch.where(ids < 0, torch.full_like(ids, -1), ids)
+    if masks.dim() != 3 or masks.shape[0] != n_masks:
+        raise InputError(where, f"'masks' must be (M={n_masks}, H, W) or an (H, W) id image, got {tuple(masks.shape)}")
+    if scores is not None:
+        scores = torch.as_tensor(scores)
+        if scores.shape != (n_masks,) or not torch.isfinite(scores.float()).all():
+            raise InputError(where, f"'scores' must be {n_masks} finite numbers, got {tuple(scores.shape)}")
+        scores = scores.float()
+    if masks.is_floating_point():
+        m = masks.float()
+        if not torch.isfinite(m).all() or (m < 0).any():
+            raise InputError(where, "float 'masks' must be finite non-negative scores (apply a sigmoid to logits)")
+        if scores is not None:
+            m = m * scores.clamp(min=0)[:, None, None]
+        best, owner = m.max(dim=0)
+        return torch.where(best > 0, owner, torch.full_like(owner, -1))
+    if masks.dtype != torch.bool:
+        if masks.numel() and (int(masks.min()) < 0 or int(masks.max()) > 1):
+            raise InputError(where, "integer (M, H, W) 'masks' must be binary (0/1)")
+        masks = masks.bool()
+    if n_masks == 0:
+        return torch.full(masks.shape[1:], -1, dtype=torch.int64)
+    prio = -torch.arange(n_masks, dtype=torch.float32) if scores is None else scores
+    s = torch.where(masks, prio[:, None, None], torch.tensor(-torch.inf))
+    best, owner = s.max(dim=0)  # ties: torch returns the first (lowest) index
+    return torch.where(torch.isneginf(best), torch.full_like(owner, -1), owner)
+
+
+def paint_masks(emb: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+    """(C, H, W) map: each pixel holds the embedding of its owning mask, zero where unowned."""
+    C = emb.shape[1]
+    table = torch.cat([emb.float(), emb.new_zeros(1, C, dtype=torch.float32)])  # row M = "no mask"
+    flat = owner.reshape(-1).clone()
+    flat[flat < 0] = emb.shape[0]
+    return table[flat].t().reshape(C, *owner.shape).contiguous()
+
+
+def read_view_features(path: str | Path, dim: int, image_hw: tuple[int, int], normalize: bool = True,
+                       color_hw: tuple[int, int] | None = None) -> torch.Tensor:
+    """(dim, h, w) float32 feature map of one view from an external feature file.
+
+    {"feat": (C, h, w)} is returned as is (any resolution; lifting samples it at the projected
+    pixel scaled to (h, w)). {"mask_embeddings", "masks"[, "scores"]} is painted (`mask_owner`,
+    `paint_masks`); masks larger than `image_hw` are first resized to it (nearest, pixel-centre:
+    the very cells lifting would sample, so the result is the same, at a bounded memory cost).
+    `normalize` L2-normalises features per pixel / mask (zero stays zero). `color_hw`, the
+    colour image's size, checks that the map has its aspect ratio (to within one cell).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "external feature file not found (one <k>.pt per frame; docs/external_features.md)")
+    obj = _torch_load(path, "external feature file")
+    if not isinstance(obj, dict):
+        raise InputError(path, f"external feature file must hold a dict, got {type(obj).__name__}")
+    if "feat" in obj:
+        fmap = obj["feat"]
+        if not torch.is_tensor(fmap) or fmap.dim() != 3 or not fmap.is_floating_point():
+            raise InputError(path, f"'feat' must be a float (C, h, w) tensor, got {getattr(fmap, 'dtype', type(fmap).__name__)} "
+                                   f"{tuple(getattr(fmap, 'shape', ()))}")
+        if fmap.shape[0] != dim:
+            raise InputError(path, f"'feat' has {fmap.shape[0]} channels, the text embeddings are {dim}-d")
+        fmap = fmap.float()
+        if not torch.isfinite(fmap).all():
+            raise InputError(path, "'feat' holds NaN/inf")
+        if normalize:
+            fmap = l2_normalize(fmap, dim=0)
+    elif "mask_embeddings" in obj and "masks" in obj:
+        emb, masks = obj["mask_embeddings"], obj["masks"]
+        if not torch.is_tensor(emb) or emb.dim() != 2 or not emb.is_floating_point():
+            raise InputError(path, f"'mask_embeddings' must be a float (M, C) tensor, got "
+                                   f"{tuple(getattr(emb, 'shape', ()))}")
+        if emb.shape[1] != dim:
+            raise InputError(path, f"'mask_embeddings' are {emb.shape[1]}-d, the text embeddings are {dim}-d")
+        emb = emb.float()
+        if not torch.isfinite(emb).all():
+            raise InputError(path, "'mask_embeddings' hold NaN/inf")
+        if not torch.is_tensor(masks) or masks.dim() not in (2, 3):
+            raise InputError(path, "'masks' must be an (M, H, W) tensor or an (H, W) mask-id image")
+        H, W = masks.shape[-2:]
+        if H * W > image_hw[0] * image_hw[1]:
+            masks = _resize_ids(masks, tuple(image_hw))
+        owner = mask_owner(masks, obj.get("scores"), emb.shape[0], path)
+        fmap = paint_masks(l2_normalize(emb) if normalize else emb, owner)
+    else:
+        raise InputError(path, f"external feature file needs 'feat' or 'mask_embeddings' + 'masks', has {sorted(obj)}")
+    h, w = fmap.shape[1:]
+    if color_hw is not None and abs(h * color_hw[1] / color_hw[0] - w) > 1.0 + 1e-6 \
+            and abs(w * color_hw[0] / color_hw[1] - h) > 1.0 + 1e-6:
+        raise InputError(path, f"feature map is {h}x{w} (HxW) but the colour image is {color_hw[0]}x{color_hw[1]}: "
+                               "aspect ratios differ, the map cannot be aligned with the image")
+    return fmap
+
+
+def save_view_features(path: str | Path, feat: torch.Tensor | None = None, mask_embeddings: torch.Tensor | None = None,
+                       masks: torch.Tensor | None = None, scores: torch.Tensor | None = None) -> None:
+    """Write one view's external features atomically (float16 features; masks kept as given).
+
+    Give either `feat` (C, h, w) or `mask_embeddings` (M, C) with `masks` (and optional `scores`).
+    """
+    from geopurify.io import save_torch
+
+    if (feat is None) == (mask_embeddings is None):
+        raise ValueError("give either feat or mask_embeddings (+ masks)")
+    if feat is not None:
+        obj = {"feat": torch.as_tensor(feat).detach().cpu().to(torch.float16).contiguous()}
+    else:
+        if masks is None:
+            raise ValueError("mask_embeddings need masks")
+        masks = torch.as_tensor(masks).detach().cpu()
+        obj = {"mask_embeddings": torch.as_tensor(mask_embeddings).detach().cpu().to(torch.float16).contiguous(),
+               "masks": (masks.to(torch.float16) if masks.is_floating_point() else masks).contiguous()}
+        if scores is not None:
+            obj["scores"] = torch.as_tensor(scores).detach().cpu().float()
+    save_torch(path, obj)
+
+
+class ExternalVLM(VLM):
+    """Per-view features of an external 2D model (X-Decoder, LSeg, SAM + CLIP, ...) read from files.
+
+    `text`: the text side (`text_source`: a prompt-embedding file or a CLIP directory, or any
+    VLM). Feature files: `<feature_root>/<scene>/<k>.pt` when `feature_root` is given, else
+    `<scene dir>/<subdir>/<k>.pt`, `<k>` the frame name (docs/external_features.md).
+    """
+
+    simulated = False
+
+    def __init__(self, text, feature_root: str | Path | None = None, subdir: str = "features",
+                 normalize: bool = True, device: str = "cpu", name: str | None = None):
+        self.text = text if isinstance(text, VLM) else text_source(text, device=device)
+        self.dim = int(self.text.dim)
+        self.feature_root = None if feature_root is None else Path(feature_root)
+        if self.feature_root is not None and not self.feature_root.is_dir():
+            raise InputError(self.feature_root, "external feature directory not found")
+        self.subdir = subdir
+        self.normalize = normalize
+        where = self.feature_root.name if self.feature_root is not None else f"<scene>/{subdir}"
+        self.name = name or f"external ({where})"
+        log.info("external per-view features from %s, %d-d, text side %s", where, self.dim, self.text.describe())
+
+    def feature_path(self, scene: Scene, frame_index: int) -> Path:
+        frame = scene.frames[frame_index]
+        if self.feature_root is not None:
+            return self.feature_root / scene.name / f"{frame.name}.pt"
+        if scene.path is None:
+            raise InputError(scene.name, "scene has no directory to read <scene>/features/ from; give a feature root")
+        return Path(scene.path) / self.subdir / f"{frame.name}.pt"
+
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        return self.text.encode_text(prompts)
+
+    def frame_features(self, scene: Scene, frame_index: int, image_hw: tuple[int, int]) -> torch.Tensor:
+        """(dim, h, w) map of frame `frame_index` from its feature file (`read_view_features`)."""
+        if not 0 <= frame_index < len(scene.frames):
+            raise InputError(scene.path or scene.name, f"frame index {frame_index} out of range "
+                                                       f"(scene has {len(scene.frames)} frames)")
+        frame = scene.frames[frame_index]
+        color_hw = None
+        if frame.color_path is not None:
+            from geopurify.data.images import image_header
+
+            color_hw = image_header(frame.color_path)[1]
+        return read_view_features(self.feature_path(scene, frame_index), self.dim, image_hw,
+                                  normalize=self.normalize, color_hw=color_hw)
+
+
+def build_from_files(cfg: dict, device: str = "cpu") -> VLM:
+    """The file-backed backend named by cfg["lift"]["vlm"]: "openscene" or "external".
+
+    lift.vlm_path: the OpenScene feature directory ({scene}_{n}.pt files) / the external feature
+    root (<root>/<scene>/<k>.pt; null = <scene>/features/). Text side: lift.text_path when the
+    config has it, else text_embeddings.pt / .npy inside lift.vlm_path.
+    """
+    lift = cfg["lift"]
+    name, root = lift["vlm"], lift.get("vlm_path")
+    text = lift.get("text_path")
+    if name == "openscene":
+        from geopurify.lift.external import OpenSceneVLM
+
+        if not root:
+            raise InputError("config lift.vlm_path", "the openscene backend needs lift.vlm_path: the directory of "
+                                                     "OpenScene's {scene}_{n}.pt point-feature files")
+        if not Path(root).is_dir():
+            raise InputError(root, "OpenScene feature directory not found (lift.vlm_path)")
+        return OpenSceneVLM(text or find_text_file(root), root, device=device)
+    if name == "external":
+        if root and not Path(root).is_dir():
+            raise InputError(root, "external feature directory not found (lift.vlm_path)")
+        if not text:
+            if not root:
+                raise InputError("config lift.text_path", "the external backend needs prompt embeddings: set "
+                                                          "lift.text_path, or lift.vlm_path to a directory holding "
+                                                          "text_embeddings.pt")
+            text = find_text_file(root)
+        return ExternalVLM(text, feature_root=root or None, device=device)
+    raise InputError("config lift.vlm", f"{name!r} is not a file-backed backend (openscene | external)")
