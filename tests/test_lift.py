@@ -513,6 +513,22 @@ def test_lift_scene_fuses_exactly_the_visible_samples(with_depth):
     assert res_c.info["fusion"] == "consensus"
 
 
+def test_lift_scene_hands_over_to_backends_with_per_point_features():
+    scene = small_scene(n_frames=0)
+    expect = LiftResult(torch.ones(scene.n_points, 3), torch.ones(scene.n_points, dtype=torch.bool),
+                        torch.ones(scene.n_points, dtype=torch.int64), {"vlm": "pre-fused"})
+
+    class PointFeatureVLM(ColorVLM):
+        lifts_points = True
+
+        def lift(self, sc):
+            assert sc is scene
+            return expect
+
+    res = lift_scene(scene, PointFeatureVLM(), cfg_for((48, 64)))
+    assert torch.equal(res.feat, expect.feat) and res.info == {"vlm": "pre-fused"}
+
+
 def test_lift_rejects_unknown_fusion_and_bad_feature_maps():
     hw = (48, 64)
     scene = small_scene(hw=hw, n_frames=2)

@@ -77,7 +77,8 @@ def run(args) -> int:
         result = lift_scene(scene, vlm, cfg, text_emb=text_emb, device=args.device)
         save_lifted(out, result)
         tag = " (SIMULATED VLM)" if vlm.simulated else ""
-        print(f"{scene.name}: {scene.n_points} points, {result.info['n_frames']} views"
-              f"{' (virtual cameras)' if result.info['virtual_frames'] else ''}, "
-              f"{100 * result.info['seen_frac']:.1f}% seen, {cfg['lift']['fusion']} fusion{tag} -> {out}")
+        info = result.info
+        print(f"{scene.name}: {scene.n_points} points, {info.get('n_frames', 0)} views"
+              f"{' (virtual cameras)' if info.get('virtual_frames') else ''}, "
+              f"{100 * float(result.seen.float().mean()):.1f}% seen, {info.get('fusion', '?')} fusion{tag} -> {out}")
     return 0

@@ -127,7 +127,15 @@ def lift_scene(scene: Scene, vlm, cfg: dict, text_emb: torch.Tensor | None = Non
     `cfg` is the full config (keys under `lift`). Consensus fusion needs the class text
     embeddings `text_emb` (P, C); when None they are built from `data.label_set` and
     `lift.prompt_template`. Returns features on `device`.
+
+    A backend whose features are per point already, fused over views elsewhere (OpenScene's
+    released features; it sets `lifts_points = True`), is asked for them with `vlm.lift(scene)`.
     """
+    if getattr(vlm, "lifts_points", False):
+        res = vlm.lift(scene)
+        log.info("%s: per-point features from %s (fused over views by their producer; no projection here)",
+                 scene.name, vlm.describe())
+        return LiftResult(res.feat.to(device), res.seen.to(device), res.n_views.to(device), res.info)
     lc = cfg["lift"]
     fusion = lc["fusion"]
     if fusion not in FUSIONS:
