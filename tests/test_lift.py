@@ -6,7 +6,6 @@ stand in for a real VLM where the test needs a known answer.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 
