@@ -46,35 +46,44 @@ def _key(obj) -> str:
     return hashlib.blake2b(json.dumps(obj, sort_keys=True, default=str).encode(), digest_size=8).hexdigest()
 
 
-def lift_settings(cfg: dict, vlm) -> dict:
-    """Every setting the lifted features depend on: the VLM (name, dimension, checkpoint path),
-    all `lift` keys but the memory chunk size, the frame step, and for the simulated VLM its
-    `vlm_sim` knobs and label set (it derives its features from the label set's prompts)."""
+def lift_settings(cfg: dict) -> dict:
+    """Every setting the lifted features depend on, read from the config alone (so a cache hit
+    needs no VLM loaded): all `lift` keys (backend, checkpoint path, fusion, image size, ...) but
+    the memory chunk size, the frame step, and for the simulated VLM its `vlm_sim` knobs and
+    label set (it derives its features from the label set's prompts), as for consensus fusion."""
     lift = {k: v for k, v in cfg["lift"].items() if k != "chunk_points"}
-    s = {"vlm": vlm.name, "simulated": bool(vlm.simulated), "dim": int(vlm.dim), "lift": lift,
-         "frame_step": cfg["data"]["frame_step"]}
-    if lift["fusion"] == "consensus" or vlm.simulated:
+    simulated = lift["vlm"] == "simulated"
+    s = {"lift": lift, "frame_step": cfg["data"]["frame_step"]}
+    if lift["fusion"] == "consensus" or simulated:
         s["label_set"] = cfg["data"]["label_set"]
-    if vlm.simulated:
+    if simulated:
         s["vlm_sim"] = dict(cfg["vlm_sim"])
     return s
 
 
-def lift_cache_path(scene, cfg: dict, vlm, cache_dir: str | Path) -> Path:
-    key = _key({"scene": scene_fingerprint(scene), "settings": lift_settings(cfg, vlm)})
+def lift_cache_path(scene, cfg: dict, cache_dir: str | Path) -> Path:
+    key = _key({"scene": scene_fingerprint(scene), "settings": lift_settings(cfg)})
     return Path(cache_dir) / "lift" / f"{scene.name}.{key}.lift.pt"
 
 
 def cached_lift(scene, cfg: dict, vlm, cache_dir: str | Path, device: str = "cpu"):
-    """LiftResult of `scene` (lift.lift.lift_scene), read from the cache or computed and cached."""
+    """LiftResult of `scene` (lift.lift.lift_scene), read from the cache or computed and cached.
+
+    `vlm` must be the backend `build_vlm(cfg)` gives (the cache key is read from `cfg`); it may
+    also be a zero-argument callable returning it, called only on a cache miss, so that runs
+    whose features are all cached never load the VLM. Features come back float32, as stored
+    (float16-rounded) even on the computing call.
+    """
     from geopurify.lift.lift import lift_scene, load_lifted, save_lifted
 
-    path = lift_cache_path(scene, cfg, vlm, cache_dir)
+    path = lift_cache_path(scene, cfg, cache_dir)
     if path.exists():
         try:
-            return load_lifted(path, n_points=scene.n_points, dim=vlm.dim)
+            return load_lifted(path, n_points=scene.n_points)
         except _READ_ERRORS as e:
             log.warning("lift cache %s unusable (%s); recomputing", path, str(e).splitlines()[0] if str(e) else type(e).__name__)
+    if callable(vlm) and not hasattr(vlm, "frame_features"):
+        vlm = vlm()
     text_emb = None
     if cfg["lift"]["fusion"] == "consensus":
         from geopurify.data.labels import get_label_set
