@@ -237,8 +237,11 @@ class SonataTeacher(Teacher):
 
     def embed(self, scene: Scene) -> torch.Tensor:
         t0 = time.perf_counter()
-        feat = sonata_features(self._model, scene.xyz, scene.rgb, scene.normals, self.up_cast_level,
-                               self.grid_size, self.seed, self._device, self._progress)
+        try:
+            feat = sonata_features(self._model, scene.xyz, scene.rgb, scene.normals, self.up_cast_level,
+                                   self.grid_size, self.seed, self._device, self._progress)
+        except ValueError as e:  # e.g. a scene wider than 2**16 grid cells (1.3 km at 2 cm)
+            raise InputError(scene.path if scene.path is not None else scene.name, f"sonata: {e}") from None
         out = finish_embedding(feat)
         logger.info("sonata: %s: %d points, %d-d features in %.1f s", scene.name, scene.n_points, self.dim,
                     time.perf_counter() - t0)
