@@ -333,7 +333,7 @@ def _text(tmp_path: Path, c: int) -> Path:
     return _write_prompt_pt(tmp_path / "text.pt", ["a wall in a scene", "a chair in a scene"], torch.randn(2, c, generator=g))
 
 
-@pytest.mark.parametrize("map_hw", [(H, W), (H // 2, W // 2), (H // 8, W // 8)])
+@pytest.mark.parametrize("map_hw", [(2 * H, 2 * W), (H, W), (H // 2, W // 2), (H // 8, W // 8)])
 def test_external_feature_maps_lift_to_their_pixels(tmp_path, map_hw):
     d = _tiny_scene(tmp_path)
     c = 7

@@ -7,7 +7,6 @@ out[x] += in[coordinate_at(k, x)] @ kernel[k]). The converted spconv model must 
 """
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F

@@ -246,10 +246,11 @@ def read_view_features(path: str | Path, dim: int, image_hw: tuple[int, int], no
                        color_hw: tuple[int, int] | None = None) -> torch.Tensor:
     """(dim, h, w) float32 feature map of one view from an external feature file.
 
-    {"feat": (C, h, w)} is returned as is (any resolution; lifting samples it at the projected
+    {"feat": (C, h, w)} is returned at its own resolution (lifting samples it at the projected
     pixel scaled to (h, w)). {"mask_embeddings", "masks"[, "scores"]} is painted (`mask_owner`,
-    `paint_masks`); masks larger than `image_hw` are first resized to it (nearest, pixel-centre:
-    the very cells lifting would sample, so the result is the same, at a bounded memory cost).
+    `paint_masks`). A map or masks larger than `image_hw` are first resized to it (nearest,
+    pixel-centre: the very cells lifting would sample, so the lifted result is the same, at a
+    bounded memory cost).
     `normalize` L2-normalises features per pixel / mask (zero stays zero). `color_hw`, the
     colour image's size, checks that the map has its aspect ratio (to within one cell).
     """
@@ -266,9 +267,12 @@ def read_view_features(path: str | Path, dim: int, image_hw: tuple[int, int], no
                                    f"{tuple(getattr(fmap, 'shape', ()))}")
         if fmap.shape[0] != dim:
             raise InputError(path, f"'feat' has {fmap.shape[0]} channels, the text embeddings are {dim}-d")
-        fmap = fmap.float()
+        src_hw = tuple(fmap.shape[1:])
         if not torch.isfinite(fmap).all():
             raise InputError(path, "'feat' holds NaN/inf")
+        if src_hw[0] * src_hw[1] > image_hw[0] * image_hw[1]:
+            fmap = _resize_ids(fmap, tuple(image_hw))
+        fmap = fmap.float()
         if normalize:
             fmap = l2_normalize(fmap, dim=0)
     elif "mask_embeddings" in obj and "masks" in obj:
@@ -283,14 +287,14 @@ def read_view_features(path: str | Path, dim: int, image_hw: tuple[int, int], no
             raise InputError(path, "'mask_embeddings' hold NaN/inf")
         if not torch.is_tensor(masks) or masks.dim() not in (2, 3):
             raise InputError(path, "'masks' must be an (M, H, W) tensor or an (H, W) mask-id image")
-        H, W = masks.shape[-2:]
-        if H * W > image_hw[0] * image_hw[1]:
+        src_hw = tuple(masks.shape[-2:])
+        if src_hw[0] * src_hw[1] > image_hw[0] * image_hw[1]:
             masks = _resize_ids(masks, tuple(image_hw))
         owner = mask_owner(masks, obj.get("scores"), emb.shape[0], path)
         fmap = paint_masks(l2_normalize(emb) if normalize else emb, owner)
     else:
         raise InputError(path, f"external feature file needs 'feat' or 'mask_embeddings' + 'masks', has {sorted(obj)}")
-    h, w = fmap.shape[1:]
+    h, w = src_hw
     if color_hw is not None and abs(h * color_hw[1] / color_hw[0] - w) > 1.0 + 1e-6 \
             and abs(w * color_hw[0] / color_hw[1] - h) > 1.0 + 1e-6:
         raise InputError(path, f"feature map is {h}x{w} (HxW) but the colour image is {color_hw[0]}x{color_hw[1]}: "
