@@ -2,13 +2,16 @@
 
 Each module in COMMANDS defines `add_parser(subparsers)` (registering its sub-command and
 setting `func`) and keeps the real work in the pipeline packages. An InputError anywhere
-becomes one line on stderr and exit code 2.
+becomes one line on stderr and exit code 2. With -q/--quiet that line is all stderr shows
+(log records below ERROR and progress bars are dropped).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import os
 import sys
 
 from geopurify.errors import EXIT_BAD_INPUT, InputError
@@ -20,6 +23,8 @@ COMMANDS = ["synth", "prepare", "lift", "eval", "select_subset", "train", "val",
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="geopurify", description="Open-vocabulary 3D segmentation with GeoPurify.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="quiet: no log lines or progress bars; stderr shows only an error, if any")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         try:
@@ -35,10 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    level = logging.ERROR if args.quiet else logging.DEBUG if args.verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
-        rc = args.func(args)
+        with contextlib.ExitStack() as stack:
+            if args.quiet:  # progress bars and library chatter write to sys.stderr: send them nowhere
+                stack.enter_context(contextlib.redirect_stderr(stack.enter_context(open(os.devnull, "w"))))
+            rc = args.func(args)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
