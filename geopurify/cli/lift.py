@@ -19,7 +19,8 @@ def add_parser(sub) -> None:
                    help="scene directory (repeat for several scenes)")
     p.add_argument("--out", required=True, type=Path,
                    help="output .lift.pt file (one scene) or directory (several scenes)")
-    p.add_argument("--vlm", default=None, help="VLM backend: simulated | clip (overrides lift.vlm)")
+    p.add_argument("--vlm", default=None, help="VLM backend: simulated | clip | openscene | external (overrides lift.vlm)")
+    p.add_argument("--text-path", default=None, help="openscene / external: prompt-embedding file or CLIP dir (lift.text_path)")
     p.add_argument("--vlm-path", default=None, help="VLM checkpoint / feature directory (overrides lift.vlm_path)")
     p.add_argument("--config", type=Path, default=None, help="YAML config over geopurify/defaults.yaml")
     p.add_argument("--fusion", choices=["mean", "consensus"], default=None, help="overrides lift.fusion")
@@ -50,7 +51,8 @@ def run(args) -> int:
     from geopurify.lift.lift import lift_scene, save_lifted
     from geopurify.vlm import build_vlm
 
-    overrides = {k: v for k, v in (("vlm", args.vlm), ("vlm_path", args.vlm_path), ("fusion", args.fusion)) if v}
+    overrides = {k: v for k, v in (("vlm", args.vlm), ("vlm_path", args.vlm_path), ("text_path", args.text_path),
+                                               ("fusion", args.fusion)) if v}
     cfg = load_config(args.config, {"lift": overrides} if overrides else None)
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():
         raise InputError(None, f"--device {args.device}: CUDA is not available on this machine")

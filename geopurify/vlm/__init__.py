@@ -13,7 +13,7 @@ from geopurify.errors import InputError
 from geopurify.vlm.base import VLM
 from geopurify.vlm.text import MiniLMTextEncoder, prompts_for, text_embeddings
 
-BACKENDS = ("simulated", "clip")
+BACKENDS = ("simulated", "clip", "openscene", "external")
 
 __all__ = ["VLM", "BACKENDS", "build_vlm", "text_embeddings", "prompts_for", "MiniLMTextEncoder"]
 
@@ -40,4 +40,9 @@ def build_vlm(cfg: dict, device: str = "cpu", label_set=None) -> VLM:
         if not Path(path).is_dir():
             raise InputError(path, "CLIP checkpoint directory not found (lift.vlm_path)")
         return ClipVLM(path, device=device)
+    if name in ("openscene", "external"):
+        # precomputed features: OpenScene's released per-point files, or per-view maps from any 2D model
+        from geopurify.vlm.precomputed import build_from_files
+
+        return build_from_files(cfg, device=device)
     raise InputError("config lift.vlm", f"unknown VLM backend {name!r} (choose one of: {', '.join(BACKENDS)})")
