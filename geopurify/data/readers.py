@@ -262,6 +262,7 @@ def _frame(scene_dir: Path, key: str, axis: np.ndarray | None, k_color: np.ndarr
         raise InputError(intr / COLOR_INTRINSIC, f"colour intrinsics missing (needed by frame {key})")
 
     paths: dict[str, Path | None] = {}
+    sizes: dict[str, tuple[int, int]] = {}
     for kind, sub, exts, modes in (("color", COLOR_DIR, COLOR_EXTS, COLOR_MODES),
                                    ("depth", DEPTH_DIR, (".png",), DEPTH_MODES),
                                    ("label", LABEL_DIR, (".png",), LABEL_MODES)):
@@ -272,13 +273,21 @@ def _frame(scene_dir: Path, key: str, axis: np.ndarray | None, k_color: np.ndarr
             mode, (h, w) = image_header(p)
             if mode not in modes:
                 raise InputError(p, f"{kind} image has unexpected PIL mode {mode} (expected one of {', '.join(modes)})")
-            kk = k_c if kind != "depth" or k_d is None else k_d
-            if not (0 < kk[0, 2] < w and 0 < kk[1, 2] < h):
-                raise InputError(p, f"principal point ({kk[0, 2]:.1f}, {kk[1, 2]:.1f}) lies outside this {w}x{h} "
-                                    f"image: intrinsics do not match it")
+            sizes[kind] = (w, h)
         paths[kind] = p
     if not any(paths.values()):
         raise InputError(pose_path, "frame has no colour, depth or label image")
+    # depth of another size than colour is normal (ScanNet: 640x480 vs 1296x968) given its own intrinsics
+    ref = sizes.get("color") or sizes.get("label")
+    if k_d is None and "depth" in sizes and ref is not None and sizes["depth"] != ref:
+        (wd, hd), (wc, hc) = sizes["depth"], ref
+        raise InputError(paths["depth"], f"depth image is {wd}x{hd} but the colour image is {wc}x{hc}, and there are no "
+                                         f"depth intrinsics ({INTRINSIC_DIR}/{DEPTH_INTRINSIC}) to place its pixels")
+    for kind, (w, h) in sizes.items():
+        kk = k_d if kind == "depth" and k_d is not None else k_c
+        if not (0 < kk[0, 2] < w and 0 < kk[1, 2] < h):
+            raise InputError(paths[kind], f"principal point ({kk[0, 2]:.1f}, {kk[1, 2]:.1f}) lies outside this {w}x{h} "
+                                          f"{kind} image: intrinsics do not match it")
     return Frame(name=key, pose=pose, intrinsic=k_c, color_path=paths["color"], depth_path=paths["depth"],
                  depth_intrinsic=k_d, depth_scale=depth_scale, label_path=paths["label"])
 
@@ -333,6 +342,7 @@ def load_scene(path: str | Path, frame_step: int = 1) -> Scene:
     axis, axis_path = read_axis_alignment(scene_dir)
     pts = load_points(scene_dir, axis)
     depth_scale = float(meta.get("depth_scale", DEFAULT_DEPTH_SCALE))
+    label_space = str(meta.get("label_space", "nyu40"))
     frames, reasons, n_pose = load_frames(scene_dir, axis, depth_scale, int(frame_step))
     source = meta.get("source") or ("scannet" if re.fullmatch(r"scene\d{4}_\d{2}", scene_dir.name) else "unknown")
     notes = {
@@ -345,7 +355,7 @@ def load_scene(path: str | Path, frame_step: int = 1) -> Scene:
         "axis_alignment": None if axis_path is None else str(axis_path),
     }
     scene = Scene(name=scene_dir.name, xyz=pts["xyz"], rgb=pts["rgb"], labels=pts["labels"],
-                  instances=pts["instances"], frames=frames, label_space=str(meta.get("label_space", "nyu40")),
+                  instances=pts["instances"], frames=frames, label_space=label_space,
                   source=str(source), path=scene_dir, meta={**meta, **notes})
     scene.validate()
     log.info("loaded %s: %d points, %d frames%s%s", scene_dir, scene.n_points, len(frames),
