@@ -160,6 +160,27 @@ def _check_labels(arr: np.ndarray, n: int, path: Path, what: str) -> np.ndarray:
     return arr.astype(np.int32)
 
 
+# raw label ids each id space can hold (inclusive; None = unbounded): NYU40 ids are 0..40, ScanNet's
+# raw ids are non-negative, Matterport category indices use -1 / 0 for "none"
+RAW_ID_RANGE = {"nyu40": (0, 40), "scannet200_raw": (0, None), "matterport_raw": (-1, None)}
+
+
+def check_label_range(labels: np.ndarray, space: str, path: Path) -> None:
+    """InputError naming `path` when a raw label id lies outside what `space` can hold."""
+    lo, hi = RAW_ID_RANGE.get(space, (None, None))
+    if labels.size == 0:
+        return
+    bad = np.zeros(labels.shape, dtype=bool)
+    if lo is not None:
+        bad |= labels < lo
+    if hi is not None:
+        bad |= labels > hi
+    if bad.any():
+        rng = f"{lo}..{'' if hi is None else hi}"
+        raise InputError(path, f"{int(bad.sum())} label ids outside the {space} range {rng} "
+                               f"(e.g. {int(labels[bad][0])}); is meta.json's label_space right?")
+
+
 def _check_xyz(xyz: np.ndarray, path: Path) -> None:
     if xyz.shape[0] == 0:
         raise InputError(path, "no points")
@@ -343,6 +364,8 @@ def load_scene(path: str | Path, frame_step: int = 1) -> Scene:
     pts = load_points(scene_dir, axis)
     depth_scale = float(meta.get("depth_scale", DEFAULT_DEPTH_SCALE))
     label_space = str(meta.get("label_space", "nyu40"))
+    if pts["labels"] is not None:
+        check_label_range(pts["labels"], label_space, pts["labels_file"])
     frames, reasons, n_pose = load_frames(scene_dir, axis, depth_scale, int(frame_step))
     source = meta.get("source") or ("scannet" if re.fullmatch(r"scene\d{4}_\d{2}", scene_dir.name) else "unknown")
     notes = {
