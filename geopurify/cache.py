@@ -46,12 +46,15 @@ def _key(obj) -> str:
     return hashlib.blake2b(json.dumps(obj, sort_keys=True, default=str).encode(), digest_size=8).hexdigest()
 
 
+MEMORY_ONLY = ("chunk_points", "group_mb")  # lift keys that change memory use, not results
+
+
 def lift_settings(cfg: dict) -> dict:
     """Every setting the lifted features depend on, read from the config alone (so a cache hit
     needs no VLM loaded): all `lift` keys (backend, checkpoint path, fusion, image size, ...) but
-    the memory chunk size, the frame step, and for the simulated VLM its `vlm_sim` knobs and
+    the memory-only ones, the frame step, and for the simulated VLM its `vlm_sim` knobs and
     label set (it derives its features from the label set's prompts), as for consensus fusion."""
-    lift = {k: v for k, v in cfg["lift"].items() if k != "chunk_points"}
+    lift = {k: v for k, v in cfg["lift"].items() if k not in MEMORY_ONLY}
     simulated = lift["vlm"] == "simulated"
     s = {"lift": lift, "frame_step": cfg["data"]["frame_step"]}
     if lift["fusion"] == "consensus" or simulated:
