@@ -80,7 +80,8 @@ def run(args) -> int:
         save_lifted(out, result)
         tag = " (SIMULATED VLM)" if vlm.simulated else ""
         info = result.info
+        skipped = f", {info['skipped_frames']} frames skipped" if info.get("skipped_frames") else ""
         print(f"{scene.name}: {scene.n_points} points, {info.get('n_frames', 0)} views"
-              f"{' (virtual cameras)' if info.get('virtual_frames') else ''}, "
+              f"{' (virtual cameras)' if info.get('virtual_frames') else ''}{skipped}, "
               f"{100 * float(result.seen.float().mean()):.1f}% seen, {info.get('fusion', '?')} fusion{tag} -> {out}")
     return 0

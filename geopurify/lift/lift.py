@@ -156,24 +156,39 @@ def lift_scene(scene: Scene, vlm, cfg: dict, text_emb: torch.Tensor | None = Non
 
     def views(desc: str):
         """Yield (point indices, feature-map cells, (h*w, C) cell table) per frame; the visibility
-        is kept for the consensus pass."""
+        is kept for the consensus pass. A frame whose images cannot be read (InputError while
+        loading its pixels, e.g. a truncated JPEG) is skipped with a warning and recorded in `bad`."""
         for i in tqdm(range(len(scene_v.frames)), desc=desc, unit="view", leave=False):
-            if i in geom:
-                idx, pix = geom[i]
-            else:
-                g = view_geometry(scene_v.frames[i], hw, device)
-                idx, pix = visible(xyz, g.pose, g.K, hw, depth=g.depth, K_depth=g.K_depth, **kw)
+            if i in bad:
+                continue
+            try:
+                if i in geom:
+                    idx, pix = geom[i]
+                else:
+                    g = view_geometry(scene_v.frames[i], hw, device)
+                    idx, pix = visible(xyz, g.pose, g.K, hw, depth=g.depth, K_depth=g.K_depth, **kw)
+                fmap = vlm.frame_features(scene_v, i, hw).to(device)
+            except InputError as e:
+                if desc != "lift":  # it was readable in the first pass: the file changed under us
+                    raise
+                bad[i] = e
+                log.warning("%s; frame %s skipped", e, scene_v.frames[i].name)
+                continue
+            if i not in geom:
                 n_depth[0] += g.depth is not None
                 if fusion == "consensus":
                     geom[i] = (idx, pix)
-            fmap = vlm.frame_features(scene_v, i, hw).to(device)
             yield idx, map_index(pix, hw, tuple(fmap.shape[1:])), _feature_table(fmap, dim, where)
 
     geom: dict[int, tuple] = {}  # visibility kept for the consensus pass
+    bad: dict[int, InputError] = {}  # frames whose pixels could not be read
     n_depth = [0]
     mean = MeanFusion(n, dim, device, group_bytes=int(lc["group_mb"]) << 20)
     for idx, cells, table in views("lift"):
         mean.add_table(idx, cells, table)
+    if bad and len(bad) == len(scene_v.frames):
+        first = next(iter(bad.values()))
+        raise InputError(first.path, f"{first.problem} (all {len(bad)} frames of the scene are unusable)")
     seen, n_views = mean.seen, mean.count.to(torch.int64)
     feat = mean.mean(inplace=True)
     del mean  # `feat` is now the only N x C buffer
@@ -191,12 +206,17 @@ def lift_scene(scene: Scene, vlm, cfg: dict, text_emb: torch.Tensor | None = Non
             topk.add(idx, table[cells])
         feat = topk.result()
     feat = nearest_fill(scene.xyz, feat, seen, inplace=True)
-    n_frames, n_depth = len(scene_v.frames), n_depth[0]
+    n_frames, n_depth = len(scene_v.frames) - len(bad), n_depth[0]
+    read_skips = [] if virtual else list(scene.meta.get("skip_reasons", []))
     info = {"vlm": vlm.name, "simulated": bool(vlm.simulated), "fusion": fusion, "scene": scene.name,
             "n_frames": n_frames, "frames_with_depth": n_depth,
-            "virtual_frames": virtual, "seen_frac": float(seen.float().mean()) if n else 0.0}
-    log.info("lifted %s: %.1f%% of points seen (%d frames, %d with depth, %d z-buffered)%s", scene.name,
+            "virtual_frames": virtual, "seen_frac": float(seen.float().mean()) if n else 0.0,
+            # frames left out: by the reader (bad pose, missing image, ...) and here (unreadable pixels)
+            "skipped_frames": int(scene.meta.get("skipped_frames", len(read_skips))) + len(bad),
+            "skip_reasons": read_skips + [str(e) for e in bad.values()]}
+    log.info("lifted %s: %.1f%% of points seen (%d frames, %d with depth, %d z-buffered%s)%s", scene.name,
              100 * info["seen_frac"], n_frames, n_depth, n_frames - n_depth,
+             f", {info['skipped_frames']} skipped" if info["skipped_frames"] else "",
              " [SIMULATED VLM]" if vlm.simulated else "")
     return LiftResult(feat, seen, n_views, info)
 
@@ -218,6 +238,8 @@ def save_lifted(path: str | Path, result: LiftResult, meta: dict | None = None) 
         "fusion": str(info.get("fusion", "unknown")),
         "scene": str(info.get("scene", "")),
     }
+    if info.get("skipped_frames"):  # optional key, written only when frames were left out
+        obj["skipped_frames"] = int(info["skipped_frames"])
     save_torch(path, obj)
 
 
@@ -262,4 +284,9 @@ def load_lifted(path: str | Path, n_points: int | None = None, dim: int | None =
     if bad.any():
         raise InputError(path, f"{int(bad.sum())} points have NaN/inf features")
     info = {k: obj[k] for k in ("vlm", "simulated", "fusion", "scene")}
+    if "skipped_frames" in obj:  # optional: present when frames were left out
+        skipped = obj["skipped_frames"]
+        if isinstance(skipped, bool) or not isinstance(skipped, int) or skipped < 0:
+            raise InputError(path, f"'skipped_frames' must be a non-negative int, got {skipped!r}")
+        info["skipped_frames"] = skipped
     return LiftResult(feat.float(), seen, n_views.to(torch.int64), info)
