@@ -119,18 +119,21 @@ def run(args) -> int:
             raise InputError(scene_dir, f"scene name {scene.name} given twice (also {seen_names[scene.name]})")
         seen_names[scene.name] = scene_dir
         gt = scene_ground_truth(scene, label_set)
+        skipped = int(scene.meta.get("skipped_frames", 0))  # frames the reader left out
         if args.pred is not None:
             pred = load_predictions(args.pred / f"{scene.name}{args.pred_suffix}", scene.n_points, n)
         else:
             pred, info = predict_from_features(args.features / f"{scene.name}.lift.pt", scene.n_points, text_emb)
             producers[scene.name] = info
+            skipped = int(info.get("skipped_frames", 0))  # those the lifting left out (reader's included)
             if info.get("vlm") != vlm.name:
                 log.warning("%s: features come from %r but the text side is %r", scene.name, info.get("vlm"), vlm.name)
         conf = confusion(pred, gt, n)
         total += conf
         m = metrics(conf, names, exclude=tuple(cfg["eval"]["exclude_from_f"]))
         per_scene.append({"name": scene.name, "path": str(scene_dir), "n_points": scene.n_points,
-                          "labelled_points": int((gt >= 0).sum()), "mIoU": m["mIoU"], "mAcc": m["mAcc"]})
+                          "labelled_points": int((gt >= 0).sum()), "skipped_frames": skipped,
+                          "mIoU": m["mIoU"], "mAcc": m["mAcc"]})
         log.info("%s: mIoU %s", scene.name, "-" if m["mIoU"] is None else f"{m['mIoU']:.1f}")
 
     result = metrics(total, names, exclude=tuple(cfg["eval"]["exclude_from_f"]))
@@ -149,12 +152,15 @@ def run(args) -> int:
         if simulated:
             source["note"] = ("SIMULATED VLM: these features come from an offline stand-in, not a real "
                               "vision-language model; the scores say nothing about a real VLM")
+    n_skipped = sum(s["skipped_frames"] for s in per_scene)
     report = {"label_set": label_set.name, "classes": names, "scenes": per_scene, "source": source,
-              "metrics": result, "confusion": total.tolist()}
+              "skipped_frames": n_skipped, "metrics": result, "confusion": total.tolist()}
     write_json(args.out, report)
     title = f"{label_set.name}, {len(per_scene)} scene(s), {source['kind']}"
     if source.get("simulated"):
         title += "  [SIMULATED VLM]"
     print(format_table(result, title=title))
+    if n_skipped:
+        print(f"note: {n_skipped} unusable frames were skipped (per scene in {args.out}: scenes[].skipped_frames)")
     print(f"wrote {args.out}")
     return 0

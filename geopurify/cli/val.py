@@ -48,5 +48,8 @@ def run(args) -> int:
     print(f"VLM: {report['vlm']}   label set: {report['label_set']}   scenes: {len(scenes)}")
     print(format_table(report["metrics"]["purified"]))
     print(summary_table(report["metrics"]))
+    n_skipped = sum(report.get("skipped_frames", {}).values())
+    if n_skipped:
+        print(f"note: {n_skipped} unusable frames were skipped (per scene in metrics.json: skipped_frames)")
     print(f"wrote {out_dir}/metrics.json, per_class.txt and pred/")
     return 0

@@ -51,7 +51,8 @@ def evaluate_scenes(cfg: dict, scene_paths: list[Path], model, out_dir: Path, ca
                     device: str = "cpu", methods=METHODS, vlm=None) -> dict:
     """Predict and score every scene; write per-scene predictions, metrics JSON and tables.
 
-    Returns {"metrics": {method: metrics dict}, "per_scene": {...}, "label_set", "vlm", "timings"}.
+    Returns {"metrics": {method: metrics dict}, "per_scene": {...}, "label_set", "vlm",
+    "skipped_frames": {scene: frames left out as unusable}, "timings"}.
     """
     from geopurify.cache import cached_lift
     from geopurify.vlm import build_vlm
@@ -64,6 +65,7 @@ def evaluate_scenes(cfg: dict, scene_paths: list[Path], model, out_dir: Path, ca
     n = len(label_set.names)
     conf = {m: np.zeros((n, n), dtype=np.int64) for m in methods}
     per_scene: dict[str, dict] = {}
+    skipped: dict[str, int] = {}  # frames left out per scene (reader and lifting)
     timings = {"lift_s": 0.0, "predict_s": 0.0}
     if model is not None:
         model.eval().to(device)
@@ -76,6 +78,7 @@ def evaluate_scenes(cfg: dict, scene_paths: list[Path], model, out_dir: Path, ca
         t2 = time.perf_counter()
         timings["lift_s"] += t1 - t0
         timings["predict_s"] += t2 - t1
+        skipped[scene.name] = int(lifted.info.get("skipped_frames", scene.meta.get("skipped_frames", 0)))
         for m, pred in preds.items():
             save_npy(out_dir / "pred" / f"{scene.name}.{m}.npy", pred.astype(np.int16))
         if scene.labels is None:
@@ -97,6 +100,7 @@ def evaluate_scenes(cfg: dict, scene_paths: list[Path], model, out_dir: Path, ca
         "vlm": vlm.describe(),
         "vlm_simulated": bool(vlm.simulated),
         "scenes": [Path(p).name for p in scene_paths],
+        "skipped_frames": skipped,
         "timings": {k: round(v, 2) for k, v in timings.items()},
     }
     write_json(out_dir / "metrics.json", report)
