@@ -1,0 +1,284 @@
+"""Purification of one scene (METHOD.md section 5): voxelise, student embeddings, kNN affinities,
+T rounds of pooling, classify voxels, map back to points.
+
+- purify_scene: GeoPurify's geometry-guided pooling over the student's affinities.
+- knn_mean_scene: the same pooling with uniform weights (same K and T): the plain smoothing
+  baseline that purification must beat.
+- query_scores: relevance of new prompts after the fact, by pooling their score columns.
+- purified_features: per-point purified features (all channels pooled), for free-text queries.
+
+Voxels whose points were all unseen by the cameras (lifted.seen False) take the label (and scores)
+of the nearest voxel holding a seen point.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from geopurify.errors import InputError
+from geopurify.purify.pooling import (affinity_weights, knn_graph, pool, pool_reference, pool_scores,
+                                      text_scores, uniform_weights)
+
+log = logging.getLogger(__name__)
+
+PATHS = ("fast", "reference")
+
+
+@dataclass
+class PurifyResult:
+    """Labels of one scene and everything needed to ask it new prompts.
+
+    Point-level outputs are numpy, voxel-level ones torch (on the device purification ran on).
+    `voxel_scores`: fast path F(T).w_c/|w_c| (same argmax as the cosine), reference path the cosine.
+    """
+
+    labels: np.ndarray  # (N,) int64 class per point after pooling and unseen fill
+    voxel_scores: torch.Tensor | None  # (V, P) pooled class scores, unseen voxels filled
+    raw_labels: np.ndarray  # (N,) int64 argmax cosine of the lifted features (no pooling)
+    inverse: torch.Tensor  # (N,) int64 point -> voxel
+    coords: torch.Tensor  # (V, 3) int32 voxel grid coordinates
+    emb: torch.Tensor | None  # (V, E) student embeddings; None for the kNN-mean baseline
+    voxel_labels: torch.Tensor | None = None  # (V,) int64, unseen voxels filled
+    idx: torch.Tensor | None = None  # (V, k) kNN graph
+    weights: torch.Tensor | None = None  # (V, k) row-stochastic pooling weights
+    voxel_feat: torch.Tensor | None = None  # (V, C) unpooled voxel means of the lifted features
+    fill: torch.Tensor | None = None  # (V,) voxel whose result each voxel takes (itself when seen)
+    pooled_norm: torch.Tensor | None = None  # (V,) |F(T)_i|, reference path only
+    steps: int = 0
+    info: dict = field(default_factory=dict)
+
+
+def _where(scene) -> str:
+    return str(scene.path) if getattr(scene, "path", None) is not None else scene.name
+
+
+def _settings(cfg: dict, path: str | None) -> tuple[int, float, int, str, float]:
+    """(k, tau, steps, path, voxel_size) from the config, checked."""
+    pc = cfg["purify"]
+    k, tau, steps = pc["k"], pc["tau"], pc["steps"]
+    path = pc["path"] if path is None else path
+    if not isinstance(k, int) or k < 1:
+        raise InputError(None, f"config key 'purify.k' must be an integer >= 1, got {k!r}")
+    if not tau > 0:
+        raise InputError(None, f"config key 'purify.tau' must be > 0, got {tau!r}")
+    if not isinstance(steps, int) or steps < 0:
+        raise InputError(None, f"config key 'purify.steps' must be an integer >= 0, got {steps!r}")
+    if path not in PATHS:
+        raise InputError(None, f"config key 'purify.path' must be fast or reference, got {path!r}")
+    vs = cfg["student"]["voxel_size"]
+    if not vs > 0:
+        raise InputError(None, f"config key 'student.voxel_size' must be > 0, got {vs!r}")
+    return k, float(tau), steps, path, float(vs)
+
+
+def _check_inputs(scene, lifted, text_emb) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lifted features (N, C) and seen mask (N,) of the scene, checked against it and the prompts."""
+    n = scene.n_points
+    feat = torch.as_tensor(lifted.feat)
+    if feat.ndim != 2 or feat.shape[0] != n:
+        raise InputError(_where(scene), f"lifted features are {tuple(feat.shape)} for {n} points "
+                                        "(stale feature cache or another scene?)")
+    seen = torch.as_tensor(lifted.seen).bool().cpu()
+    if seen.shape != (n,):
+        raise InputError(_where(scene), f"lifted 'seen' mask is {tuple(seen.shape)} for {n} points")
+    if text_emb is not None:
+        te = torch.as_tensor(text_emb)
+        if te.ndim != 2 or te.shape[1] != feat.shape[1]:
+            raise InputError(_where(scene), f"text embeddings are {tuple(te.shape)} but lifted features have "
+                                            f"{feat.shape[1]} channels (features and prompts from different VLMs?)")
+    return feat, seen
+
+
+def seen_voxels(seen: torch.Tensor, inverse: torch.Tensor, n_voxels: int) -> torch.Tensor:
+    """(V,) bool: the voxel holds at least one point seen by a camera."""
+    out = torch.zeros(n_voxels, dtype=torch.bool)
+    out[inverse.cpu()[seen.cpu()]] = True
+    return out
+
+
+def nearest_seen(coords: torch.Tensor, seen_v: torch.Tensor) -> torch.Tensor:
+    """(V,) int64: for each voxel the nearest voxel (grid distance) that holds a seen point; itself
+    when it does. When no voxel is seen every voxel keeps itself (logged)."""
+    from scipy.spatial import cKDTree
+
+    V = coords.shape[0]
+    fill = torch.arange(V)
+    seen_v = seen_v.cpu()
+    n_seen = int(seen_v.sum())
+    if n_seen == V:
+        return fill
+    if n_seen == 0:
+        log.warning("no voxel holds a seen point: labels come from the (fused-by-fill) features as they are")
+        return fill
+    c = coords.cpu().numpy().astype(np.float64)
+    src = np.flatnonzero(seen_v.numpy())
+    dst = np.flatnonzero(~seen_v.numpy())
+    _, j = cKDTree(c[src]).query(c[dst], k=1)
+    fill[torch.from_numpy(dst)] = torch.from_numpy(src[j])
+    return fill
+
+
+def _voxelise(scene, voxel_size: float):
+    from geopurify.student.voxel import voxelize
+
+    return voxelize(torch.from_numpy(np.ascontiguousarray(scene.xyz, dtype=np.float32)), voxel_size)
+
+
+def _pool_voxels(coords, inverse, feat_v, seen, emb, text_emb, cfg, device, path, timings,
+                 weights_name: str, scene_name: str, n_points: int) -> PurifyResult:
+    """Shared tail: kNN graph, weights (student affinities or uniform), pooling, fill, points."""
+    k, tau, steps, path, _ = _settings(cfg, path)
+    V = coords.shape[0]
+    dev = torch.device(device)
+    k_eff = min(k, V - 1)
+    if k_eff < k:
+        log.warning("%s: only %d voxels, pooling over k = %d neighbours instead of %d", scene_name, V, k_eff, k)
+    t = time.perf_counter()
+    if k_eff >= 1:
+        idx = knn_graph(coords.to(dev), k_eff)
+    else:
+        idx = torch.zeros(V, 0, dtype=torch.int64, device=dev)
+    timings["knn_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    W = uniform_weights(idx) if emb is None else affinity_weights(emb.to(dev), idx, tau)
+    timings["weights_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    feat_v = feat_v.to(dev).float()
+    text = torch.as_tensor(text_emb).to(dev).float()
+    norms = None
+    if path == "fast":
+        labels_v, scores = pool_scores(feat_v, idx, W, text, steps)
+    else:
+        labels_v, scores, norms = pool_reference(feat_v, idx, W, text, steps)
+    timings["pool_s"] = time.perf_counter() - t
+    seen_v = seen_voxels(seen, inverse, V)
+    fill = nearest_seen(coords, seen_v).to(dev)
+    labels_v, scores = labels_v[fill], scores[fill]
+    if norms is not None:
+        norms = norms[fill]
+    inv = inverse.to(dev)
+    labels = labels_v[inv].cpu().numpy().astype(np.int64)
+    info = {"scene": scene_name, "n_points": n_points, "n_voxels": V, "k": k_eff, "tau": tau, "steps": steps,
+            "path": path, "weights": weights_name, "unseen_voxels": int((~seen_v).sum()),
+            **{key: round(v, 4) for key, v in timings.items()}}
+    log.info("%s: %s pooling (%s path), %d points / %d voxels, k %d, T %d, %d unseen voxels filled; "
+             "knn %.2fs weights %.2fs pool %.2fs", scene_name, weights_name, path, n_points, V, k_eff, steps,
+             info["unseen_voxels"], timings["knn_s"], timings["weights_s"], timings["pool_s"])
+    return PurifyResult(labels=labels, voxel_scores=scores, raw_labels=np.zeros(0, np.int64), inverse=inverse,
+                        coords=coords, emb=emb, voxel_labels=labels_v, idx=idx, weights=W, voxel_feat=feat_v,
+                        fill=fill, pooled_norm=norms, steps=steps, info=info)
+
+
+def _raw_labels(feat: torch.Tensor, text_emb: torch.Tensor) -> np.ndarray:
+    """Per-point argmax cosine of the lifted features (the no-purification prediction)."""
+    return text_scores(feat, torch.as_tensor(text_emb).to(feat.device)).argmax(1).cpu().numpy().astype(np.int64)
+
+
+def purify_scene(scene, lifted, model, text_emb: torch.Tensor, cfg: dict, device: str = "cpu",
+                 path: str | None = None) -> PurifyResult:
+    """GeoPurify inference on one scene.
+
+    scene: geopurify.data.scene.Scene; lifted: LiftResult (.feat (N, C), .seen (N,)); model: the
+    student AffinityNet (forward(feats (V, C+6), coords (V, 3)) -> (V, E) unit); text_emb (P, C);
+    cfg: full config (sections `purify`, `student`); path: "fast" (pool class scores) or
+    "reference" (pool all channels), default cfg["purify"]["path"]. Both give the same labels.
+    """
+    from geopurify.student.network import student_input
+
+    *_, path, voxel_size = _settings(cfg, path)
+    feat, seen = _check_inputs(scene, lifted, text_emb)
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    coords, inverse = _voxelise(scene, voxel_size)
+    V = coords.shape[0]
+    x = student_input(feat.float(), scene.rgb, scene.normals, inverse, V)
+    timings["voxelise_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    dev = torch.device(device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            emb = model(x.to(dev), coords.to(dev))
+    finally:
+        model.train(was_training)
+    emb = torch.nn.functional.normalize(emb.float(), dim=1)
+    timings["student_s"] = time.perf_counter() - t
+    C = feat.shape[1]
+    res = _pool_voxels(coords, inverse, x[:, :C], seen, emb, text_emb, cfg, device, path, timings,
+                       "student affinities", scene.name, scene.n_points)
+    res.raw_labels = _raw_labels(feat, text_emb)
+    return res
+
+
+def knn_mean_scene(scene, lifted, text_emb: torch.Tensor, cfg: dict, device: str = "cpu",
+                   path: str | None = None) -> PurifyResult:
+    """Baseline: the same K and T as purify_scene but uniform weights 1/K (plain kNN-mean smoothing,
+    no student). `.labels` are its per-point predictions."""
+    from geopurify.student.voxel import voxel_mean
+
+    *_, path, voxel_size = _settings(cfg, path)
+    feat, seen = _check_inputs(scene, lifted, text_emb)
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    coords, inverse = _voxelise(scene, voxel_size)
+    feat_v = voxel_mean(feat, inverse, coords.shape[0]).float()
+    timings["voxelise_s"] = time.perf_counter() - t
+    res = _pool_voxels(coords, inverse, feat_v, seen, None, text_emb, cfg, device, path, timings,
+                       "uniform (kNN-mean baseline)", scene.name, scene.n_points)
+    res.raw_labels = _raw_labels(feat, text_emb)
+    return res
+
+
+def query_scores(result: PurifyResult, text_emb_new: torch.Tensor) -> np.ndarray:
+    """Relevance of new prompts for every point, from the same graph and weights: the score column
+    S = F w/|w| of each prompt is pooled on demand (T steps over P' = 1.. channels).
+
+    text_emb_new (C,) -> (N,), or (Q, C) -> (N, Q) float32. With the reference path (pooled-feature
+    norms known) the value is the cosine of the purified feature with the prompt; with the fast path
+    it is that cosine times |F(T)_i| (same ranking of prompts at a point, not of points)."""
+    if result.voxel_feat is None or result.idx is None:
+        raise ValueError("this PurifyResult holds no graph (was it built by purify_scene / knn_mean_scene?)")
+    te = torch.as_tensor(text_emb_new).float()
+    single = te.ndim == 1
+    te = te.reshape(-1, te.shape[-1]).to(result.voxel_feat.device)
+    if te.shape[1] != result.voxel_feat.shape[1]:
+        raise InputError(None, f"prompt embeddings have {te.shape[1]} channels, the lifted features "
+                               f"{result.voxel_feat.shape[1]} (different VLMs?)")
+    s = pool(text_scores(result.voxel_feat, te), result.idx, result.weights, result.steps, progress=False)
+    if result.pooled_norm is not None:
+        s = s / result.pooled_norm.clamp_min(1e-12)[:, None]
+    s = s[result.fill][result.inverse.to(s.device)].cpu().numpy()
+    return s[:, 0] if single else s
+
+
+def purified_features(scene, lifted, model, cfg: dict, device: str = "cpu") -> torch.Tensor:
+    """Per-point purified features (N, C) float32 on the CPU: every lifted channel pooled over the
+    student's affinities (the reference formulation), unseen voxels filled from the nearest seen one."""
+    from geopurify.student.network import student_input
+
+    k, tau, steps, _, voxel_size = _settings(cfg, None)
+    feat, seen = _check_inputs(scene, lifted, None)
+    coords, inverse = _voxelise(scene, voxel_size)
+    V = coords.shape[0]
+    x = student_input(feat.float(), scene.rgb, scene.normals, inverse, V)
+    dev = torch.device(device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            emb = model(x.to(dev), coords.to(dev))
+    finally:
+        model.train(was_training)
+    k_eff = min(k, V - 1)
+    if k_eff >= 1:
+        idx = knn_graph(coords.to(dev), k_eff)
+        pooled = pool(x[:, :feat.shape[1]].to(dev), idx, affinity_weights(emb, idx, tau), steps)
+    else:
+        pooled = x[:, :feat.shape[1]].to(dev)
+    fill = nearest_seen(coords, seen_voxels(seen, inverse, V)).to(dev)
+    return pooled[fill[inverse.to(dev)]].cpu()
