@@ -44,7 +44,7 @@ def run(args) -> int:
     from geopurify.config import load_config, merge
     from geopurify.data.ply import write_ply
     from geopurify.data.readers import load_scene
-    from geopurify.distill.checkpoint import load_student
+    from geopurify.distill.checkpoint import check_compatible, load_student
     from geopurify.purify.infer import purified_features
     from geopurify.viz.render import heat_colors, render_points
     from geopurify.vlm import build_vlm
@@ -56,12 +56,13 @@ def run(args) -> int:
         cfg = load_config(args.config)
     else:
         cfg = load_config(None)
-        if isinstance(meta.get("cfg"), dict):
-            cfg = merge(cfg, meta["cfg"], args.ckpt)
+        if isinstance(meta.get("config"), dict):
+            cfg = merge(cfg, meta["config"], args.ckpt)
     if args.vlm or args.vlm_path:
         cfg = merge(cfg, {"lift": {k: v for k, v in (("vlm", args.vlm), ("vlm_path", args.vlm_path)) if v}})
     scene = load_scene(args.scene, frame_step=cfg["data"]["frame_step"])
     vlm = build_vlm(cfg)
+    check_compatible(meta, vlm.dim, cfg, args.ckpt)
     log.info("query %r on %s with %s", args.text, scene.name, vlm.describe())
     cache = args.cache_dir or args.out.parent / "cache"
     lifted = cached_lift(scene, cfg, vlm, cache)

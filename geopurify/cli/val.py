@@ -24,7 +24,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from geopurify.config import load_config
     from geopurify.data.splits import resolve_scenes
-    from geopurify.distill.checkpoint import load_student
+    from geopurify.distill.checkpoint import check_compatible, load_student
     from geopurify.evaluate.metrics import format_table
     from geopurify.evaluate.split import evaluate_scenes, summary_table
 
@@ -36,11 +36,15 @@ def run(args) -> int:
     if not ckpt.exists():
         raise InputError(ckpt, "checkpoint not found (train first: sh run/train.sh --exp_dir=... --config=...)")
     model, meta = load_student(ckpt, args.device)
+    from geopurify.vlm import build_vlm
+
+    vlm = build_vlm(cfg, device=args.device)
+    check_compatible(meta, vlm.dim, cfg, ckpt)
     scenes = resolve_scenes(cfg, args.split)
     out_dir = args.exp_dir / "result" / Path(args.ckpt_name).stem / args.split
     cache = Path(cfg["data"]["cache_dir"]) if cfg["data"]["cache_dir"] else args.exp_dir / "cache"
     log.info("evaluating %s on %d %s scenes -> %s", ckpt, len(scenes), args.split, out_dir)
-    report = evaluate_scenes(cfg, scenes, model, out_dir, cache, device=args.device)
+    report = evaluate_scenes(cfg, scenes, model, out_dir, cache, device=args.device, vlm=vlm)
     report["checkpoint"] = {"path": str(ckpt), **{k: meta.get(k) for k in ("teacher", "vlm", "student", "epoch") if k in meta}}
     from geopurify.io import write_json
 

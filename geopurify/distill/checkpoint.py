@@ -93,6 +93,21 @@ def build_from_checkpoint(ckpt: dict, path: str | Path):
     return model
 
 
+def check_compatible(meta: dict, feat_dim: int, cfg: dict, path: str | Path) -> None:
+    """InputError naming the checkpoint when its student cannot take `feat_dim`-d lifted features
+    (it was trained on another VLM's); a warning when the config's voxel size differs from training's."""
+    want = int(meta["in_channels"]) - 6  # student input = lifted feature + rgb + normal
+    if int(feat_dim) != want:
+        vlm = meta.get("vlm") or {}
+        raise InputError(path, f"student was trained on {want}-d lifted features (VLM {vlm.get('name', '?')}) but "
+                               f"the configured VLM {cfg['lift']['vlm']} gives {feat_dim}-d: evaluate with the VLM "
+                               f"it was trained with (--vlm / lift.vlm)")
+    trained = (meta.get("student") or {}).get("voxel_size")
+    if trained is not None and float(trained) != float(cfg["student"]["voxel_size"]):
+        log.warning("%s was trained with %g m voxels; the config purifies with %g m", path, float(trained),
+                    float(cfg["student"]["voxel_size"]))
+
+
 def load_student(path: str | Path, device: str | torch.device = "cpu"):
     """(model in eval mode on `device`, meta dict) from a checkpoint written by training."""
     ckpt = load_checkpoint(path)
