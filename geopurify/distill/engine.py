@@ -89,6 +89,14 @@ def param_groups(model: torch.nn.Module, lr: float, lr_mult: dict[str, float]) -
     return list(groups.values())
 
 
+def build_optimizer(model: torch.nn.Module, cfg: dict, iters_per_epoch: int):
+    """AdamW over `param_groups` and its per-iteration LambdaLR (warm-up, then cosine)."""
+    d = cfg["distill"]
+    total, warmup = int(d["epochs"]) * iters_per_epoch, int(d["warmup_epochs"]) * iters_per_epoch
+    opt = torch.optim.AdamW(param_groups(model, d["lr"], d["lr_mult"]), lr=d["lr"], weight_decay=d["weight_decay"])
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, LRSchedule(total, warmup))
+
+
 def epoch_order(n_scenes: int, seed: int, epoch: int, world: int = 1) -> np.ndarray:
     """Scene indices for one epoch, shuffled from (seed, epoch) and padded by wrapping to a
     multiple of `world`. Slot i goes to rank i % world."""
@@ -278,16 +286,46 @@ class SceneStore:
         return batch
 
 
-def scene_loss(model, batch: SceneBatch, cfg: dict, generator: torch.Generator) -> tuple[torch.Tensor, Pairs]:
-    """InfoNCE of the student on one scene; pairs sampled on points, embeddings per voxel."""
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def scene_loss(model, batch: SceneBatch, cfg: dict, generator: torch.Generator,
+               timings: dict | None = None) -> tuple[torch.Tensor, Pairs]:
+    """InfoNCE of the student on one scene; pairs sampled on points, embeddings per voxel.
+    `timings`, when given, receives sample_s and forward_s (seconds)."""
     d = cfg["distill"]
     n = batch.xyz.shape[0]
+    t0 = time.perf_counter()
     pairs = sample_pairs(batch.teacher, batch.xyz, n_anchors_for(n, d["max_anchors"], d["anchor_frac"]),
                          d["n_macro"], d["n_micro"], d["micro_k"], generator=generator)
+    _sync(batch.feats.device)
+    t1 = time.perf_counter()
     emb = model(batch.feats, batch.coords)  # (V, E) unit
     inv = batch.inverse
     vox_pairs = Pairs(inv[pairs.anchor], inv[pairs.positive], inv[pairs.negatives], pairs.n_macro)
-    return info_nce(emb, vox_pairs, tau=d["tau"]), pairs
+    loss = info_nce(emb, vox_pairs, tau=d["tau"])
+    if timings is not None:
+        _sync(batch.feats.device)
+        timings["sample_s"], timings["forward_s"] = t1 - t0, time.perf_counter() - t1
+    return loss, pairs
+
+
+def train_step(net, opt, sched, batch: SceneBatch, cfg: dict, generator: torch.Generator,
+               timings: dict | None = None) -> tuple[torch.Tensor, Pairs]:
+    """One optimiser step on one scene (sampling, forward, InfoNCE, backward, AdamW, schedule).
+    `timings`, when given, also receives backward_s (backward + optimiser step)."""
+    loss, pairs = scene_loss(net, batch, cfg, generator, timings)
+    t0 = time.perf_counter()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    if timings is not None:
+        _sync(batch.feats.device)
+        timings["backward_s"] = time.perf_counter() - t0
+    return loss, pairs
 
 
 # ----------------------------------------------------------------------------- training
@@ -380,9 +418,8 @@ def train(cfg: dict, exp_dir: str | Path, resume: bool = False, device: str | No
     seed_everything(seed)
     model = build_student(cfg["student"], in_channels).to(device)
     iters = len(epoch_order(len(scenes), seed, 0, dist.world)) // dist.world
-    total, warmup = int(d["epochs"]) * iters, int(d["warmup_epochs"]) * iters
-    opt = torch.optim.AdamW(param_groups(model, d["lr"], d["lr_mult"]), lr=d["lr"], weight_decay=d["weight_decay"])
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, LRSchedule(total, warmup))
+    opt, sched = build_optimizer(model, cfg, iters)
+    total, warmup = sched.lr_lambdas[0].total_steps, sched.lr_lambdas[0].warmup_steps
     start_epoch = step = 0
     last = model_dir / LAST
     if resume and last.exists():
@@ -428,12 +465,8 @@ def train(cfg: dict, exp_dir: str | Path, resume: bool = False, device: str | No
             slot = it * dist.world + dist.rank
             t0 = time.perf_counter()
             batch = store.get(scenes[order[slot]])
-            loss, pairs = scene_loss(net, batch, cfg, slot_generator(seed, epoch, slot))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
             lr_now = float(d["lr"]) * lr_factor(step, total, warmup)
-            opt.step()
-            sched.step()
+            loss, pairs = train_step(net, opt, sched, batch, cfg, slot_generator(seed, epoch, slot))
             step += 1
             loss_all = float(_mean_over_ranks(loss.detach(), dist))
             losses.append(loss_all)
