@@ -1,17 +1,59 @@
 """Atomic output: every file is written to a temporary sibling, then renamed into place.
 
-A killed run therefore never leaves a file that looks complete.
+A killed run therefore never leaves a file that looks complete. The temporary file is hidden
+and named `.<name>.tmp-<host>-<pid>-<random><suffix>`; one left behind by a killed process (same
+host, pid no longer running) is removed the next time the same file is written.
 """
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
+import logging
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+
+log = logging.getLogger(__name__)
+
+_HOST = re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname()) or "host"
+
+
+def _pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's) or cannot tell: keep its file
+    return True
+
+
+def remove_stale_temporaries(path: str | Path) -> int:
+    """Delete temporary siblings of `path` left by killed processes of this host; their count."""
+    path = Path(path)
+    prefix = f".{path.name}.tmp-"
+    pattern = re.compile(re.escape(prefix) + re.escape(_HOST) + r"-(\d+)-")
+    removed = 0
+    for tmp in path.parent.glob(glob.escape(prefix) + "*"):
+        m = pattern.match(tmp.name)
+        if m is None or int(m.group(1)) == os.getpid() or _pid_running(int(m.group(1))):
+            continue
+        try:
+            tmp.unlink()
+            removed += 1
+        except FileNotFoundError:  # another process cleaned it first
+            pass
+        except OSError as e:
+            log.debug("cannot remove stale %s: %s", tmp, e)
+    if removed:
+        log.info("removed %d partial file(s) of %s left by a killed run", removed, path)
+    return removed
 
 
 @contextlib.contextmanager
@@ -23,8 +65,9 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=path.suffix if suffix is None else suffix,
-                               dir=path.parent)
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{_HOST}-{os.getpid()}-",
+                               suffix=path.suffix if suffix is None else suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:
