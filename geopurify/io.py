@@ -93,7 +93,10 @@ def save_npy(path: str | Path, arr: np.ndarray) -> None:
 
 
 def save_torch(path: str | Path, obj) -> None:
+    """torch.save through an open file: the archive's inner folder is then torch's fixed "archive"
+    rather than the temporary file's random name, so equal objects give byte-identical files."""
     import torch
 
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
