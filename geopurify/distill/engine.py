@@ -489,8 +489,8 @@ def train(cfg: dict, exp_dir: str | Path, resume: bool = False, device: str | No
                 state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                          "epoch": epoch + 1, "step": step, "rng": rng_state(), "config": cfg,
                          "in_channels": in_channels, "meta": _meta(cfg, vlm_info, in_channels, teacher, epoch + 1)}
+                save_checkpoint(last, state)  # first: a kill between the two still resumes from this epoch
                 save_checkpoint(model_dir / f"epoch_{epoch + 1:03d}.pth", state)
-                save_checkpoint(last, state)
         _barrier(dist)
     bar.close()
 
