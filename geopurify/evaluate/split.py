@@ -47,10 +47,46 @@ def predict_scene(scene, lifted, model, text_emb, cfg, device="cpu", methods=MET
     return out
 
 
+def prediction_key(scene, cfg: dict, model_digest: str, methods) -> str:
+    """Hash of everything a scene's predictions depend on: its content, the lifting settings, the
+    student's weights, the purification / student / label-set settings and the methods."""
+    import hashlib
+    import json
+
+    from geopurify.cache import lift_settings, scene_fingerprint
+
+    obj = {"scene": scene_fingerprint(scene), "lift": lift_settings(cfg), "model": model_digest,
+           "purify": cfg["purify"], "student": cfg["student"], "label_set": cfg["data"]["label_set"],
+           "prompt_template": cfg["lift"]["prompt_template"], "methods": list(methods)}
+    return hashlib.blake2b(json.dumps(obj, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
+
+
+def _finished(pred_dir: Path, scene, key: str, methods) -> tuple[dict[str, np.ndarray], int] | None:
+    """(predictions, skipped frames) of a scene an earlier run finished with the same key, else None.
+
+    The record `<scene>.done.json` is written after the scene's prediction files, so a run killed
+    part-way leaves either a complete, matching scene or one that is predicted again."""
+    import json
+
+    rec = pred_dir / f"{scene.name}.done.json"
+    try:
+        done = json.loads(rec.read_text())
+        if done.get("key") != key:
+            return None
+        preds = {m: np.load(pred_dir / f"{scene.name}.{m}.npy", allow_pickle=False).astype(np.int64) for m in methods}
+    except (OSError, ValueError):
+        return None
+    if any(p.shape != (scene.n_points,) for p in preds.values()):
+        return None
+    return preds, int(done.get("skipped_frames", 0))
+
+
 def evaluate_scenes(cfg: dict, scene_paths: list[Path], model, out_dir: Path, cache_dir: Path,
                     device: str = "cpu", methods=METHODS, vlm=None) -> dict:
     """Predict and score every scene; write per-scene predictions, metrics JSON and tables.
 
+    Scenes whose predictions an earlier (e.g. killed) run already wrote for the same checkpoint,
+    settings and scene content (`pred/<scene>.done.json`) are read back instead of predicted again.
     Returns {"metrics": {method: metrics dict}, "per_scene": {...}, "label_set", "vlm",
     "skipped_frames": {scene: frames left out as unusable}, "timings"}.
     """
@@ -67,20 +103,34 @@ def evaluate_scenes(cfg: dict, scene_paths: list[Path], model, out_dir: Path, ca
     per_scene: dict[str, dict] = {}
     skipped: dict[str, int] = {}  # frames left out per scene (reader and lifting)
     timings = {"lift_s": 0.0, "predict_s": 0.0}
+    digest = "none"
     if model is not None:
+        from geopurify.distill.engine import weights_digest
+
         model.eval().to(device)
+        digest = weights_digest(model)
+    pred_dir = out_dir / "pred"
+    n_reused = 0
     for path in tqdm(scene_paths, desc="evaluate", unit="scene"):
         scene = load_scene(path, frame_step=cfg["data"]["frame_step"])
-        t0 = time.perf_counter()
-        lifted = cached_lift(scene, cfg, vlm, cache_dir)
-        t1 = time.perf_counter()
-        preds = predict_scene(scene, lifted, model, text_emb, cfg, device=device, methods=methods)
-        t2 = time.perf_counter()
-        timings["lift_s"] += t1 - t0
-        timings["predict_s"] += t2 - t1
-        skipped[scene.name] = int(lifted.info.get("skipped_frames", scene.meta.get("skipped_frames", 0)))
-        for m, pred in preds.items():
-            save_npy(out_dir / "pred" / f"{scene.name}.{m}.npy", pred.astype(np.int16))
+        key = prediction_key(scene, cfg, digest, methods)
+        earlier = _finished(pred_dir, scene, key, methods)
+        if earlier is not None:
+            preds, skipped[scene.name] = earlier
+            n_reused += 1
+            log.info("%s: predictions of an earlier run with the same checkpoint and settings reused", scene.name)
+        else:
+            t0 = time.perf_counter()
+            lifted = cached_lift(scene, cfg, vlm, cache_dir)
+            t1 = time.perf_counter()
+            preds = predict_scene(scene, lifted, model, text_emb, cfg, device=device, methods=methods)
+            t2 = time.perf_counter()
+            timings["lift_s"] += t1 - t0
+            timings["predict_s"] += t2 - t1
+            skipped[scene.name] = int(lifted.info.get("skipped_frames", scene.meta.get("skipped_frames", 0)))
+            for m, pred in preds.items():
+                save_npy(pred_dir / f"{scene.name}.{m}.npy", pred.astype(np.int16))
+            write_json(pred_dir / f"{scene.name}.done.json", {"key": key, "skipped_frames": skipped[scene.name]})
         if scene.labels is None:
             log.warning("%s has no labels: predictions written, not scored", path)
             continue
@@ -102,6 +152,7 @@ def evaluate_scenes(cfg: dict, scene_paths: list[Path], model, out_dir: Path, ca
         "scenes": [Path(p).name for p in scene_paths],
         "skipped_frames": skipped,
         "timings": {k: round(v, 2) for k, v in timings.items()},
+        "reused_scenes": n_reused,
     }
     write_json(out_dir / "metrics.json", report)
     write_text(out_dir / "per_class.txt", "\n\n".join(f"[{m}]\n{format_table(results[m])}" for m in methods) + "\n")
