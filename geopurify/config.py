@@ -68,8 +68,14 @@ def load_config(path: str | Path | None, overrides: dict | None = None) -> dict:
             data = yaml.safe_load(path.read_text())
         except FileNotFoundError:
             raise InputError(path, "config file not found") from None
+        except IsADirectoryError:
+            raise InputError(path, "expected a YAML config file, found a directory") from None
+        except OSError as e:
+            raise InputError(path, f"cannot read the config file ({e.strerror or type(e).__name__})") from None
         except (yaml.YAMLError, UnicodeDecodeError) as e:
             raise InputError(path, f"not valid YAML ({type(e).__name__})") from None
+        except RecursionError:
+            raise InputError(path, "not valid YAML for a config (nested too deeply)") from None
         if data is None:
             data = {}
         if not isinstance(data, dict):
