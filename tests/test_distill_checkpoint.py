@@ -1,5 +1,6 @@
 """Checkpoints, feature caches and scene lists: round trips and one-line errors on bad files."""
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from geopurify.distill.checkpoint import load_checkpoint, load_student, save_che
 from geopurify.distill.engine import epoch_order, lr_factor, param_groups, slot_generator
 from geopurify.errors import InputError
 from geopurify.student.network import build_student
+from geopurify.vlm.base import VLM
 
 CIN = 10
 
@@ -162,3 +164,50 @@ def test_scene_lists(tmp_path):
     with pytest.raises(InputError) as e:
         resolve_scenes(cfg, "train")
     assert "not found" in _one_line(e.value, tmp_path / "missing.txt")
+
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "scannet" / "scene0000_00"
+
+
+class _ColourVLM(VLM):
+    """A local stand-in VLM for the cache test: the frame's colour image as a 3-d unit feature map."""
+
+    name, simulated, dim = "colour (test stand-in)", False, 3
+
+    def encode_text(self, prompts):
+        raise NotImplementedError
+
+    def frame_features(self, scene, frame_index, image_hw):
+        img = torch.from_numpy(scene.frames[frame_index].color()).permute(2, 0, 1).float()[None]
+        img = torch.nn.functional.interpolate(img, size=tuple(image_hw), mode="area")[0]
+        return torch.nn.functional.normalize(img + 1.0, dim=0)
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data (real ScanNet scene)")
+def test_lift_cache_on_a_real_scan(tmp_path, caplog):
+    from geopurify.cache import cached_lift, lift_cache_path
+    from geopurify.data.readers import load_scene
+
+    scene = load_scene(SHARED)
+    cfg = defaults()
+    cfg["lift"].update(vlm="external", image_size=[160, 120])
+    built = []
+
+    def vlm_factory():
+        built.append(1)
+        return _ColourVLM()
+
+    a = cached_lift(scene, cfg, vlm_factory, tmp_path)
+    b = cached_lift(scene, cfg, vlm_factory, tmp_path)  # a hit never builds the VLM
+    assert len(built) == 1 and torch.equal(a.feat, b.feat) and torch.equal(a.seen, b.seen)
+    assert a.feat.shape == (scene.n_points, 3) and a.seen.float().mean() > 0.05  # 3 views of a room
+    path = lift_cache_path(scene, cfg, tmp_path)
+    assert torch.load(path, weights_only=True)["feat"].dtype == torch.float16
+    path.write_bytes(path.read_bytes()[:1000])  # truncated
+    with caplog.at_level(logging.WARNING):
+        c = cached_lift(scene, cfg, vlm_factory, tmp_path)
+    assert len(built) == 2 and torch.equal(a.feat, c.feat) and "recomputing" in caplog.text
+    cfg["lift"]["occlusion_thr"] = 0.25  # a setting that changes the result: another file
+    assert lift_cache_path(scene, cfg, tmp_path) != path
+    cfg["lift"]["occlusion_thr"], cfg["lift"]["chunk_points"] = 0.05, 1000  # memory-only: the same file
+    assert lift_cache_path(scene, cfg, tmp_path) == path

@@ -487,7 +487,9 @@ def train(cfg: dict, exp_dir: str | Path, resume: bool = False, device: str | No
                                    "it_per_s": round(iters / dt, 4), "s": round(dt, 3)})
             if (epoch + 1) % int(d["ckpt_every"]) == 0 or epoch + 1 == int(d["epochs"]):
                 state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                         "epoch": epoch + 1, "step": step, "rng": rng_state(), "config": cfg,
+                         "epoch": epoch + 1, "step": step, "config": cfg,
+                         "rng": {**rng_state(), "sampling": {"seed": seed, "stream": "torch.Generator seeded by "
+                                                             "SeedSequence([seed, epoch, slot]) per scene-slot"}},
                          "in_channels": in_channels, "meta": _meta(cfg, vlm_info, in_channels, teacher, epoch + 1)}
                 save_checkpoint(last, state)  # first: a kill between the two still resumes from this epoch
                 save_checkpoint(model_dir / f"epoch_{epoch + 1:03d}.pth", state)
