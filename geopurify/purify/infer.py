@@ -173,6 +173,19 @@ def _pool_voxels(coords, inverse, feat_v, seen, emb, text_emb, cfg, device, path
                         fill=fill, pooled_norm=norms, steps=steps, info=info)
 
 
+def _student_embeddings(model, x: torch.Tensor, coords: torch.Tensor, device) -> torch.Tensor:
+    """(V, E) unit student embeddings in eval mode without gradients; the model's mode is restored."""
+    dev = torch.device(device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            emb = model(x.to(dev), coords.to(dev))
+    finally:
+        model.train(was_training)
+    return torch.nn.functional.normalize(emb.float(), dim=1)
+
+
 def _raw_labels(feat: torch.Tensor, text_emb: torch.Tensor) -> np.ndarray:
     """Per-point argmax cosine of the lifted features (the no-purification prediction)."""
     return text_scores(feat, torch.as_tensor(text_emb).to(feat.device)).argmax(1).cpu().numpy().astype(np.int64)
@@ -195,18 +208,10 @@ def purify_scene(scene, lifted, model, text_emb: torch.Tensor, cfg: dict, device
     t = time.perf_counter()
     coords, inverse = _voxelise(scene, voxel_size)
     V = coords.shape[0]
-    x = student_input(feat.float(), scene.rgb, scene.normals, inverse, V)
+    x = student_input(feat, scene.rgb, scene.normals, inverse, V)
     timings["voxelise_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    dev = torch.device(device)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            emb = model(x.to(dev), coords.to(dev))
-    finally:
-        model.train(was_training)
-    emb = torch.nn.functional.normalize(emb.float(), dim=1)
+    emb = _student_embeddings(model, x, coords, device)
     timings["student_s"] = time.perf_counter() - t
     C = feat.shape[1]
     res = _pool_voxels(coords, inverse, x[:, :C], seen, emb, text_emb, cfg, device, path, timings,
@@ -252,7 +257,7 @@ def query_scores(result: PurifyResult, text_emb_new: torch.Tensor) -> np.ndarray
     s = pool(text_scores(result.voxel_feat, te), result.idx, result.weights, result.steps, progress=False)
     if result.pooled_norm is not None:
         s = s / result.pooled_norm.clamp_min(1e-12)[:, None]
-    s = s[result.fill][result.inverse.to(s.device)].cpu().numpy()
+    s = s[result.fill[result.inverse.to(s.device)]].cpu().numpy()
     return s[:, 0] if single else s
 
 
@@ -265,15 +270,9 @@ def purified_features(scene, lifted, model, cfg: dict, device: str = "cpu") -> t
     feat, seen = _check_inputs(scene, lifted, None)
     coords, inverse = _voxelise(scene, voxel_size)
     V = coords.shape[0]
-    x = student_input(feat.float(), scene.rgb, scene.normals, inverse, V)
+    x = student_input(feat, scene.rgb, scene.normals, inverse, V)
     dev = torch.device(device)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            emb = model(x.to(dev), coords.to(dev))
-    finally:
-        model.train(was_training)
+    emb = _student_embeddings(model, x, coords, device)
     k_eff = min(k, V - 1)
     if k_eff >= 1:
         idx = knn_graph(coords.to(dev), k_eff)

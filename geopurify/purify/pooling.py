@@ -14,9 +14,10 @@ Two exact ways to the same labels:
   S = F W_hat^T instead of the C channels (P = 20 against C = 512 on ScanNet). A new prompt's
   score column can be pooled on demand the same way.
 
-Kernels: on CPU the graph comes from a kd-tree, edge cosines from a sampled dense-dense product
-and pooling from a CSR sparse-dense product (scipy); on CUDA from chunked brute force / chunked
-gathers. Every kernel works in row or channel chunks so memory stays bounded (never V x K x C).
+Kernels: the graph comes from a kd-tree on CPU and from chunked exact distances on CUDA; edge
+cosines from a sampled dense-dense product (CPU) or chunked gathers (CUDA); each pooling step is one
+embedding_bag (a fused gather + weighted sum) on both. Every kernel works in row or channel chunks
+so memory stays bounded (never V x K x C).
 """
 from __future__ import annotations
 
@@ -33,9 +34,8 @@ log = logging.getLogger(__name__)
 _KNN_MARGIN = 8  # extra kd-tree candidates per query, so ties at the K-th distance are seen
 _KNN_ROWS = 32768  # query rows per kd-tree chunk (bounds the (rows, K + margin) candidate arrays)
 _GATHER_BYTES = 64 << 20  # budget of one gathered (rows, K, C) block
-_BRUTE_BYTES = 64 << 20  # budget of one (rows, V) float64 distance block (CUDA brute force)
-_POOL_CHANNELS = 32  # channels per CSR pooling block (bounds temporaries, keeps rows in cache)
-_ROWS_PER_THREAD = 8192  # CSR pooling uses one more thread per this many voxels, up to torch's count
+_BRUTE_BYTES = 128 << 20  # budget of one (rows, V) float64 distance block (CUDA brute force)
+_POOL_CHANNELS = 128  # channels pooled together (wider inputs go block by block: bounded temporaries)
 _MAX_INT_COORD = 1 << 20  # integer coordinates this large or smaller have exact float64 squared distances
 
 
@@ -63,9 +63,16 @@ def knn_graph(coords, k: int = 96, method: str = "auto") -> torch.Tensor:
         raise ValueError("coords contain NaN/inf")
     if method == "auto":
         method = "brute" if c.device.type == "cuda" else "kdtree"
-    c64 = c.double() if c.is_floating_point() else c.long()
-    if c.is_floating_point() and torch.equal(c64, c64.round()) and c64.abs().max() < _MAX_INT_COORD:
-        c64 = c64.long()  # integral float coordinates: take the exact integer path
+    if c.is_floating_point():
+        c64 = c.double()
+        if torch.equal(c64, c64.round()):
+            c64 = c64.long()  # integral float coordinates: take the exact integer path
+    else:
+        c64 = c.long()
+    if not c64.is_floating_point():
+        c64 = c64 - c64.min(0).values  # distances are translation-invariant; keeps the integer keys small
+        if int(c64.max()) >= _MAX_INT_COORD:
+            c64 = c64.double()  # too large for exact integer keys: the float path
     if method == "brute":
         return _knn_brute(c64, k)
     if method == "kdtree":
@@ -240,10 +247,12 @@ def pool(values: torch.Tensor, idx: torch.Tensor, W: torch.Tensor, steps: int = 
          method: str = "auto", progress: bool = True) -> torch.Tensor:
     """F(steps) with F(0) = values (V, C) and F(t+1)_i = sum_j W_ij F(t)_{idx_ij}.
 
-    method "csr": scipy CSR sparse-dense products over blocks of channels (CPU); "gather": chunked
-    gathers + batched products over rows (CUDA; also runs on CPU); "auto" picks by device.
-    Channels are independent, so blocks of channels are pooled through all steps one after the other.
-    A graph with k = 0 (a single voxel) leaves the values unchanged. Returns float32 (V, C)."""
+    method "bag" (default, CPU and CUDA): one torch embedding_bag per step, a fused gather and
+    weighted sum over each row's k neighbours (nothing of size V x k x C is materialised);
+    "gather": chunked index + batched products over rows (a plain kernel kept as a cross-check).
+    Channels are independent, so wide inputs are pooled in blocks of channels through all steps,
+    one block after the other. A graph with k = 0 (a single voxel) leaves the values unchanged.
+    Returns float32 (V, C), or (V,) for a 1-D input."""
     vals = torch.as_tensor(values)
     squeeze = vals.ndim == 1
     if squeeze:
@@ -255,72 +264,44 @@ def pool(values: torch.Tensor, idx: torch.Tensor, W: torch.Tensor, steps: int = 
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
     if method == "auto":
-        method = "gather" if vals.device.type == "cuda" else "csr"
+        method = "bag"
+    if method not in ("bag", "gather"):
+        raise ValueError(f"unknown pooling method {method!r} (auto | bag | gather)")
     if steps == 0 or idx.shape[1] == 0 or vals.shape[1] == 0:
         out = vals.clone()
-    elif method == "csr":
-        out = _pool_csr(vals, idx, W, steps, progress)
-    elif method == "gather":
-        out = _pool_gather(vals, idx, W, steps, progress)
     else:
-        raise ValueError(f"unknown pooling method {method!r} (auto | csr | gather)")
+        V, C = vals.shape
+        blocks = range(0, C, _POOL_CHANNELS)
+        out = vals if len(blocks) == 1 else torch.empty_like(vals)
+        bar = tqdm(total=len(blocks) * steps, desc="pooling", unit="step", leave=False,
+                   disable=None if progress else True)
+        for c0 in blocks:
+            f = vals[:, c0:c0 + _POOL_CHANNELS].contiguous()
+            for _ in range(steps):
+                f = _step_bag(f, idx, W) if method == "bag" else _step_gather(f, idx, W)
+                bar.update()
+            if len(blocks) == 1:
+                out = f
+            else:
+                out[:, c0:c0 + _POOL_CHANNELS] = f
+        bar.close()
     return out[:, 0] if squeeze else out
 
 
-def _pool_csr(vals: torch.Tensor, idx: torch.Tensor, W: torch.Tensor, steps: int, progress: bool) -> torch.Tensor:
-    """scipy CSR products; rows split over torch.get_num_threads() threads (scipy's sparse-dense
-    product releases the GIL; the split does not change any sum, so results do not depend on it)."""
-    import scipy.sparse as sp
-    from concurrent.futures import ThreadPoolExecutor
+def _step_bag(f: torch.Tensor, idx: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """One pooling step: row i of the result is sum_j W_ij f[idx_ij] (each row of idx is a bag)."""
+    return F.embedding_bag(idx, f, per_sample_weights=W, mode="sum")
 
+
+def _step_gather(f: torch.Tensor, idx: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """One pooling step by explicit gathers of (rows, k, C) blocks of bounded size."""
     V, k = idx.shape
-    A = sp.csr_matrix((W.cpu().numpy().ravel(), idx.cpu().numpy().ravel(), np.arange(0, V * k + 1, k)),
-                      shape=(V, V))
-    n_threads = max(1, min(torch.get_num_threads(), V // _ROWS_PER_THREAD))
-    bounds = np.linspace(0, V, n_threads + 1).astype(np.int64)
-    parts = [(A[b0:b1], b0, b1) for b0, b1 in zip(bounds[:-1], bounds[1:])]
-    x = vals.cpu().numpy()
-    out = np.empty_like(x)
-    blocks = range(0, x.shape[1], _POOL_CHANNELS)
-    bar = tqdm(total=len(blocks) * steps, desc="pooling", unit="step", leave=False,
-               disable=None if progress else True)
-    pool_ex = ThreadPoolExecutor(n_threads) if n_threads > 1 else None
-    try:
-        for c0 in blocks:
-            f = np.ascontiguousarray(x[:, c0:c0 + _POOL_CHANNELS])
-            for _ in range(steps):
-                if pool_ex is None:
-                    f = A @ f
-                else:
-                    g = np.empty_like(f)
-
-                    def step(part, f=f, g=g):
-                        Ap, b0, b1 = part
-                        g[b0:b1] = Ap @ f
-
-                    list(pool_ex.map(step, parts))
-                    f = g
-                bar.update()
-            out[:, c0:c0 + _POOL_CHANNELS] = f
-    finally:
-        if pool_ex is not None:
-            pool_ex.shutdown()
-        bar.close()
-    return torch.from_numpy(out).to(vals.device)
-
-
-def _pool_gather(vals: torch.Tensor, idx: torch.Tensor, W: torch.Tensor, steps: int, progress: bool) -> torch.Tensor:
-    V, k = idx.shape
-    C = vals.shape[1]
-    rows = max(1, _GATHER_BYTES // (4 * k * C))
-    f = vals
-    for _ in tqdm(range(steps), desc="pooling", unit="step", leave=False, disable=None if progress else True):
-        nxt = torch.empty_like(f)
-        for s in range(0, V, rows):
-            e = min(V, s + rows)
-            nxt[s:e] = torch.bmm(W[s:e, None, :], f[idx[s:e]])[:, 0]
-        f = nxt
-    return f
+    rows = max(1, _GATHER_BYTES // (4 * k * f.shape[1]))
+    out = torch.empty_like(f)
+    for s in range(0, V, rows):
+        e = min(V, s + rows)
+        out[s:e] = torch.bmm(W[s:e, None, :], f[idx[s:e]])[:, 0]
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
