@@ -47,6 +47,9 @@ def read_ply(path: str | Path) -> dict:
     if not path.is_file():
         raise InputError(path, "PLY file not found" if not path.exists() else "expected a PLY file, found a directory")
     try:
+        problem = _header_problem(path)
+        if problem:
+            raise InputError(path, f"not a readable PLY file ({problem})")
         ply = _read_plydata(path)
         names = [e.name for e in ply.elements]
         if "vertex" not in names:
@@ -91,6 +94,36 @@ def read_ply(path: str | Path) -> dict:
     if "faces" in out and out["faces"].size and (out["faces"].min() < 0 or out["faces"].max() >= n):
         raise InputError(path, f"PLY faces index vertices outside 0..{n - 1}")
     return out
+
+
+def _header_problem(path: Path) -> str | None:
+    """What plyfile would only meet while reading the data, some of it fatal to the interpreter (a
+    negative row count on an element without properties makes numpy's memmap divide by zero):
+    negative row counts and rows without properties. None when the header passes (or has no
+    end_header, which plyfile reports itself)."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 20)
+    end = head.find(b"end_header")
+    if end < 0:
+        return None
+    elements: list[list] = []  # [name, count, number of properties]
+    for line in head[:end].split(b"\n"):
+        words = line.split()
+        if words[:1] == [b"element"] and len(words) >= 3:
+            name = words[1].decode("ascii", "replace")
+            try:
+                count = int(words[2])
+            except ValueError:
+                return None  # plyfile names the malformed line
+            if count < 0:
+                return f"element '{name}' has a negative row count {count}"
+            elements.append([name, count, 0])
+        elif words[:1] == [b"property"] and elements:
+            elements[-1][2] += 1
+    for name, count, n_props in elements:
+        if count > 0 and n_props == 0:
+            return f"element '{name}' has {count} rows but no properties"
+    return None
 
 
 def _read_plydata(path: Path) -> PlyData:
