@@ -24,8 +24,10 @@ def defaults() -> dict:
 
 
 def _type_ok(default: Any, value: Any) -> bool:
-    if default is None or value is None:
-        return True  # optional values: null default accepts anything, any key may be set to null
+    if default is None:
+        return True  # optional values: a null default accepts anything (null included)
+    if value is None:
+        return False  # a key with a real default is needed downstream: null would crash later
     if isinstance(default, bool):
         return isinstance(value, bool)
     if isinstance(default, float):
@@ -49,7 +51,14 @@ def merge(base: dict, override: dict, where: str | Path | None = None, prefix: t
             raise InputError(where, f"unknown config key '{dotted}'")
         default = base[key]
         if not _type_ok(default, value):
-            raise InputError(where, f"config key '{dotted}' must be {type(default).__name__}, got {type(value).__name__} {value!r}")
+            got = "null" if value is None else f"{type(value).__name__} {value!r}"
+            raise InputError(where, f"config key '{dotted}' must be {type(default).__name__}, got {got}")
+        if path in _FREE_DICTS:
+            bad = [k for k, v in value.items()
+                   if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, (int, float))]
+            if bad:
+                raise InputError(where, f"config key '{dotted}' maps names to numbers; entry {bad[0]!r} is "
+                                        f"{value[bad[0]]!r}")
         if isinstance(default, dict) and path not in _FREE_DICTS and value is not None:
             out[key] = merge(default, value, where, path)
         elif isinstance(default, float) and value is not None:
