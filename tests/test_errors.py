@@ -369,6 +369,8 @@ def test_empty_data_root(capsys, tmp_path):
     ("lift:\n  fusoin: mean\n", r"unknown config key 'lift\.fusoin'"),
     ("data:\n  frame_step: two\n", r"config key 'data\.frame_step' must be int, got str 'two'"),
     ("lift: [unclosed\n", r"not valid YAML"),
+    ('lift:\n  "fu\\nsion": mean\n', r"unknown config key 'lift\.fu\\nsion'$"),  # a line break in a key stays escaped
+    ("data: null\n", r"config key 'data' must be dict, got null"),
 ])
 def test_bad_config(capsys, base, tmp_path, text, problem):
     cfg = tmp_path / "bad.yaml"
