@@ -120,6 +120,24 @@ def _feature_table(fmap: torch.Tensor, dim: int, where) -> torch.Tensor:
     return fmap.reshape(dim, -1).t().contiguous().float()
 
 
+# lift settings that must be numbers above a bound: (key, minimum, strictly above it?, integer?)
+_BOUNDS = (("border", 0, False, True), ("occlusion_thr", 0, True, False), ("zbuffer_splat", 0, False, True),
+           ("chunk_points", 1, False, True), ("group_mb", 0, False, True), ("consensus_topk", 1, False, True),
+           ("consensus_logit_scale", 0, True, False))
+
+
+def _check_settings(lc: dict, needs_virtual: bool) -> None:
+    """InputError for a `lift` setting out of its range (the config checks only types)."""
+    keys = _BOUNDS + ((("virtual_frames", 1, False, True),) if needs_virtual else ())
+    for key, lo, strict, integer in keys:
+        v = lc[key]
+        ok = (isinstance(v, int) if integer else isinstance(v, (int, float))) and not isinstance(v, bool)
+        ok = ok and np.isfinite(v) and (v > lo if strict else v >= lo)
+        if not ok:
+            kind = "an integer" if integer else "a number"
+            raise InputError(None, f"config key 'lift.{key}' must be {kind} {'>' if strict else '>='} {lo}, got {v!r}")
+
+
 def lift_scene(scene: Scene, vlm, cfg: dict, text_emb: torch.Tensor | None = None,
                device: str | torch.device = "cpu") -> LiftResult:
     """Fuse `vlm` feature maps of every frame of `scene` onto its points; see the module docstring.
@@ -143,6 +161,7 @@ def lift_scene(scene: Scene, vlm, cfg: dict, text_emb: torch.Tensor | None = Non
     size = lc["image_size"]
     if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(x, int) and x > 0 for x in size)):
         raise InputError(None, f"lift.image_size must be [W, H], two positive integers, got {size!r}")
+    _check_settings(lc, needs_virtual=not scene.frames)
     W, H = size
     hw = (H, W)
     scene_v, virtual = _frames_for(scene, vlm, cfg)
