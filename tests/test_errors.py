@@ -379,6 +379,22 @@ def test_bad_config(capsys, base, tmp_path, text, problem):
     fails(capsys, ["lift", "--scene", base["room"], "--out", out, "--config", cfg], cfg, problem, [out])
 
 
+@pytest.mark.parametrize("over, problem", [
+    ({"lift": {"chunk_points": 0}}, r"config key 'lift\.chunk_points' must be an integer >= 1, got 0"),
+    ({"lift": {"occlusion_thr": -0.05}}, r"config key 'lift\.occlusion_thr' must be a number > 0, got -0\.05"),
+    ({"lift": {"fusion": "consensus", "consensus_topk": 0}}, r"config key 'lift\.consensus_topk' must be an integer >= 1"),
+])
+def test_config_value_out_of_range(capsys, base, tmp_path, over, problem):
+    """Ranges are checked where the value is used, which knows the key but not the file."""
+    cfg = tmp_path / "range.yaml"
+    cfg.write_text(yaml.safe_dump({"data": {"frame_step": 1}, **over}))
+    out = tmp_path / "o.lift.pt"
+    rc = main(["-q", "lift", "--scene", str(base["room"]), "--out", str(out), "--config", str(cfg)])
+    err = capsys.readouterr().err.splitlines()
+    assert rc == 2 and len(err) == 1 and re.fullmatch(r"error: " + problem + ".*", err[0]), err
+    assert not out.exists()
+
+
 def test_real_process_prints_one_line(tmp_path):
     """The same contract from a separate `python -m geopurify` process: with -q exactly one line;
     without it, log lines first but the error is the last line and there is no traceback."""
