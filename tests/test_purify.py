@@ -293,3 +293,26 @@ def test_geopurify_loop_matches_package():
     fast = bench.fast_path(coords, vox_in[:, :C], emb, text, inverse, k=20, tau=0.05, steps=5)
     assert len(np.unique(ref)) >= 3
     np.testing.assert_array_equal(ref, fast)
+
+
+def test_graph_cache_and_single_voxel_scene():
+    from geopurify.purify import infer
+
+    rng = np.random.default_rng(12)
+    coords = torch.from_numpy(np.unique(rng.integers(0, 10, (300, 3)), axis=0)).int()
+    a = infer.cached_knn_graph(coords, 8, "cpu")
+    assert torch.equal(a, knn_graph(coords, 8))
+    assert infer.cached_knn_graph(coords.clone(), 8, "cpu") is a  # same coordinates: reused
+    assert torch.equal(infer.cached_knn_graph(coords, 7, "cpu"), knn_graph(coords, 7))  # another k: recomputed
+    assert infer.cached_knn_graph(coords, 8, "cpu") is not a  # one entry only
+
+    # every point in one voxel: no neighbours, the voxel mean is classified as it is
+    xyz = (rng.uniform(0, 0.01, (5, 3)) + 0.005).astype(np.float32)
+    scene = Scene("one-voxel", xyz, np.zeros((5, 3), np.uint8))
+    feat = torch.from_numpy(rng.normal(size=(5, 4))).float()
+    text = torch.from_numpy(rng.normal(size=(3, 4))).float()
+    res = knn_mean_scene(scene, SimpleNamespace(feat=feat, seen=torch.ones(5, dtype=torch.bool)), text,
+                         load_config(None))
+    assert res.coords.shape[0] == 1 and res.info["k"] == 0
+    want = int((F.normalize(text, dim=1) @ feat.mean(0)).argmax())
+    assert (res.labels == want).all()
