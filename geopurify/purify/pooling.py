@@ -36,7 +36,7 @@ _KNN_ROWS = 32768  # query rows per kd-tree chunk (bounds the (rows, K + margin)
 _GATHER_BYTES = 64 << 20  # budget of one gathered (rows, K, C) block
 _BRUTE_BYTES = 128 << 20  # budget of one (rows, V) float64 distance block (CUDA brute force)
 _POOL_CHANNELS = 128  # channels pooled together (wider inputs go block by block: bounded temporaries)
-_MAX_INT_COORD = 1 << 20  # integer coordinates this large or smaller have exact float64 squared distances
+_MAX_INT_COORD = 1 << 20  # integer extents below this have exact float64 squared distances in the kd-tree
 
 
 # ----------------------------------------------------------------------------------------------
@@ -71,8 +71,9 @@ def knn_graph(coords, k: int = 96, method: str = "auto") -> torch.Tensor:
         c64 = c.long()
     if not c64.is_floating_point():
         c64 = c64 - c64.min(0).values  # distances are translation-invariant; keeps the integer keys small
-        if int(c64.max()) >= _MAX_INT_COORD:
-            c64 = c64.double()  # too large for exact integer keys: the float path
+        ext = int(c64.max())
+        if ext >= _MAX_INT_COORD or 3 * ext * ext * V >= 1 << 62:
+            c64 = c64.double()  # too large for exact int64 keys (d2 * V + index): the float path
     if method == "brute":
         return _knn_brute(c64, k)
     if method == "kdtree":
@@ -152,8 +153,8 @@ def _knn_kdtree(c: np.ndarray, k: int) -> np.ndarray:
 def _knn_brute(c: torch.Tensor, k: int) -> torch.Tensor:
     """Exact kNN by chunks of rows against all voxels (the CUDA path; also runs on CPU).
 
-    For each row: the k-th smallest squared distance dk, then every voxel closer than dk plus the
-    first (by index) of those at exactly dk, then ordered by (d2, index)."""
+    For each row: the k-th smallest squared distance dk, every voxel closer than dk, and of those at
+    exactly dk the ones with the smallest indices until there are k; then ordered by (d2, index)."""
     V = c.shape[0]
     cf = c.double()
     out = torch.empty(V, k, dtype=torch.int64, device=c.device)
