@@ -370,6 +370,23 @@ def _check_resume_config(ckpt: dict, cfg: dict, in_channels: int, path: Path) ->
                     ", ".join(changed))
 
 
+def check_settings(cfg: dict) -> None:
+    """InputError naming the key for a training setting out of its range (the config checks only
+    types); without it these crash mid-run or train silently on NaN / empty losses."""
+    d, vs = cfg["distill"], cfg["student"]["voxel_size"]
+    rules = [("student.voxel_size", vs, vs > 0, "> 0"), ("distill.max_anchors", d["max_anchors"], d["max_anchors"] >= 1, ">= 1"),
+             ("distill.anchor_frac", d["anchor_frac"], 0 < d["anchor_frac"] <= 1, "in (0, 1]"),
+             ("distill.tau", d["tau"], d["tau"] > 0, "> 0"), ("distill.lr", d["lr"], d["lr"] > 0, "> 0"),
+             ("distill.weight_decay", d["weight_decay"], d["weight_decay"] >= 0, ">= 0"),
+             ("distill.warmup_epochs", d["warmup_epochs"], d["warmup_epochs"] >= 0, ">= 0"),
+             ("distill.n_macro", d["n_macro"], d["n_macro"] >= 0, ">= 0"),
+             ("distill.n_micro", d["n_micro"], d["n_micro"] >= 0 and d["n_macro"] + d["n_micro"] >= 1,
+              ">= 0, with n_macro + n_micro >= 1 (InfoNCE needs negatives)")]
+    for key, value, ok, want in rules:
+        if not (ok and np.isfinite(value)):
+            raise InputError(None, f"config key '{key}' must be {want}, got {value!r}")
+
+
 def train(cfg: dict, exp_dir: str | Path, resume: bool = False, device: str | None = None) -> Path:
     """Train the student on the config's training scenes; returns <exp_dir>/model/geopurify.pth.
 
@@ -392,6 +409,7 @@ def train(cfg: dict, exp_dir: str | Path, resume: bool = False, device: str | No
     cache_dir = Path(cfg["data"]["cache_dir"]) if cfg["data"]["cache_dir"] else exp_dir / "cache"
     if int(d["epochs"]) < 1 or int(d["ckpt_every"]) < 1:
         raise InputError(None, f"distill.epochs and distill.ckpt_every must be >= 1, got {d['epochs']} / {d['ckpt_every']}")
+    check_settings(cfg)
 
     # scenes (rank 0 first: it may generate procedural rooms) and the frozen feature sources
     if dist.main:

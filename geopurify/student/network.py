@@ -100,7 +100,10 @@ def build_student(cfg_student: dict, in_channels: int) -> AffinityNet:
         raise InputError(None, f"config key 'student.preset' must be cpu or paper, got {preset!r}")
     if width < 1 or blocks < 0:
         raise InputError(None, f"student width must be >= 1 and blocks >= 0, got {width} / {blocks}")
-    model = AffinityNet(in_channels, width, blocks, int(cfg_student.get("out_dim", 128)))
+    out_dim = int(cfg_student.get("out_dim", 128))
+    if out_dim < 1:
+        raise InputError(None, f"config key 'student.out_dim' must be >= 1, got {out_dim}")
+    model = AffinityNet(in_channels, width, blocks, out_dim)
     logger.info("student (%s preset): %s", preset, model.describe())
     return model
 
