@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,21 +34,24 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFF
 
 def kill_when(argv: list, ready, timeout: float = 180.0) -> None:
     """Start `python -m geopurify *argv`, SIGKILL it as soon as `ready()` is true; fail if it ends first."""
-    proc = subprocess.Popen([sys.executable, "-m", "geopurify", "-q", *map(str, argv)], env=ENV, cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    t0 = time.monotonic()
-    try:
-        while not ready():
-            if proc.poll() is not None:
-                pytest.fail(f"the run ended (rc {proc.returncode}) before it could be killed: "
-                            f"{proc.stderr.read().decode()[-2000:]}")
-            if time.monotonic() - t0 > timeout:
-                pytest.fail("the run never reached the kill point")
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
-        proc.stderr.close()
+    with tempfile.TemporaryFile() as err:  # a file, not a pipe: a full pipe would stall the run
+        proc = subprocess.Popen([sys.executable, "-m", "geopurify", "-q", *map(str, argv)], env=ENV, cwd=REPO,
+                                stdout=subprocess.DEVNULL, stderr=err)
+        t0 = time.monotonic()
+        try:
+            while not ready():
+                if proc.poll() is not None:
+                    err.seek(0)
+                    pytest.fail(f"the run ended (rc {proc.returncode}) before it could be killed: "
+                                f"{err.read().decode(errors='replace')[-2000:]}")
+                if time.monotonic() - t0 > timeout:
+                    pytest.fail("the run never reached the kill point")
+                time.sleep(0.005)
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
     assert proc.returncode == -signal.SIGKILL
 
 
