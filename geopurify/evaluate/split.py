@@ -82,11 +82,12 @@ def _finished(pred_dir: Path, scene, key: str, methods) -> tuple[dict[str, np.nd
 
 
 def evaluate_scenes(cfg: dict, scene_paths: list[Path], model, out_dir: Path, cache_dir: Path,
-                    device: str = "cpu", methods=METHODS, vlm=None) -> dict:
+                    device: str = "cpu", methods=METHODS, vlm=None, reuse: bool = True) -> dict:
     """Predict and score every scene; write per-scene predictions, metrics JSON and tables.
 
     Scenes whose predictions an earlier (e.g. killed) run already wrote for the same checkpoint,
-    settings and scene content (`pred/<scene>.done.json`) are read back instead of predicted again.
+    settings and scene content (`pred/<scene>.done.json`) are read back instead of predicted again
+    (`reuse=False`: predict every scene, e.g. to time it; report["reused_scenes"] counts them).
     Returns {"metrics": {method: metrics dict}, "per_scene": {...}, "label_set", "vlm",
     "skipped_frames": {scene: frames left out as unusable}, "timings"}.
     """
@@ -114,7 +115,7 @@ def evaluate_scenes(cfg: dict, scene_paths: list[Path], model, out_dir: Path, ca
     for path in tqdm(scene_paths, desc="evaluate", unit="scene"):
         scene = load_scene(path, frame_step=cfg["data"]["frame_step"])
         key = prediction_key(scene, cfg, digest, methods)
-        earlier = _finished(pred_dir, scene, key, methods)
+        earlier = _finished(pred_dir, scene, key, methods) if reuse else None
         if earlier is not None:
             preds, skipped[scene.name] = earlier
             n_reused += 1
