@@ -123,12 +123,18 @@ def train_cfg(rooms) -> Path:
     return p
 
 
-def test_train_killed_then_resumed(rooms, train_cfg):
+@pytest.fixture(scope="module")
+def train_ref(rooms, train_cfg) -> Path:
+    """An uninterrupted training run (in process)."""
+    ref = rooms["dir"] / "train_ref"
+    assert main(["-q", "train", "--exp_dir", str(ref), "--config", str(train_cfg), "--device", "cpu"]) == 0
+    return ref
+
+
+def test_train_killed_then_resumed(rooms, train_cfg, train_ref):
     from geopurify.distill.checkpoint import load_checkpoint
 
-    d = rooms["dir"]
-    ref, run = d / "train_ref", d / "train_run"
-    assert main(["-q", "train", "--exp_dir", str(ref), "--config", str(train_cfg), "--device", "cpu"]) == 0
+    ref, run = train_ref, rooms["dir"] / "train_run"
     final = Path("model") / "geopurify.pth"
     kill_when(["train", "--exp_dir", run, "--config", train_cfg, "--device", "cpu"],
               lambda: (run / "model" / "epoch_001.pth").exists())
@@ -142,7 +148,7 @@ def test_train_killed_then_resumed(rooms, train_cfg):
     assert hidden(run / "model") == []
 
 
-def test_val_reuses_finished_scenes(rooms, train_cfg, tmp_path):
+def test_val_reuses_finished_scenes(train_cfg, train_ref, tmp_path):
     """A val run cut short after its first scene: the re-run reuses that scene's predictions
     (same checkpoint, settings and scene) and reports what an uninterrupted run reports."""
     import json
@@ -152,7 +158,7 @@ def test_val_reuses_finished_scenes(rooms, train_cfg, tmp_path):
     cfg["synthetic"]["n_val"] = 2  # rooms 2 and 3 of the same data set
     cfg_path = tmp_path / "val.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
-    ref = rooms["dir"] / "train_ref"
+    ref = train_ref
     runs = {}
     for name in ("a", "b"):
         exp = tmp_path / name
