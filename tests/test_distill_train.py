@@ -114,3 +114,35 @@ def test_torchrun_two_processes_agree(setup):
     iters = [r for r in _log(out) if r["event"] == "iter"]
     assert len(iters) == EPOCHS  # 2 scenes on 2 ranks: one iteration per epoch per rank
     assert (out / "model" / "geopurify.pth").exists() and (out / "model" / f"epoch_{EPOCHS:03d}.pth").exists()
+
+
+def test_recalibrate_batchnorm_gives_exact_statistics():
+    """Precise BN: after recalibration the running mean / var are the exact averages of the
+    per-scene batch statistics, whatever the momentum-lagged values were before."""
+    import torch
+
+    from geopurify.distill.engine import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bn = torch.nn.BatchNorm1d(3)
+
+        def forward(self, feats, coords):
+            return self.bn(feats)
+
+    class B:
+        def __init__(self, feats):
+            self.feats, self.coords = feats, None
+
+    batches = [B(torch.randn(50, 3) * (i + 1) + i) for i in range(3)]
+    net = Net().eval()
+    net.bn.running_mean.fill_(7.0)
+    recalibrate_batchnorm(net, batches)
+    assert not net.training and net.bn.momentum == 0.1  # mode and momentum restored
+    mean = torch.stack([b.feats.mean(0) for b in batches]).mean(0)
+    var = torch.stack([b.feats.var(0, unbiased=True) for b in batches]).mean(0)
+    assert torch.allclose(net.bn.running_mean, mean, atol=1e-5)
+    assert torch.allclose(net.bn.running_var, var, atol=1e-4)

@@ -312,6 +312,31 @@ def scene_loss(model, batch: SceneBatch, cfg: dict, generator: torch.Generator,
     return loss, pairs
 
 
+def recalibrate_batchnorm(model: torch.nn.Module, batches) -> None:
+    """Replace BatchNorm running statistics by their exact average over `batches` (precise BN).
+
+    Training sees one scene per iteration, so the momentum-averaged running statistics lag the
+    weights; in eval mode (purification) that shrinks the student's local contrast to almost
+    nothing (edge cosines ~0.98 everywhere, pooling then degrades to uniform smoothing). One
+    no-grad forward per scene of the epoch, in train mode, with a cumulative average fixes it.
+    """
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    momenta = [m.momentum for m in bns]
+    was_training = model.training
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average over the forwards below
+    model.train()
+    with torch.no_grad():
+        for batch in batches:
+            model(batch.feats, batch.coords)
+    for m, momentum in zip(bns, momenta):
+        m.momentum = momentum
+    model.train(was_training)
+
+
 def train_step(net, opt, sched, batch: SceneBatch, cfg: dict, generator: torch.Generator,
                timings: dict | None = None) -> tuple[torch.Tensor, Pairs]:
     """One optimiser step on one scene (sampling, forward, InfoNCE, backward, AdamW, schedule).
@@ -495,6 +520,9 @@ def train(cfg: dict, exp_dir: str | Path, resume: bool = False, device: str | No
                                        "n_anchors": len(pairs), "s": round(time.perf_counter() - t0, 4)})
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss_all:.4f}", lr=f"{lr_now:.2e}")
             bar.update(1)
+        # exact BatchNorm statistics of this epoch's final weights over this rank's scenes, then
+        # averaged over ranks: what purification (eval mode) will use
+        recalibrate_batchnorm(model, (store.get(scenes[order[it * dist.world + dist.rank]]) for it in range(iters)))
         average_buffers(model, dist)
         dt = time.perf_counter() - t_epoch
         mean_loss = float(np.mean(losses))
