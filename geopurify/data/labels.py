@@ -8,7 +8,8 @@ Every set knows the raw id space(s) it is defined on:
 Sets (tables under geopurify/resources, provenance in their header lines):
 - scannet20: the 20 ScanNet benchmark classes from NYU40; scannet19: the same without
   otherfurniture (ignored), as GeoPurify's and OpenScene's evaluation does.
-- scannet200: the 200 official ScanNet200 classes.
+- scannet200: the 200 official ScanNet200 classes. Per-point "scannet200_raw" ids come from a scan's
+  aggregation (segGroup label = raw category) through `scannet_raw_category_ids()`.
 - matterport21: OpenScene's 21 classes (ScanNet-20 + ceiling) via each category's nyu40id;
   also defined on "nyu40" directly.
 - matterport40/80/160: OpenScene's K-class settings: the first K distinct `nyuClass` names of
@@ -17,8 +18,10 @@ Sets (tables under geopurify/resources, provenance in their header lines):
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
+from types import MappingProxyType
 
 import numpy as np
 
@@ -105,6 +108,14 @@ def _lut(raw_ids, classes, size: int | None = None) -> np.ndarray:
     lut = np.full(int(raw_ids.max()) + 1 if size is None else size, IGNORE, dtype=np.int64)
     lut[raw_ids] = np.asarray(classes, dtype=np.int64)
     return lut
+
+
+@functools.lru_cache(maxsize=None)
+def scannet_raw_category_ids() -> Mapping[str, int]:
+    """ScanNet raw category string -> raw id ("scannet200_raw" space): the `raw_category` and `id`
+    columns of scannetv2-labels.combined.tsv (resources/scannet_raw_categories.tsv). Several
+    categories (synonyms) share an id; names are matched exactly, as ScanNet's own export does."""
+    return MappingProxyType({r[0]: int(r[1]) for r in _rows("scannet_raw_categories.tsv")})  # read-only, cached
 
 
 def matterport_k_classes(k: int) -> tuple[list[str], np.ndarray]:
