@@ -3,8 +3,10 @@
 ScanNet: one raw scan directory (`scans/sceneXXXX_XX/` with `<scene>.sens`,
 `<scene>_vh_clean_2.ply`, `<scene>_vh_clean_2.labels.ply`, `<scene>.txt`, and optionally
 `<scene>.aggregation.json` + `<scene>_vh_clean_2.0.010000.segs.json`) becomes one scene directory:
-`points_xyzrgb.npy` (mesh vertices in the axis-aligned frame), `labels_nyu40.npy`, `instances.npy`,
-`axis_align_matrix.txt`, every k-th frame of the .sens (geopurify.data.sens) and `meta.json`.
+`points_xyzrgb.npy` (mesh vertices in the axis-aligned frame), `labels_nyu40.npy` (from the
+.labels.ply), `labels_scannet200.npy` (ScanNet raw category ids from the aggregation, for
+ScanNet200), `instances.npy`, `axis_align_matrix.txt`, every k-th frame of the .sens
+(geopurify.data.sens) and `meta.json`.
 
 Every output scene is built in a staging directory (`<out>/.geopurify-partial/`) and renamed into
 place when complete, so a scene directory under `<out>` is always whole: a re-run skips finished
@@ -30,6 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from geopurify.errors import InputError
+from geopurify.io import save_npy
 
 log = logging.getLogger(__name__)
 
@@ -160,29 +163,93 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def scannet_instances(aggregation: str | Path, segs: str | Path, n_vertices: int) -> np.ndarray:
-    """Per-vertex instance ids (objectId + 1, 0 = none) from ScanNet's aggregation and
-    over-segmentation files, as ScanNet's benchmark export defines them."""
-    aggregation, segs = Path(aggregation), Path(segs)
+def _segment_index(segs: Path, n_vertices: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct segment ids, per-vertex position in them) from a `.segs.json`."""
     seg_idx = _read_json(segs).get("segIndices")
     if not isinstance(seg_idx, list) or len(seg_idx) != n_vertices:
         raise InputError(segs, f"segIndices must list one segment per vertex ({n_vertices}), "
                                f"got {len(seg_idx) if isinstance(seg_idx, list) else type(seg_idx).__name__}")
+    try:
+        seg_arr = np.asarray(seg_idx, dtype=np.int64)
+    except (TypeError, ValueError, OverflowError):
+        raise InputError(segs, "segIndices must be integers") from None
+    if seg_arr.ndim != 1:
+        raise InputError(segs, "segIndices must be a flat list of integers")
+    uniq, inv = np.unique(seg_arr, return_inverse=True)
+    return uniq, inv.reshape(-1)
+
+
+def _seg_groups(aggregation: Path, key: str) -> list[tuple[object, np.ndarray]]:
+    """(group[key], its segment ids) of every segGroup, in file order."""
     groups = _read_json(aggregation).get("segGroups")
     if not isinstance(groups, list):
         raise InputError(aggregation, "no segGroups list")
-    seg_arr = np.asarray(seg_idx, dtype=np.int64)
-    uniq, inv = np.unique(seg_arr, return_inverse=True)
-    lut = np.zeros(uniq.shape[0], dtype=np.int32)
+    out = []
     for g in groups:
         try:
-            obj, members = int(g["objectId"]) + 1, np.asarray(g["segments"], dtype=np.int64)
-        except (KeyError, TypeError, ValueError):
-            raise InputError(aggregation, "segGroups entries need objectId and segments") from None
-        pos = np.searchsorted(uniq, members)
-        ok = (pos < uniq.shape[0]) & (uniq[np.minimum(pos, uniq.shape[0] - 1)] == members)
-        lut[pos[ok]] = obj
-    return lut[inv.reshape(-1)]
+            out.append((g[key], np.asarray(g["segments"], dtype=np.int64).reshape(-1)))
+        except (KeyError, TypeError, ValueError, OverflowError):
+            raise InputError(aggregation, f"segGroups entries need {key} and a list of integer segments") from None
+    return out
+
+
+def _paint_groups(uniq: np.ndarray, inv: np.ndarray, groups: list[tuple[int, np.ndarray]]) -> np.ndarray:
+    """Per-vertex int32 value of the segment groups (0 where none): every vertex of a listed segment
+    takes its group's value, groups in file order, so where groups share a segment the later one
+    wins (ScanNet's export scripts assign group after group the same way). Segments the
+    over-segmentation does not hold are ignored."""
+    lut = np.zeros(uniq.shape[0], dtype=np.int32)
+    if uniq.size == 0:
+        return lut[inv]
+    for value, members in groups:
+        pos = np.minimum(np.searchsorted(uniq, members), uniq.shape[0] - 1)
+        lut[pos[uniq[pos] == members]] = value
+    return lut[inv]
+
+
+def scannet_instances(aggregation: str | Path, segs: str | Path, n_vertices: int) -> np.ndarray:
+    """Per-vertex instance ids (objectId + 1, 0 = none) from ScanNet's aggregation and
+    over-segmentation files, as ScanNet's benchmark export defines them."""
+    aggregation, segs = Path(aggregation), Path(segs)
+    uniq, inv = _segment_index(segs, n_vertices)
+    groups = []
+    for obj, members in _seg_groups(aggregation, "objectId"):
+        try:
+            obj = int(obj) + 1
+        except (TypeError, ValueError, OverflowError):
+            raise InputError(aggregation, f"segGroups objectId must be an integer, got {obj!r}") from None
+        if not 0 <= obj <= np.iinfo(np.int32).max:
+            raise InputError(aggregation, f"segGroups objectId {obj - 1} is out of range")
+        groups.append((obj, members))
+    return _paint_groups(uniq, inv, groups)
+
+
+def scannet_raw_labels(aggregation: str | Path, segs: str | Path, n_vertices: int) -> np.ndarray:
+    """Per-vertex ScanNet raw category ids (int32, "scannet200_raw" space; 0 = unannotated or a
+    category missing from scannetv2-labels.combined.tsv), what ScanNet200 evaluates against.
+
+    Each segGroup's `label` (a raw category string) is looked up in the table's raw_category ->
+    id columns (geopurify.data.labels.scannet_raw_category_ids) and painted on the vertices of its
+    segments; where groups overlap the later group in the file wins, as in ScanNet's
+    BenchmarkScripts/ScanNet200 preprocessing. Unlike that script, ids outside the 200 benchmark
+    classes are kept (the scannet200 label set maps them to IGNORE, which gives the same scores).
+    """
+    from geopurify.data.labels import scannet_raw_category_ids
+
+    aggregation, segs = Path(aggregation), Path(segs)
+    uniq, inv = _segment_index(segs, n_vertices)
+    table = scannet_raw_category_ids()
+    groups, unknown = [], set()
+    for label, members in _seg_groups(aggregation, "label"):
+        if not isinstance(label, str):
+            raise InputError(aggregation, f"segGroups label must be a category string, got {label!r}")
+        if label not in table:
+            unknown.add(label)
+        groups.append((table.get(label, 0), members))
+    if unknown:
+        log.warning("%s: %d segment-group categories are not in ScanNet's raw category table and stay "
+                    "unannotated (e.g. %s)", aggregation, len(unknown), ", ".join(sorted(map(repr, unknown))[:3]))
+    return _paint_groups(uniq, inv, groups)
 
 
 def prepare_scannet_scan(scan_dir: str | Path, out_dir: str | Path, frame_step: int = 20,
@@ -205,10 +272,14 @@ def prepare_scannet_scan(scan_dir: str | Path, out_dir: str | Path, frame_step: 
     if axis is None:
         log.warning("%s: no axisAlignment in %s.txt; points and poses stay in the scan's original frame",
                     scan_dir, scan_dir.name)
-    pts = R.load_points(scan_dir, axis)
-    instances = None
-    if files["aggregation"] is not None and files["segs"] is not None and files["labels"] is not None:
-        instances = scannet_instances(files["aggregation"], files["segs"], pts["xyz"].shape[0])
+    # NYU40 labels from the .labels.ply only (load_points would fall back to the aggregation's raw ids)
+    pts = R.load_points(scan_dir, axis, label_space="nyu40" if files["labels"] is not None else None,
+                        meta={}, with_labels=files["labels"] is not None)
+    instances = raw_labels = None
+    if files["aggregation"] is not None and files["segs"] is not None:
+        raw_labels = scannet_raw_labels(files["aggregation"], files["segs"], pts["xyz"].shape[0])
+        if files["labels"] is not None:
+            instances = scannet_instances(files["aggregation"], files["segs"], pts["xyz"].shape[0])
     meta = {"source": "scannet", "label_space": "nyu40", "depth_scale": 1000.0,
             "prepared_from": str(scan_dir.resolve()), "axis_aligned": axis is not None,
             "axis_alignment_file": None if axis_path is None else axis_path.name}
@@ -220,10 +291,13 @@ def prepare_scannet_scan(scan_dir: str | Path, out_dir: str | Path, frame_step: 
         else:
             log.warning("%s: no %s.sens; the scene gets points only (no frames)", scan_dir, scan_dir.name)
         write_scene(tmp, pts["xyz"], pts["rgb"], labels=pts["labels"], instances=instances, meta=meta)
+        if raw_labels is not None:  # ScanNet200 ground truth, read with label_space "scannet200_raw"
+            save_npy(tmp / R.SCANNET200_LABELS_FILE, raw_labels)
         if axis is not None:
             write_axis_alignment(tmp, axis)
-    log.info("prepared %s -> %s (%d points%s)", scan_dir.name, out_dir, pts["xyz"].shape[0],
-             "" if pts["labels"] is not None else ", unlabelled")
+    kinds = [k for k, a in (("NYU40", pts["labels"]), ("ScanNet200 raw", raw_labels)) if a is not None]
+    log.info("prepared %s -> %s (%d points, %s)", scan_dir.name, out_dir, pts["xyz"].shape[0],
+             " + ".join(kinds) + " labels" if kinds else "unlabelled")
     return out_dir
 
 

@@ -1,11 +1,15 @@
 """Scene readers: one directory per scene -> a validated `Scene` (see docs/data.md for the layout).
 
 A scene directory holds its points in one of two forms:
-- `points_xyzrgb.npy` (N, 6) in the world frame, with optional `labels_nyu40.npy`, `instances.npy`
-  (this project's layout and ../shared/data/scannet), or
+- `points_xyzrgb.npy` (N, 6) in the world frame, with optional `labels_nyu40.npy`,
+  `labels_scannet200.npy` (ScanNet raw category ids), `instances.npy` (this project's layout and
+  ../shared/data/scannet), or
 - ScanNet's mesh `<scene>_vh_clean_2.ply` (vertex x, y, z, red, green, blue, alpha) with optional
-  `<scene>_vh_clean_2.labels.ply` (vertex `label` = NYU40 id). These vertices are in ScanNet's
-  original scan frame: when an axis alignment is known the reader applies it to them.
+  `<scene>_vh_clean_2.labels.ply` (vertex `label` = NYU40 id) and aggregation + segs JSON (raw
+  category ids). These vertices are in ScanNet's original scan frame: when an axis alignment is
+  known the reader applies it to them.
+A scene may hold labels in several raw id spaces; `load_scene(..., label_space=...)` picks one and
+`load_scene_for(path, label_set)` the one a label set is defined on.
 Frames follow ScanNet's SensReader export: `pose/<k>.txt` (4x4 camera-to-world, original frame),
 `color/<k>.jpg`, `depth/<k>.png`, `intrinsic/intrinsic_{color,depth}.txt` (4x4 or 3x3), plus
 `label/<k>.png` (procedural rooms) and optional per-frame `intrinsic/<k>.txt` / `<k>_depth.txt`.
@@ -35,7 +39,8 @@ log = logging.getLogger(__name__)
 
 # file names of the on-disk layout (shared with geopurify.data.writers)
 POINTS_FILE = "points_xyzrgb.npy"
-LABELS_FILE = "labels_nyu40.npy"
+LABELS_FILE = "labels_nyu40.npy"  # raw ids in meta.json's label_space (default nyu40; Matterport: matterport_raw)
+SCANNET200_LABELS_FILE = "labels_scannet200.npy"  # ScanNet raw category ids ("scannet200_raw")
 INSTANCES_FILE = "instances.npy"
 AXIS_FILE = "axis_align_matrix.txt"
 META_FILE = "meta.json"
@@ -43,6 +48,8 @@ POSE_DIR, COLOR_DIR, DEPTH_DIR, LABEL_DIR, INTRINSIC_DIR = "pose", "color", "dep
 COLOR_INTRINSIC, DEPTH_INTRINSIC = "intrinsic_color.txt", "intrinsic_depth.txt"
 COLOR_EXTS = (".jpg", ".jpeg", ".png")
 MESH_SUFFIX, MESH_LABEL_SUFFIX = "_vh_clean_2.ply", "_vh_clean_2.labels.ply"
+AGGREGATION_SUFFIXES = (".aggregation.json", "_vh_clean.aggregation.json")  # ScanNet segment groups
+SEGS_SUFFIX = "_vh_clean_2.0.010000.segs.json"  # ScanNet over-segmentation of the _vh_clean_2 mesh
 DEFAULT_DEPTH_SCALE = 1000.0
 _RIGID_TOL = 1e-2  # max |R^T R - I| entry for a camera pose (ScanNet stores 6 decimals)
 _WARN_FRAMES = 5  # skipped frames logged individually at WARNING; the rest at DEBUG + one summary
@@ -204,10 +211,77 @@ def is_scene_dir(path: str | Path) -> bool:
     return path.is_dir() and ((path / POINTS_FILE).is_file() or mesh_file(path) is not None)
 
 
-def load_points(scene_dir: Path, axis: np.ndarray | None) -> dict:
-    """Points, colours, labels and instances of a scene directory, xyz in the world frame."""
+def _scannet_aggregation(mesh: Path) -> tuple[Path, Path] | None:
+    """(aggregation, segs) JSON files next to a ScanNet mesh, or None when either is missing."""
+    base = mesh.name[: -len(MESH_SUFFIX)]
+    agg = next((mesh.with_name(base + s) for s in AGGREGATION_SUFFIXES if mesh.with_name(base + s).is_file()), None)
+    segs = mesh.with_name(base + SEGS_SUFFIX)
+    return (agg, segs) if agg is not None and segs.is_file() else None
+
+
+def label_sources(scene_dir: str | Path, meta: dict | None = None) -> dict[str, Path]:
+    """Raw id space -> the file a scene's per-point labels in that space come from, the default first.
+
+    points_xyzrgb.npy scenes: `labels_nyu40.npy` holds ids in meta.json's `label_space` (default
+    "nyu40"; Matterport scenes store "matterport_raw" ids there), `labels_scannet200.npy` ScanNet
+    raw category ids ("scannet200_raw"). Mesh scenes: the `.labels.ply` (NYU40, or meta's
+    label_space) and, from `<scene>.aggregation.json` + `<scene>_vh_clean_2.0.010000.segs.json`,
+    "scannet200_raw" (the path given is the aggregation file).
+    """
+    scene_dir = Path(scene_dir)
+    meta = _read_meta(scene_dir) if meta is None else meta
+    primary = str(meta.get("label_space", "nyu40"))
+    out: dict[str, Path] = {}
+    if (scene_dir / POINTS_FILE).is_file():
+        if (scene_dir / LABELS_FILE).is_file():
+            out[primary] = scene_dir / LABELS_FILE
+        if (scene_dir / SCANNET200_LABELS_FILE).is_file():
+            out["scannet200_raw"] = scene_dir / SCANNET200_LABELS_FILE
+        return out
+    mesh = mesh_file(scene_dir)
+    if mesh is None:
+        return out
+    lab_path = mesh.with_name(mesh.name[: -len(MESH_SUFFIX)] + MESH_LABEL_SUFFIX)
+    if lab_path.is_file():
+        out[primary] = lab_path
+    agg = _scannet_aggregation(mesh)
+    if agg is not None and "scannet200_raw" not in out:
+        out["scannet200_raw"] = agg[0]
+    return out
+
+
+def _mesh_labels(lab_path: Path, mesh: Path, mesh_xyz: np.ndarray) -> np.ndarray:
+    """Labels of a `.labels.ply` whose vertices must be those of `mesh`."""
+    if lab_path.name.endswith(MESH_LABEL_SUFFIX):
+        lab = read_ply(lab_path)
+        if "labels" not in lab:
+            raise InputError(lab_path, "label PLY has no vertex 'label' property")
+        if lab["xyz"].shape[0] != mesh_xyz.shape[0]:
+            raise InputError(lab_path, f"{lab['xyz'].shape[0]} labelled vertices for {mesh_xyz.shape[0]} mesh vertices in {mesh.name}")
+        if not np.allclose(lab["xyz"], mesh_xyz, atol=1e-4):
+            raise InputError(lab_path, f"vertices differ from those of {mesh.name}")
+        return lab["labels"].astype(np.int32)
+    from geopurify.data.prepare import scannet_raw_labels  # aggregation + segs -> raw category ids
+
+    agg = _scannet_aggregation(mesh)
+    return scannet_raw_labels(agg[0], agg[1], mesh_xyz.shape[0])
+
+
+def load_points(scene_dir: Path, axis: np.ndarray | None, label_space: str | None = None,
+                meta: dict | None = None, with_labels: bool = True) -> dict:
+    """Points, colours, labels and instances of a scene directory, xyz in the world frame.
+
+    Labels come from the file of `label_space` (see `label_sources`; default: the scene's default
+    labels, else whichever it has), none when not `with_labels`; out["label_space"] names the
+    space (None without labels).
+    """
+    sources = label_sources(scene_dir, meta) if with_labels else {}
+    if label_space is not None and label_space not in sources:
+        raise InputError(scene_dir, f"no labels in raw id space {label_space!r} (the scene has "
+                                    f"{', '.join(f'{k} ({v.name})' for k, v in sources.items()) or 'no labels'})")
+    space = label_space if label_space is not None else next(iter(sources), None)
     pts_path = scene_dir / POINTS_FILE
-    out: dict = {"labels": None, "instances": None}
+    out: dict = {"labels": None, "instances": None, "label_space": space}
     if pts_path.is_file():
         arr = _load_npy(pts_path)
         if arr.ndim != 2 or arr.shape[1] != 6:
@@ -220,8 +294,8 @@ def load_points(scene_dir: Path, axis: np.ndarray | None) -> dict:
         if not np.isfinite(rgb).all() or rgb.min() < 0 or rgb.max() > 255:
             raise InputError(pts_path, "colours (columns 3-5) must be finite values in 0..255")
         out.update(xyz=xyz, rgb=np.rint(rgb).astype(np.uint8), points_file=pts_path, in_world=True)
-        lab_path = scene_dir / LABELS_FILE
-        if lab_path.is_file():
+        if space is not None:
+            lab_path = sources[space]
             out["labels"] = _check_labels(_load_npy(lab_path), xyz.shape[0], lab_path, "labels")
             out["labels_file"] = lab_path
     else:
@@ -234,17 +308,9 @@ def load_points(scene_dir: Path, axis: np.ndarray | None) -> dict:
         rgb = ply.get("rgb")
         if rgb is None:
             raise InputError(mesh, "mesh vertices have no red/green/blue colours")
-        lab_path = mesh.with_name(mesh.name[: -len(MESH_SUFFIX)] + MESH_LABEL_SUFFIX)
-        if lab_path.is_file():
-            lab = read_ply(lab_path)
-            if "labels" not in lab:
-                raise InputError(lab_path, "label PLY has no vertex 'label' property")
-            if lab["xyz"].shape[0] != xyz.shape[0]:
-                raise InputError(lab_path, f"{lab['xyz'].shape[0]} labelled vertices for {xyz.shape[0]} mesh vertices in {mesh.name}")
-            if not np.allclose(lab["xyz"], xyz, atol=1e-4):
-                raise InputError(lab_path, f"vertices differ from those of {mesh.name}")
-            out["labels"] = lab["labels"].astype(np.int32)
-            out["labels_file"] = lab_path
+        if space is not None:
+            out["labels"] = _mesh_labels(sources[space], mesh, xyz)
+            out["labels_file"] = sources[space]
         if axis is not None:  # ScanNet meshes are in the original scan frame
             xyz = (xyz.astype(np.float64) @ axis[:3, :3].T + axis[:3, 3]).astype(np.float32)
         out.update(xyz=xyz, rgb=rgb, points_file=mesh, in_world=axis is not None)
@@ -346,11 +412,15 @@ def load_frames(scene_dir: Path, axis: np.ndarray | None, depth_scale: float,
     return frames, reasons, len(keys)
 
 
-def load_scene(path: str | Path, frame_step: int = 1) -> Scene:
+def load_scene(path: str | Path, frame_step: int = 1, label_space: str | None = None) -> Scene:
     """Read and validate one scene directory (layout in the module docstring / docs/data.md).
 
     Frames are the keys in pose/ in numeric order, every `frame_step`-th of them. The depth
     scale comes from meta.json ("depth_scale") else 1000 (ScanNet millimetres).
+    `label_space` picks which labels to load when a scene has several (`label_sources`):
+    "nyu40" (labels_nyu40.npy), "scannet200_raw" (labels_scannet200.npy), ...; asking for one the
+    scene lacks is an InputError. Default: labels_nyu40.npy in meta.json's label_space as always,
+    else the scene's only other label file. `Scene.label_space` says which was loaded.
     """
     scene_dir = Path(path)
     if not scene_dir.exists():
@@ -361,9 +431,9 @@ def load_scene(path: str | Path, frame_step: int = 1) -> Scene:
         raise InputError(scene_dir, f"frame_step must be a positive integer, got {frame_step!r}")
     meta = _read_meta(scene_dir)
     axis, axis_path = read_axis_alignment(scene_dir)
-    pts = load_points(scene_dir, axis)
+    pts = load_points(scene_dir, axis, label_space=label_space, meta=meta)
     depth_scale = float(meta.get("depth_scale", DEFAULT_DEPTH_SCALE))
-    label_space = str(meta.get("label_space", "nyu40"))
+    label_space = pts["label_space"] or str(meta.get("label_space", "nyu40"))
     if pts["labels"] is not None:
         check_label_range(pts["labels"], label_space, pts["labels_file"])
     frames, reasons, n_pose = load_frames(scene_dir, axis, depth_scale, int(frame_step))
@@ -376,6 +446,7 @@ def load_scene(path: str | Path, frame_step: int = 1) -> Scene:
         "skipped_frames": len(reasons),
         "skip_reasons": reasons,
         "axis_alignment": None if axis_path is None else str(axis_path),
+        "labels_file": str(pts["labels_file"]) if pts["labels"] is not None else None,
     }
     scene = Scene(name=scene_dir.name, xyz=pts["xyz"], rgb=pts["rgb"], labels=pts["labels"],
                   instances=pts["instances"], frames=frames, label_space=label_space,
@@ -384,6 +455,39 @@ def load_scene(path: str | Path, frame_step: int = 1) -> Scene:
     log.info("loaded %s: %d points, %d frames%s%s", scene_dir, scene.n_points, len(frames),
              f" ({len(reasons)} skipped)" if reasons else "", "" if scene.labels is not None else ", no labels")
     return scene
+
+
+def scene_label_space(path: str | Path, label_set) -> str | None:
+    """The first of `label_set.spaces` (its raw id spaces, primary first) that the scene directory
+    has labels in, or None when it has none of them."""
+    sources = label_sources(Path(path)) if Path(path).is_dir() else {}
+    return next((sp for sp in label_set.spaces if sp in sources), None)
+
+
+def load_labels(path: str | Path, label_space: str, n_points: int) -> np.ndarray:
+    """(N,) int32 raw ids of one scene directory's labels in `label_space` (see `label_sources`),
+    validated like `load_scene`'s; InputError when the scene has none in that space."""
+    scene_dir = Path(path)
+    meta = _read_meta(scene_dir)
+    sources = label_sources(scene_dir, meta)
+    if label_space not in sources:
+        raise InputError(scene_dir, f"no labels in raw id space {label_space!r}")
+    src = sources[label_space]
+    if src.suffix == ".npy":
+        labels = _check_labels(_load_npy(src), n_points, src, "labels")
+    else:  # mesh scene: the .labels.ply (checked against the mesh) or the aggregation
+        labels = load_points(scene_dir, None, label_space=label_space, meta=meta)["labels"]
+        if labels.shape[0] != n_points:
+            raise InputError(src, f"{labels.shape[0]} labels for {n_points} points")
+    check_label_range(labels, label_space, src)
+    return labels
+
+
+def load_scene_for(path: str | Path, label_set, frame_step: int = 1) -> Scene:
+    """`load_scene` with the labels a label set is defined on: e.g. labels_scannet200.npy for
+    scannet200 even though labels_nyu40.npy is the default. A scene with no labels in any of the
+    set's spaces loads as `load_scene` would (callers then report the mismatch or skip scoring)."""
+    return load_scene(path, frame_step=frame_step, label_space=scene_label_space(path, label_set))
 
 
 def list_scenes(root: str | Path, list_file: str | Path | None = None) -> list[Path]:
