@@ -85,7 +85,7 @@ def run(args) -> int:
 
     from geopurify.config import load_config
     from geopurify.data.labels import get_label_set
-    from geopurify.data.readers import load_scene
+    from geopurify.data.readers import load_scene_for
     from geopurify.evaluate.metrics import confusion, format_table, metrics
     from geopurify.io import write_json
 
@@ -114,7 +114,7 @@ def run(args) -> int:
     total = np.zeros((n, n), dtype=np.int64)
     per_scene, producers = [], {}
     for scene_dir in tqdm(args.scene, desc="eval", unit="scene"):
-        scene = load_scene(scene_dir, frame_step=cfg["data"]["frame_step"])
+        scene = load_scene_for(scene_dir, label_set, frame_step=cfg["data"]["frame_step"])
         if scene.name in seen_names:
             raise InputError(scene_dir, f"scene name {scene.name} given twice (also {seen_names[scene.name]})")
         seen_names[scene.name] = scene_dir

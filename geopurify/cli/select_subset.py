@@ -34,7 +34,7 @@ def run(args) -> int:
 
     from geopurify.cli.eval import scene_ground_truth
     from geopurify.data.labels import get_label_set
-    from geopurify.data.readers import list_scenes, load_scene
+    from geopurify.data.readers import list_scenes, load_scene_for
     from geopurify.distill.subset import label_histogram, select_subset_details
     from geopurify.io import write_text
 
@@ -47,7 +47,7 @@ def run(args) -> int:
     hists = {}
     for path in tqdm(paths, desc="label histograms", unit="scene"):
         # points and labels only; the frames are not needed, so only the first pose is read
-        scene = load_scene(path, frame_step=10**9)
+        scene = load_scene_for(path, label_set, frame_step=10**9)
         hists[path.name] = label_histogram(scene_ground_truth(scene, label_set), len(label_set.names))
     sel = select_subset_details(hists, k=args.k, gamma=args.gamma, seed=args.seed)
     log.info("%d scenes; median Nc %.1f, median Hc %.3f bits; %d pass both filters; K = %d",

@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from geopurify.data.labels import get_label_set
-from geopurify.data.readers import load_scene
+from geopurify.data.readers import load_scene_for
 from geopurify.evaluate.metrics import confusion, format_table, metrics
 from geopurify.io import save_npy, write_json, write_text
 
@@ -113,7 +113,7 @@ def evaluate_scenes(cfg: dict, scene_paths: list[Path], model, out_dir: Path, ca
     pred_dir = out_dir / "pred"
     n_reused = 0
     for path in tqdm(scene_paths, desc="evaluate", unit="scene"):
-        scene = load_scene(path, frame_step=cfg["data"]["frame_step"])
+        scene = load_scene_for(path, label_set, frame_step=cfg["data"]["frame_step"])
         key = prediction_key(scene, cfg, digest, methods)
         earlier = _finished(pred_dir, scene, key, methods) if reuse else None
         if earlier is not None:

@@ -68,16 +68,18 @@ def resize_nearest(img: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return img[r[:, None], c[None, :]]
 
 
-def render_point_labels(scene: Scene, frame: Frame, image_hw: tuple[int, int], splat: int = 2
-                        ) -> tuple[np.ndarray, np.ndarray | None]:
+def render_point_labels(scene: Scene, frame: Frame, image_hw: tuple[int, int], splat: int = 2,
+                        labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Per-pixel raw label ids (0 = nothing) and instance ids (or None) of the points visible in a view.
 
     Uses the lift package's z-buffer of the points themselves, at `image_hw`, with the frame's
-    intrinsics scaled from its own image size.
+    intrinsics scaled from its own image size. `labels`: per-point raw ids to render instead of
+    `scene.labels` (e.g. the scene's labels in another raw id space).
     """
     from geopurify.lift.project import rescale_intrinsic, zbuffer
 
-    if scene.labels is None:
+    labels = scene.labels if labels is None else labels
+    if labels is None:
         raise InputError(scene.path or scene.name,
                          "the simulated VLM needs per-point labels or per-frame label images")
     K = rescale_intrinsic(frame.intrinsic, frame_image_hw(frame, image_hw), image_hw)
@@ -85,13 +87,13 @@ def render_point_labels(scene: Scene, frame: Frame, image_hw: tuple[int, int], s
     _, index = zbuffer(xyz, np.asarray(frame.pose, np.float64), K, tuple(image_hw), splat=splat)
     index = torch.as_tensor(index).cpu().numpy().astype(np.int64)
     hit = index >= 0
-    labels = np.zeros(index.shape, np.int32)
-    labels[hit] = scene.labels[index[hit]]
+    out = np.zeros(index.shape, np.int32)
+    out[hit] = labels[index[hit]]
     inst = None
     if scene.instances is not None:
         inst = np.zeros(index.shape, np.int32)
         inst[hit] = scene.instances[index[hit]]
-    return labels, inst
+    return out, inst
 
 
 # ---------------------------------------------------------------- pure degradation steps
@@ -245,6 +247,7 @@ class SimulatedVLM(VLM):
 
             label_set = get_label_set(cfg.get("data", {}).get("label_set", "scannet20"))
         self.label_set = label_set
+        self._point_labels: tuple = (None, None)  # (scene key, per-point raw ids) of the last scene rendered
         self.template = cfg.get("lift", {}).get("prompt_template", DEFAULT_TEMPLATE)
         self.splat = int(cfg.get("lift", {}).get("zbuffer_splat", 2))  # as lifting's occlusion z-buffer
         self.text = text_encoder or MiniLMTextEncoder()
@@ -264,12 +267,32 @@ class SimulatedVLM(VLM):
         """(P, 384) unit all-MiniLM-L6-v2 embeddings (the real text encoder)."""
         return self.text.encode(prompts)
 
-    def map_raw(self, raw: np.ndarray, scene: Scene) -> np.ndarray:
-        """Raw ids -> class indices (IGNORE = -1), in the scene's raw id space when the set has it."""
+    def map_raw(self, raw: np.ndarray, scene: Scene, space: str | None = None) -> np.ndarray:
+        """Raw ids -> class indices (IGNORE = -1), in `space` (default the scene's raw id space)
+        when the set has it."""
+        space = scene.label_space if space is None else space
         spaces = getattr(self.label_set, "spaces", None)
-        if spaces is not None and scene.label_space in spaces:
-            return self.label_set.map(raw, space=scene.label_space)
+        if spaces is not None and space in spaces:
+            return self.label_set.map(raw, space=space)
         return self.label_set.map(raw)
+
+    def point_labels(self, scene: Scene) -> tuple[np.ndarray | None, str]:
+        """(per-point raw ids, their space) to render: the scene's labels when the label set is
+        defined on their space, else the scene directory's labels in a space it is defined on
+        (e.g. labels_scannet200.npy for scannet200 when the scene was loaded with its NYU40
+        labels), so the simulated views do not depend on which labels the caller loaded."""
+        spaces = getattr(self.label_set, "spaces", None)
+        if spaces is None or scene.label_space in spaces or scene.path is None:
+            return scene.labels, scene.label_space
+        from geopurify.data.readers import load_labels, scene_label_space
+
+        space = scene_label_space(scene.path, self.label_set)
+        if space is None:
+            return scene.labels, scene.label_space
+        key = (str(scene.path), scene.n_points, space)
+        if self._point_labels[0] != key:  # views of one scene come together: keep the last scene's
+            self._point_labels = (key, load_labels(scene.path, space, scene.n_points))
+        return self._point_labels[1], space
 
     def view_classes(self, scene: Scene, frame_index: int, image_hw: tuple[int, int],
                      rng: np.random.Generator | None = None) -> SimView:
@@ -282,13 +305,14 @@ class SimulatedVLM(VLM):
         frame = scene.frames[frame_index]
         H, W = int(image_hw[0]), int(image_hw[1])
         raw = frame.label_image()
-        inst = None
+        inst, space = None, scene.label_space
         if raw is not None:
             raw = resize_nearest(np.asarray(raw), (H, W))
         else:
-            raw, inst = render_point_labels(scene, frame, (H, W), splat=self.splat)
+            point_labels, space = self.point_labels(scene)
+            raw, inst = render_point_labels(scene, frame, (H, W), splat=self.splat, labels=point_labels)
         K = self.n_classes
-        gt = np.asarray(self.map_raw(raw.reshape(-1), scene), dtype=np.int64).reshape(H, W)
+        gt = np.asarray(self.map_raw(raw.reshape(-1), scene, space), dtype=np.int64).reshape(H, W)
         gt = np.where((gt < 0) | (gt >= K), K, gt)
         objects, obj_gt = object_map(gt, K, inst)
         obj_shown = corrupt_classes(obj_gt, rng, self.close_probs, self.sim["confusion_prob"],
