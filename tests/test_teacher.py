@@ -199,8 +199,8 @@ def test_build_teacher_loads_sonata_lazily(monkeypatch):
     class SonataTeacher(Teacher):
         name, stand_in, dim = "sonata", False, 4
 
-        def __init__(self, ckpt):
-            self.ckpt = ckpt
+        def __init__(self, ckpt, device="cpu"):
+            self.ckpt, self.device = ckpt, device
 
         def embed(self, scene):
             raise NotImplementedError
@@ -211,3 +211,4 @@ def test_build_teacher_loads_sonata_lazily(monkeypatch):
     cfg["teacher"].update(name="sonata", ckpt="/models/sonata.pth")
     t = build_teacher(cfg)
     assert isinstance(t, SonataTeacher) and t.ckpt == "/models/sonata.pth" and t.describe() == "sonata"
+    assert t.device == "cpu" and build_teacher(cfg, device="cuda:2").device == "cuda:2"

@@ -443,7 +443,7 @@ def train(cfg: dict, exp_dir: str | Path, resume: bool = False, device: str | No
     if not dist.main:
         scenes = resolve_scenes(cfg, "train")
     vlm = functools.cache(lambda: build_vlm(cfg))  # loaded only if some scene's features are not cached yet
-    teacher = build_teacher(cfg)
+    teacher = build_teacher(cfg, device=device)
     log.info("distill: %d training scenes, VLM %s, teacher %s, %d process(es)", len(scenes), cfg["lift"]["vlm"],
              teacher.describe() if hasattr(teacher, "describe") else teacher.name, dist.world)
 

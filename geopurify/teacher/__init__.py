@@ -1,8 +1,9 @@
 """Frozen 3D teachers giving per-point embeddings for distillation (training only).
 
-`build_teacher(cfg)` picks one from `cfg["teacher"]`: "geometric" is the offline stand-in
-(hand-crafted descriptors), "sonata" the real Sonata encoder loaded from `cfg["teacher"]["ckpt"]`
-(`geopurify.teacher.sonata`, imported only when asked for).
+`build_teacher(cfg, device)` picks one from `cfg["teacher"]`: "geometric" is the offline stand-in
+(hand-crafted descriptors, numpy on the CPU whatever the device), "sonata" the real Sonata encoder
+loaded from `cfg["teacher"]["ckpt"]` onto `device` (`geopurify.teacher.sonata`, imported only
+when asked for).
 """
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ __all__ = ["Teacher", "build_teacher", "finish_embedding"]
 TEACHERS = ("geometric", "sonata")
 
 
-def build_teacher(cfg: dict) -> Teacher:
-    """The teacher named by cfg["teacher"]["name"] (full config dict)."""
+def build_teacher(cfg: dict, device: str = "cpu") -> Teacher:
+    """The teacher named by cfg["teacher"]["name"] (full config dict); a network teacher (Sonata)
+    runs on `device`, the geometric stand-in ignores it (numpy)."""
     tcfg = cfg.get("teacher") or {}
     name = tcfg.get("name", "geometric")
     if name == "geometric":
@@ -29,7 +31,7 @@ def build_teacher(cfg: dict) -> Teacher:
     elif name == "sonata":
         from geopurify.teacher.sonata import SonataTeacher
 
-        teacher = SonataTeacher(tcfg.get("ckpt"))
+        teacher = SonataTeacher(tcfg.get("ckpt"), device=str(device))
     else:
         raise InputError(None, f"config key 'teacher.name' must be one of {', '.join(TEACHERS)}, got {name!r}")
     logger.info("teacher: %s", teacher.describe())
