@@ -4,16 +4,5 @@
 # Every --key=value becomes `--key value` for `geopurify train`; --resume passes through.
 # Several GPUs: torchrun --nproc_per_node=N -m geopurify train --exp_dir ... --config ...
 set -e
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-PY=python3
-[ -x "$ROOT/.venv/bin/python" ] && PY="$ROOT/.venv/bin/python"
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-for a do
-  shift
-  case "$a" in
-    --*=*) set -- "$@" "${a%%=*}" "${a#*=}" ;;
-    *) set -- "$@" "$a" ;;
-  esac
-done
-export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
+. "$(dirname "$0")/common.sh"
 exec "$PY" -m geopurify train "$@"

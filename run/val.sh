@@ -3,16 +3,5 @@
 #   sh run/val.sh --exp_dir=out/scannet --config=config/geopurify_scannet.yaml --ckpt_name=geopurify.pth
 # Every --key=value becomes `--key value` for `geopurify val`.
 set -e
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-PY=python3
-[ -x "$ROOT/.venv/bin/python" ] && PY="$ROOT/.venv/bin/python"
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-for a do
-  shift
-  case "$a" in
-    --*=*) set -- "$@" "${a%%=*}" "${a#*=}" ;;
-    *) set -- "$@" "$a" ;;
-  esac
-done
-export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
+. "$(dirname "$0")/common.sh"
 exec "$PY" -m geopurify val "$@"

@@ -409,7 +409,7 @@ def test_list_scenes(tmp_path):
     lst.write_text("# held-out scenes\nscene10\n\nscene1  # first\n")
     assert [p.name for p in list_scenes(tmp_path, lst)] == ["scene10", "scene1"]
     lst.write_text("scene1\nscene7\n")
-    with raises_naming(lst, "line 2: scene 'scene7' not found"):
+    with raises_naming(lst, "scene 'scene7' not found"):
         list_scenes(tmp_path, lst)
     with raises_naming(tmp_path / "not_a_scene", "no scene directories"):
         list_scenes(tmp_path / "not_a_scene")

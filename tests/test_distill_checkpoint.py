@@ -147,6 +147,7 @@ def test_scene_lists(tmp_path):
     root = tmp_path / "root"
     for n in ("a", "b"):
         (root / n).mkdir(parents=True)
+        np.save(root / n / "points_xyzrgb.npy", np.zeros((1, 6), np.float32))
     cfg = defaults()
     cfg["data"].update(dataset="scannet", root=str(root))
     lst = tmp_path / "train.txt"
@@ -156,7 +157,7 @@ def test_scene_lists(tmp_path):
     lst.write_text("a\nc\n")
     with pytest.raises(InputError) as e:
         resolve_scenes(cfg, "train")
-    assert "not found" in _one_line(e.value, root / "c")
+    assert "scene 'c' not found" in _one_line(e.value, lst)
     lst.write_text("\n# nothing\n")
     with pytest.raises(InputError, match="empty"):
         read_scene_list(lst)

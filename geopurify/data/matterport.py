@@ -66,14 +66,10 @@ class MPView:
 
 def read_conf(path: str | Path) -> list[MPView]:
     """Parse an undistorted_camera_parameters/<house>.conf file into views (poses in OpenCV axes)."""
+    from geopurify.data.readers import pose_problem, read_text_lines
+
     path = Path(path)
-    try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        raise InputError(path, "camera parameter file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(path, f"unreadable camera parameter file ({type(e).__name__})") from None
-    from geopurify.data.readers import pose_problem
+    lines = read_text_lines(path, "camera parameter file")
 
     views: list[MPView] = []
     K = None

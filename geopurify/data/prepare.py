@@ -101,7 +101,7 @@ def scene_names(spec: str | Path | None, dataset: str = "scannet") -> list[str] 
         return None
     if str(spec) in SPLITS and not Path(spec).is_file():
         return read_split(dataset, str(spec))
-    from geopurify.data.splits import read_scene_list
+    from geopurify.data.readers import read_scene_list
 
     return read_scene_list(spec)
 

@@ -501,23 +501,34 @@ def list_scenes(root: str | Path, list_file: str | Path | None = None) -> list[P
         if not found:
             raise InputError(root, f"no scene directories ({POINTS_FILE} or *{MESH_SUFFIX}) found")
         return found
-    list_file = Path(list_file)
-    try:
-        lines = list_file.read_text().splitlines()
-    except FileNotFoundError:
-        raise InputError(list_file, "scene list file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(list_file, f"unreadable scene list ({type(e).__name__})") from None
     out: list[Path] = []
-    for i, line in enumerate(lines, 1):
-        name = line.split("#", 1)[0].strip()
-        if not name:
-            continue
+    for name in read_scene_list(list_file):
         p = root / name
         if not is_scene_dir(p):
-            raise InputError(list_file, f"line {i}: scene {name!r} not found under {root}")
-        if p not in out:
-            out.append(p)
-    if not out:
-        raise InputError(list_file, "scene list names no scenes")
+            raise InputError(list_file, f"scene {name!r} not found under {root}")
+        out.append(p)
     return out
+
+
+def read_text_lines(path: str | Path, what: str) -> list[str]:
+    """Lines of a small text file; missing or unreadable -> InputError naming it as `what`."""
+    path = Path(path)
+    try:
+        return path.read_text().splitlines()
+    except FileNotFoundError:
+        raise InputError(path, f"{what} not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(path, f"unreadable {what} ({type(e).__name__})") from None
+
+
+def read_scene_list(list_file: str | Path) -> list[str]:
+    """Scene names of a list file (one per line; blank lines and '#' comments skipped), in order,
+    duplicates dropped with a warning; a missing, unreadable or empty file -> InputError naming it."""
+    names = [ln.split("#", 1)[0].strip() for ln in read_text_lines(list_file, "scene list file")]
+    names = [n for n in names if n]
+    if not names:
+        raise InputError(list_file, "scene list is empty (expected one scene name per line)")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        log.warning("%s lists %s more than once; keeping the first", list_file, ", ".join(dup[:5]))
+    return list(dict.fromkeys(names))

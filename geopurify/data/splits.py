@@ -11,31 +11,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from geopurify.data.readers import list_scenes, read_scene_list  # noqa: F401 (read_scene_list re-exported)
 from geopurify.errors import InputError
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
-
-
-def read_scene_list(list_file: str | Path) -> list[str]:
-    """Scene names from a list file; a missing or empty file -> InputError naming it."""
-    list_file = Path(list_file)
-    try:
-        text = list_file.read_text()
-    except FileNotFoundError:
-        raise InputError(list_file, "scene list file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(list_file, f"cannot read scene list ({type(e).__name__})") from None
-    names = [ln.split("#", 1)[0].strip() for ln in text.splitlines()]
-    names = [n for n in names if n]
-    if not names:
-        raise InputError(list_file, "scene list is empty (expected one scene name per line)")
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        log.warning("%s lists %s more than once; keeping the first", list_file, ", ".join(dup[:5]))
-        names = list(dict.fromkeys(names))
-    return names
 
 
 def _synthetic_rooms(cfg: dict) -> list[Path]:
@@ -67,18 +48,10 @@ def resolve_scenes(cfg: dict, split: str) -> list[Path]:
         if not root.is_dir():
             raise InputError(root, f"data.root is not a directory (dataset {data['dataset']})")
         default = None
-    if list_file is None:
-        if default is None:
-            from geopurify.data.readers import list_scenes
-
-            default = list_scenes(root)
-        if not default:
-            raise InputError(root, f"no scenes for split '{split}'")
-        return [Path(p) for p in default]
-    scenes = []
-    for name in read_scene_list(list_file):
-        path = root / name
-        if not path.is_dir():
-            raise InputError(path, f"scene listed in {list_file} not found under {root}")
-        scenes.append(path)
-    return scenes
+    if list_file is not None:
+        return list_scenes(root, list_file)
+    if default is None:
+        default = list_scenes(root)
+    if not default:
+        raise InputError(root, f"no scenes for split '{split}'")
+    return [Path(p) for p in default]
