@@ -180,12 +180,9 @@ def find_houses(root: str | Path, names: list[str] | None = None) -> list[Path]:
         raise InputError(root, "Matterport directory not found" if not root.exists() else "not a directory")
     houses = [root] if is_house(root) else sorted((p for p in root.iterdir() if is_house(p)), key=lambda p: p.name)
     if names is not None:
-        by_name = {p.name: p for p in houses}
-        missing = [n for n in names if n not in by_name]
-        if missing:
-            raise InputError(root, f"{len(missing)} of {len(names)} listed houses not found (first: "
-                                   f"{', '.join(missing[:3])})")
-        houses = [by_name[n] for n in dict.fromkeys(names)]
+        from geopurify.data.prepare import select_named
+
+        houses = select_named(houses, names, root, "houses")
     if not houses:
         raise InputError(root, f"no Matterport house found (a directory with {_PARTS['conf']}/ and {_PARTS['regions']}/)")
     return houses

@@ -141,16 +141,21 @@ def find_scannet_scans(root: str | Path, names: list[str] | None = None) -> list
     scans = [root] if is_scannet_scan(root) else sorted((p for p in root.iterdir() if is_scannet_scan(p)),
                                                         key=lambda p: p.name)
     if names is not None:
-        by_name = {p.name: p for p in scans}
-        missing = [n for n in names if n not in by_name]
-        if missing:
-            raise InputError(root, f"{len(missing)} of {len(names)} listed scans not found (first: "
-                                   f"{', '.join(missing[:3])}); expected <root>/sceneXXXX_XX/ directories")
-        scans = [by_name[n] for n in dict.fromkeys(names)]
+        scans = select_named(scans, names, root, "scans", "; expected <root>/sceneXXXX_XX/ directories")
     if not scans:
         raise InputError(root, "no ScanNet scan directories (sceneXXXX_XX/ with <scene>_vh_clean_2.ply or "
                                "<scene>.sens) found")
     return scans
+
+
+def select_named(found: list[Path], names: list[str], root: Path, what: str, hint: str = "") -> list[Path]:
+    """The directories of `found` named in `names`, in the names' order; every name must exist."""
+    by_name = {p.name: p for p in found}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise InputError(root, f"{len(missing)} of {len(names)} listed {what} not found (first: "
+                               f"{', '.join(missing[:3])}){hint}")
+    return [by_name[n] for n in dict.fromkeys(names)]
 
 
 def _read_json(path: Path) -> dict:
