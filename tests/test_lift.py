@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from geopurify.data.cameras import look_at
 from geopurify.config import load_config
 from geopurify.data.scene import Frame, Scene
 from geopurify.errors import InputError
@@ -29,19 +30,6 @@ needs_data = pytest.mark.skipif(not SCENE0.is_dir(), reason="shared ScanNet test
 
 
 # ---------------------------------------------------------------- helpers
-
-def look_at(eye, target, up=(0.0, 0.0, 1.0)) -> np.ndarray:
-    """Camera-to-world pose, OpenCV axes (x right, y down, z forward)."""
-    eye, target = np.asarray(eye, float), np.asarray(target, float)
-    z = target - eye
-    z /= np.linalg.norm(z)
-    x = np.cross(z, up)
-    x /= np.linalg.norm(x)
-    y = np.cross(z, x)
-    pose = np.eye(4)
-    pose[:3, 0], pose[:3, 1], pose[:3, 2], pose[:3, 3] = x, y, z, eye
-    return pose
-
 
 def pinhole(f, hw) -> np.ndarray:
     return np.array([[f, 0, (hw[1] - 1) / 2], [0, f, (hw[0] - 1) / 2], [0, 0, 1.0]])

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 from plyfile import PlyData, PlyElement
 
+from geopurify.data.cameras import look_at
 from geopurify.data import matterport as MP
 from geopurify.data import prepare as P
 from geopurify.data import sens as S
@@ -63,18 +64,6 @@ def rot_z(deg, t=(0, 0, 0)):
     m = np.eye(4)
     m[:2, :2] = [[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]
     m[:3, 3] = t
-    return m
-
-
-def look_at(eye, target, up=(0, 0, 1)):
-    """OpenCV camera-to-world (x right, y down, z forward) looking from eye at target."""
-    f = np.asarray(target, float) - eye
-    f /= np.linalg.norm(f)
-    r = np.cross(f, up)
-    r /= np.linalg.norm(r)
-    d = np.cross(f, r)
-    m = np.eye(4)
-    m[:3, 0], m[:3, 1], m[:3, 2], m[:3, 3] = r, d, f, eye
     return m
 
 
