@@ -1,7 +1,12 @@
 """Configs are data: YAML files overriding `defaults.yaml`, checked key by key.
 
-`load_config(path)` returns a plain nested dict holding every key. An unknown key, a value
-of the wrong type, or unreadable YAML raises InputError naming the file and the key.
+`load_config(path, overrides, sets)` returns a plain nested dict holding every key, merged in
+this order (later wins): defaults.yaml < the file's `base:` chain < the file < `overrides` (a
+command's own flags, e.g. --vlm) < `sets` (`--set KEY=VALUE` strings). A file may say
+`base: <other config>` (a path relative to the file itself, or absolute) and then holds only
+what differs from that config; bases may have bases of their own. An unknown key, a value of
+the wrong type, unreadable YAML, a missing base or a base cycle raises InputError naming the
+file (or the `--set KEY=VALUE` item) and the key.
 """
 from __future__ import annotations
 
@@ -41,6 +46,17 @@ def _type_ok(default: Any, value: Any) -> bool:
     return isinstance(value, type(default))
 
 
+def _float_hint(default: Any, value: Any) -> str:
+    """A hint when YAML read a number as text: PyYAML takes `1e-4` for a string (it wants `1.0e-4`)."""
+    if isinstance(default, float) and isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return ""
+        return f" (YAML reads {value} as text: write it as {float(value)!r})"
+    return ""
+
+
 def merge(base: dict, override: dict, where: str | Path | None = None, prefix: tuple = ()) -> dict:
     """Deep-merge `override` into a copy of `base`, rejecting unknown keys and wrong types."""
     out = copy.deepcopy(base)
@@ -52,7 +68,8 @@ def merge(base: dict, override: dict, where: str | Path | None = None, prefix: t
         default = base[key]
         if not _type_ok(default, value):
             got = "null" if value is None else f"{type(value).__name__} {value!r}"
-            raise InputError(where, f"config key '{dotted}' must be {type(default).__name__}, got {got}")
+            raise InputError(where, f"config key '{dotted}' must be {type(default).__name__}, got {got}"
+                                    + _float_hint(default, value))
         if path in _FREE_DICTS:
             bad = [k for k, v in value.items()
                    if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, (int, float))]
@@ -68,28 +85,75 @@ def merge(base: dict, override: dict, where: str | Path | None = None, prefix: t
     return out
 
 
-def load_config(path: str | Path | None, overrides: dict | None = None) -> dict:
-    """Defaults, then the YAML file at `path` (if any), then `overrides`."""
-    cfg = defaults()
-    if path is not None:
-        path = Path(path)
-        try:
-            data = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise InputError(path, "config file not found") from None
-        except IsADirectoryError:
-            raise InputError(path, "expected a YAML config file, found a directory") from None
-        except OSError as e:
-            raise InputError(path, f"cannot read the config file ({e.strerror or type(e).__name__})") from None
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise InputError(path, f"not valid YAML ({type(e).__name__})") from None
-        except RecursionError:
-            raise InputError(path, "not valid YAML for a config (nested too deeply)") from None
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise InputError(path, f"config must be a mapping, got {type(data).__name__}")
-        cfg = merge(cfg, data, path)
+def _read_yaml(path: Path) -> dict:
+    """The mapping in the YAML file at `path` (an empty file is {}); InputError naming it otherwise."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise InputError(path, "config file not found") from None
+    except IsADirectoryError:
+        raise InputError(path, "expected a YAML config file, found a directory") from None
+    except OSError as e:
+        raise InputError(path, f"cannot read the config file ({e.strerror or type(e).__name__})") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise InputError(path, f"not valid YAML ({type(e).__name__})") from None
+    except RecursionError:
+        raise InputError(path, "not valid YAML for a config (nested too deeply)") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise InputError(path, f"config must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _load_file(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """Defaults, then the `base:` chain of the file at `path` (innermost first), then the file."""
+    data = _read_yaml(path)
+    base = data.pop("base", None)
+    if base is None:
+        return merge(defaults(), data, path)
+    if not isinstance(base, str) or not base.strip():
+        raise InputError(path, f"'base' must be the path of another config file, got {base!r}")
+    base_path = Path(base).expanduser()
+    if not base_path.is_absolute():
+        base_path = path.parent / base_path
+    here = path.resolve()
+    if base_path.resolve() in chain + (here,):
+        loop = " -> ".join(str(p) for p in chain + (here, base_path.resolve()))
+        raise InputError(path, f"base configs form a cycle: {loop}")
+    if not base_path.is_file():
+        raise InputError(path, f"base config {base!r} not found ({base_path})")
+    return merge(_load_file(base_path, chain + (here,)), data, path)
+
+
+def parse_set(item: str) -> dict:
+    """`KEY=VALUE` (a dotted key, a YAML value: `2` is an int, `[320, 240]` a list, `null` null, an
+    empty VALUE null) as the nested mapping a config file would hold, e.g. {"lift": {"vlm": "clip"}}."""
+    where = f"--set {item}"
+    key, eq, text = item.partition("=")
+    parts = key.strip().split(".")
+    if not eq or not all(p.strip() for p in parts):
+        raise InputError(where, "expected KEY=VALUE with a dotted config key, e.g. --set distill.epochs=2")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise InputError(where, f"VALUE is not valid YAML ({type(e).__name__})") from None
+    for part in reversed(parts):
+        value = {part.strip(): value}
+    return value
+
+
+def apply_sets(cfg: dict, sets=()) -> dict:
+    """`cfg` with each `--set KEY=VALUE` merged in order, checked as a config file's keys are."""
+    for item in sets or ():
+        cfg = merge(cfg, parse_set(item), f"--set {item}")
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: dict | None = None, sets=()) -> dict:
+    """Defaults, the file at `path` (if any) over its `base:` chain, `overrides`, then `sets`
+    (a sequence of `KEY=VALUE` strings, as given to --set)."""
+    cfg = defaults() if path is None else _load_file(Path(path))
     if overrides:
         cfg = merge(cfg, overrides, "overrides")
-    return cfg
+    return apply_sets(cfg, sets)
