@@ -1,5 +1,6 @@
 # Shared by run/train.sh and run/val.sh (sourced): pick the project's Python and turn the seed's
-# `--key=value` arguments into `--key value`.
+# `--key=value` arguments into `--key value`, split at the first `=` (`--set=lift.vlm=clip` ->
+# `--set lift.vlm=clip`); each argument stays one word, spaces and brackets included.
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 PY=python3
 [ -x "$ROOT/.venv/bin/python" ] && PY="$ROOT/.venv/bin/python"

@@ -379,6 +379,34 @@ def test_bad_config(capsys, base, tmp_path, text, problem):
     fails(capsys, ["lift", "--scene", base["room"], "--out", out, "--config", cfg], cfg, problem, [out])
 
 
+def test_bad_set(capsys, base, tmp_path):
+    out = tmp_path / "o.lift.pt"
+    argv = ["lift", "--scene", base["room"], "--out", out, "--config", base["cfg"]]
+    fails(capsys, [*argv, "--set", "lift.fusoin=mean"], "--set lift.fusoin=mean",
+          r"unknown config key 'lift\.fusoin'$", [out])
+    fails(capsys, [*argv, "--set=data.frame_step=two"], "--set data.frame_step=two",
+          r"config key 'data\.frame_step' must be int, got str 'two'$", [out])
+    fails(capsys, [*argv, "--set", "data.frame_step"], "--set data.frame_step", r"expected KEY=VALUE", [out])
+
+
+def test_missing_or_cyclic_base_config(capsys, base, tmp_path):
+    out = tmp_path / "o.lift.pt"
+    child = tmp_path / "child.yaml"
+    child.write_text("base: parent.yaml\n")
+    argv = ["lift", "--scene", base["room"], "--out", out, "--config", child]
+    fails(capsys, argv, child, r"base config 'parent\.yaml' not found \(.*parent\.yaml\)$", [out])
+    (tmp_path / "parent.yaml").write_text("base: child.yaml\n")
+    fails(capsys, argv, tmp_path / "parent.yaml", r"base configs form a cycle: .*child\.yaml -> .*parent\.yaml -> "
+                                                  r".*child\.yaml$", [out])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the error is for machines without CUDA")
+def test_device_cuda_without_cuda(capsys, base, tmp_path):
+    out = tmp_path / "o.lift.pt"
+    fails(capsys, ["lift", "--scene", base["room"], "--out", out, "--config", base["cfg"], "--device", "cuda"],
+          "--device", r"cuda asked for, but torch sees no CUDA device on this machine", [out])
+
+
 @pytest.mark.parametrize("over, problem", [
     ({"lift": {"chunk_points": 0}}, r"config key 'lift\.chunk_points' must be an integer >= 1, got 0"),
     ({"lift": {"occlusion_thr": -0.05}}, r"config key 'lift\.occlusion_thr' must be a number > 0, got -0\.05"),

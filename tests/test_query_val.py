@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from geopurify.data.labels import get_label_set
@@ -27,15 +28,26 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("qv")
     cfg = {"data": {"dataset": "synthetic", "root": str(tmp / "rooms"), "frame_step": 1},
            "synthetic": {"n_train": 1, "n_val": 1, "points": 12000, "frames": 8},
-           "lift": {"image_size": [160, 120]},
-           "distill": {"epochs": 2}}
+           "distill": {"epochs": 5}}
     cfg_path = tmp / "cfg.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     exp = tmp / "exp"
-    r = subprocess.run(["sh", str(REPO / "run" / "train.sh"), f"--exp_dir={exp}", f"--config={cfg_path}"],
+    # --set passes through run/train.sh in both spellings, values with brackets and spaces intact,
+    # and wins over the config file (distill.epochs 5 -> 2)
+    r = subprocess.run(["sh", str(REPO / "run" / "train.sh"), f"--exp_dir={exp}", f"--config={cfg_path}",
+                        "--set=lift.image_size=[160, 120]", "--set", "distill.epochs=2",
+                        "--set=lift.prompt_template=a {} in a scene"],
                        env=ENV, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (exp / "model" / "geopurify.pth").is_file()
+    from geopurify.distill.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(exp / "model" / "geopurify.pth")
+    assert ckpt["config"]["lift"]["image_size"] == [160, 120] and ckpt["epoch"] == 2
+    assert ckpt["config"]["lift"]["prompt_template"] == "a {} in a scene"
+    assert ckpt["meta"]["device"] == ("cuda:0" if torch.cuda.is_available() else "cpu")  # --device auto
+    cfg["lift"] = {"image_size": [160, 120]}  # what val and query read: the same settings as training
+    cfg_path.write_text(yaml.safe_dump(cfg))
     return tmp, cfg_path, exp
 
 
@@ -54,6 +66,28 @@ def test_val_sh_writes_predictions_metrics_and_table(trained):
     pred = np.load(out / "pred" / "synth_0001.purified.npy")
     assert pred.shape == (scene.n_points,) and pred.min() >= 0 and pred.max() < 20
     assert "purified" in r.stdout and (out / "per_class.txt").is_file()
+    assert report["device"] == ("cuda:0" if torch.cuda.is_available() else "cpu")  # --device auto
+
+
+def test_val_sh_passes_set_through(trained, tmp_path):
+    """`--set=K=V` and `--set K=V` reach `geopurify val` intact (spaces, brackets) through run/val.sh."""
+    import shutil
+
+    tmp, cfg_path, trained_exp = trained
+    exp = tmp_path / "exp"  # a fresh result directory: nothing to reuse, so the scene is lifted again
+    shutil.copytree(trained_exp / "model", exp / "model")
+    cache = tmp_path / "my cache"
+    r = subprocess.run(["sh", str(REPO / "run" / "val.sh"), f"--exp_dir={exp}", f"--config={cfg_path}",
+                        f"--set=data.cache_dir={cache}", "--set", "eval.exclude_from_f=[wall, floor]",
+                        "--device=cpu"], env=ENV, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert list((cache / "lift").glob("synth_0001.*.lift.pt"))  # the cache went where --set said
+    report = json.loads((exp / "result" / "geopurify" / "val" / "metrics.json").read_text())
+    assert report["metrics"]["purified"]["excluded_from_f"] == ["wall", "floor"] and report["device"] == "cpu"
+    r = subprocess.run(["sh", str(REPO / "run" / "val.sh"), f"--exp_dir={exp}", f"--config={cfg_path}",
+                        "--set=purify.stepz=3"], env=ENV, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == (
+        "error: --set purify.stepz=3: unknown config key 'purify.stepz'")
 
 
 def test_query_relevance_ranks_the_prompted_class_first(trained):
@@ -74,3 +108,57 @@ def test_query_relevance_ranks_the_prompted_class_first(trained):
     assert floor.any() and (~floor).any()
     # the floor prompt is more relevant on floor points than elsewhere (AUC-style check)
     assert rel[floor].mean() > rel[~floor].mean() + 0.05
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@needs_cuda
+def test_lift_val_query_train_on_cuda(trained, tmp_path):
+    """`--device cuda` on every command: lift, val, query and train run and agree with the CPU."""
+    import shutil
+
+    from geopurify.lift.lift import load_lifted
+
+    tmp, cfg_path, exp = trained
+    scene_dir = tmp / "rooms" / "synth_0001"
+
+    def run(*argv, script=None):
+        cmd = ["sh", str(REPO / "run" / script)] if script else [sys.executable, "-m", "geopurify"]
+        r = subprocess.run([*cmd, *map(str, argv)], env=ENV, capture_output=True, text=True, timeout=600, cwd=REPO)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return r
+
+    lifted = {}
+    for dev in ("cpu", "cuda"):
+        run("lift", "--scene", scene_dir, "--config", cfg_path, "--device", dev, "--out", tmp_path / f"{dev}.lift.pt")
+        lifted[dev] = load_lifted(tmp_path / f"{dev}.lift.pt")
+    assert lifted["cuda"].info["device"] == "cuda:0" and lifted["cpu"].info["device"] == "cpu"
+    assert torch.equal(lifted["cuda"].seen, lifted["cpu"].seen)
+    assert (lifted["cuda"].feat - lifted["cpu"].feat).abs().max() < 1e-2
+
+    gpu_exp = tmp_path / "exp"  # a fresh result directory: val would reuse the CPU run's predictions
+    shutil.copytree(exp / "model", gpu_exp / "model")
+    run(f"--exp_dir={gpu_exp}", f"--config={cfg_path}", "--device=cuda", script="val.sh")
+    preds = {}
+    for name, e in (("cpu", exp), ("cuda", gpu_exp)):
+        out = e / "result" / "geopurify" / "val"
+        preds[name] = {m: np.load(out / "pred" / f"synth_0001.{m}.npy") for m in ("raw", "knn_mean", "purified")}
+    report = json.loads((gpu_exp / "result" / "geopurify" / "val" / "metrics.json").read_text())
+    assert report["device"] == "cuda:0" and report["reused_scenes"] == 0
+    for m in ("raw", "knn_mean", "purified"):
+        assert (preds["cuda"][m] == preds["cpu"][m]).mean() > 0.98, m
+
+    r = run("query", "--scene", scene_dir, "--ckpt", exp / "model" / "geopurify.pth", "--text", "a floor in a scene",
+            "--device", "cuda", "--out", tmp_path / "q")
+    assert "computed on cuda:0" in r.stdout
+    rel = np.asarray(read_ply(tmp_path / "q.ply")["relevance"], dtype=np.float64)
+    gt = get_label_set("scannet20").map(load_scene(scene_dir).labels)
+    floor = gt == get_label_set("scannet20").index("floor")
+    assert rel[floor].mean() > rel[~floor].mean() + 0.05
+
+    run(f"--exp_dir={tmp_path / 'train'}", f"--config={cfg_path}", "--device=cuda", "--set=distill.epochs=1",
+        script="train.sh")
+    from geopurify.distill.checkpoint import load_checkpoint
+
+    assert load_checkpoint(tmp_path / "train" / "model" / "geopurify.pth")["meta"]["device"] == "cuda:0"

@@ -263,6 +263,8 @@ def test_train_builds_the_teacher_on_its_device(tmp_path, monkeypatch):
 
     monkeypatch.setattr(T, "build_teacher", fake_build)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)  # resolve_device checks cuda:1 exists
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 2)
     with pytest.raises(Built) as e:  # stopped before anything runs on that device
         train(cfg, tmp_path / "exp", device="cuda:1")
     assert e.value.args == ("cuda:1",)

@@ -12,6 +12,8 @@ import platform
 import time
 from pathlib import Path
 
+from geopurify.cli.options import add_device, add_set, config_of, device_of
+
 log = logging.getLogger(__name__)
 
 
@@ -20,7 +22,8 @@ def add_parser(sub) -> None:
     p.add_argument("--out", type=Path, default=Path("out/demo"), help="output directory")
     p.add_argument("--config", type=Path, default=None, help="YAML config (default: the embedded defaults)")
     p.add_argument("--seed", type=int, default=None, help="override synthetic.seed and distill.seed")
-    p.add_argument("--device", default="cpu")
+    add_device(p)
+    add_set(p)
     p.set_defaults(func=run)
 
 
@@ -66,7 +69,6 @@ def write_pictures(out_dir: Path, scene, preds: dict, label_set) -> list[str]:
 def run(args) -> int:
     import torch
 
-    from geopurify.config import load_config
     from geopurify.data.labels import get_label_set
     from geopurify.data.readers import load_scene
     from geopurify.data.splits import resolve_scenes
@@ -78,7 +80,8 @@ def run(args) -> int:
     from geopurify.vlm import build_vlm
 
     t_start = time.perf_counter()
-    cfg = load_config(args.config, _overrides(args))
+    cfg = config_of(args, _overrides(args))
+    device = device_of(args)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     print("GeoPurify demo: OFFLINE STAND-INS in use: procedural rooms (not ScanNet), simulated VLM "
@@ -91,14 +94,14 @@ def run(args) -> int:
     timings["synthesise_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    ckpt = train(cfg, out, resume=True)
+    ckpt = train(cfg, out, resume=True, device=device)
     timings["train_s"] = time.perf_counter() - t
-    model, meta = load_student(Path(ckpt), args.device)
+    model, meta = load_student(Path(ckpt), device)
 
     t = time.perf_counter()
-    vlm = build_vlm(cfg)
+    vlm = build_vlm(cfg, device=str(device))
     report = evaluate_scenes(cfg, val_scenes, model, out / "eval", Path(cfg["data"]["cache_dir"]),
-                             device=args.device, vlm=vlm)
+                             device=device, vlm=vlm)
     timings["evaluate_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -136,7 +139,7 @@ def run(args) -> int:
             "checkpoint": str(ckpt),
             "torch": torch.__version__,
             "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-            "device": args.device,
+            "device": str(device),
         },
         "timings": {k: round(v, 1) for k, v in timings.items()},
         "pictures": pictures,

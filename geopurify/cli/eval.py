@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from geopurify.cli.options import add_device, add_set, config_of, device_of
 from geopurify.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,8 @@ def add_parser(sub) -> None:
     p.add_argument("--vlm", default=None, help="text encoder for --features (overrides lift.vlm)")
     p.add_argument("--vlm-path", default=None, help="checkpoint for --vlm (overrides lift.vlm_path)")
     p.add_argument("--out", required=True, type=Path, help="metrics JSON to write")
+    add_device(p)
+    add_set(p)
     p.set_defaults(func=run)
 
 
@@ -69,7 +72,8 @@ def load_predictions(path: Path, n_points: int, n_classes: int) -> np.ndarray:
 
 
 def predict_from_features(path: Path, n_points: int, text_emb) -> tuple[np.ndarray, dict]:
-    """(labels (N,) int64, provenance) from a `.lift.pt` file: argmax cosine with the text embeddings."""
+    """(labels (N,) int64, provenance) from a `.lift.pt` file: argmax cosine with the text embeddings,
+    computed on the device `text_emb` is on (the features are moved there)."""
     from geopurify.evaluate.metrics import classify_by_text
     from geopurify.lift.lift import load_lifted
 
@@ -77,23 +81,21 @@ def predict_from_features(path: Path, n_points: int, text_emb) -> tuple[np.ndarr
     if lifted.feat.shape[1] != text_emb.shape[1]:
         raise InputError(path, f"features are {lifted.feat.shape[1]}-d but the text embeddings are "
                                f"{text_emb.shape[1]}-d: evaluate with the VLM that produced them (--vlm)")
-    return classify_by_text(lifted.feat, text_emb).numpy(), dict(lifted.info)
+    return classify_by_text(lifted.feat.to(text_emb.device), text_emb).cpu().numpy(), dict(lifted.info)
 
 
 def run(args) -> int:
     from tqdm import tqdm
 
-    from geopurify.config import load_config
     from geopurify.data.labels import get_label_set
     from geopurify.data.readers import load_scene_for
     from geopurify.evaluate.metrics import confusion, format_table, metrics
     from geopurify.io import write_json
 
-    overrides: dict = {}
-    if args.vlm or args.vlm_path:
-        overrides["lift"] = {k: v for k, v in (("vlm", args.vlm), ("vlm_path", args.vlm_path)) if v}
-    cfg = load_config(args.config, overrides or None)
-    set_name = args.label_set or cfg["data"]["label_set"]
+    cfg = config_of(args, {"lift": {"vlm": args.vlm, "vlm_path": args.vlm_path},
+                           "data": {"label_set": args.label_set}})
+    device = device_of(args)
+    set_name = cfg["data"]["label_set"]
     label_set = get_label_set(set_name)  # InputError for an unknown name
     names = list(label_set.names)
     n = len(names)
@@ -106,8 +108,8 @@ def run(args) -> int:
     if args.features is not None:
         from geopurify.vlm import build_vlm, text_embeddings
 
-        vlm = build_vlm(cfg, label_set=label_set)
-        text_emb = text_embeddings(vlm, label_set, cfg["lift"]["prompt_template"])
+        vlm = build_vlm(cfg, device=str(device), label_set=label_set)
+        text_emb = text_embeddings(vlm, label_set, cfg["lift"]["prompt_template"]).to(device)
         log.info("classifying lifted features with %d prompts of %s embedded by %s", n, label_set.name,
                  vlm.describe())
 
@@ -154,7 +156,7 @@ def run(args) -> int:
                               "vision-language model; the scores say nothing about a real VLM")
     n_skipped = sum(s["skipped_frames"] for s in per_scene)
     report = {"label_set": label_set.name, "classes": names, "scenes": per_scene, "source": source,
-              "skipped_frames": n_skipped, "metrics": result, "confusion": total.tolist()}
+              "skipped_frames": n_skipped, "metrics": result, "confusion": total.tolist(), "device": str(device)}
     write_json(args.out, report)
     title = f"{label_set.name}, {len(per_scene)} scene(s), {source['kind']}"
     if source.get("simulated"):

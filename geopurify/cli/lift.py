@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from geopurify.cli.options import add_device, add_set, config_of, device_of
 from geopurify.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,8 @@ def add_parser(sub) -> None:
     p.add_argument("--vlm-path", default=None, help="VLM checkpoint / feature directory (overrides lift.vlm_path)")
     p.add_argument("--config", type=Path, default=None, help="YAML config over geopurify/defaults.yaml")
     p.add_argument("--fusion", choices=["mean", "consensus"], default=None, help="overrides lift.fusion")
-    p.add_argument("--device", default="cpu", help="cpu | cuda")
+    add_device(p)
+    add_set(p)
     p.set_defaults(func=run)
 
 
@@ -44,18 +46,13 @@ def outputs_for(scenes: list[Path], out: Path) -> list[Path]:
 
 
 def run(args) -> int:
-    import torch
-
-    from geopurify.config import load_config
     from geopurify.data.readers import load_scene
     from geopurify.lift.lift import lift_scene, save_lifted
     from geopurify.vlm import build_vlm
 
-    overrides = {k: v for k, v in (("vlm", args.vlm), ("vlm_path", args.vlm_path), ("text_path", args.text_path),
-                                               ("fusion", args.fusion)) if v}
-    cfg = load_config(args.config, {"lift": overrides} if overrides else None)
-    if str(args.device).startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(None, f"--device {args.device}: CUDA is not available on this machine")
+    cfg = config_of(args, {"lift": {"vlm": args.vlm, "vlm_path": args.vlm_path, "text_path": args.text_path,
+                                    "fusion": args.fusion}})
+    device = device_of(args)
     outs = outputs_for(args.scene, args.out)
     todo = [(s, o) for s, o in zip(args.scene, outs) if not (len(outs) > 1 and o.exists())]
     for s, o in zip(args.scene, outs):
@@ -64,7 +61,7 @@ def run(args) -> int:
     if not todo:
         print(f"nothing to do: all {len(outs)} outputs exist in {args.out}")
         return 0
-    vlm = build_vlm(cfg, device=args.device)
+    vlm = build_vlm(cfg, device=str(device))
     if vlm.simulated:
         log.warning("lifting with a SIMULATED VLM (%s): features derived from labels, an offline stand-in for "
                     "a real vision-language model; the output files record simulated=True", vlm.describe())
@@ -76,12 +73,12 @@ def run(args) -> int:
         text_emb = text_embeddings(vlm, get_label_set(cfg["data"]["label_set"]), cfg["lift"]["prompt_template"])
     for scene_dir, out in todo:
         scene = load_scene(scene_dir, frame_step=int(cfg["data"]["frame_step"]))
-        result = lift_scene(scene, vlm, cfg, text_emb=text_emb, device=args.device)
+        result = lift_scene(scene, vlm, cfg, text_emb=text_emb, device=device)
         save_lifted(out, result)
         tag = " (SIMULATED VLM)" if vlm.simulated else ""
         info = result.info
         skipped = f", {info['skipped_frames']} frames skipped" if info.get("skipped_frames") else ""
         print(f"{scene.name}: {scene.n_points} points, {info.get('n_frames', 0)} views"
               f"{' (virtual cameras)' if info.get('virtual_frames') else ''}{skipped}, "
-              f"{100 * float(result.seen.float().mean()):.1f}% seen, {info.get('fusion', '?')} fusion{tag} -> {out}")
+              f"{100 * float(result.seen.float().mean()):.1f}% seen, {info.get('fusion', '?')} fusion{tag}, on {device} -> {out}")
     return 0

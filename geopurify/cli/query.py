@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from geopurify.cli.options import add_device, add_set, device_of, drop_none
 from geopurify.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,8 @@ def add_parser(sub) -> None:
     p.add_argument("--vlm", default=None)
     p.add_argument("--vlm-path", default=None)
     p.add_argument("--cache-dir", type=Path, default=None, help="lifted-feature cache (default: next to OUT)")
-    p.add_argument("--device", default="cpu")
+    add_device(p)
+    add_set(p)
     p.set_defaults(func=run)
 
 
@@ -41,7 +43,7 @@ def run(args) -> int:
     import numpy as np
 
     from geopurify.cache import cached_lift
-    from geopurify.config import load_config, merge
+    from geopurify.config import apply_sets, load_config, merge
     from geopurify.data.ply import write_ply
     from geopurify.data.readers import load_scene
     from geopurify.distill.checkpoint import check_compatible, load_student
@@ -51,22 +53,23 @@ def run(args) -> int:
 
     if not args.text.strip():
         raise InputError(None, "--text is empty")
-    model, meta = load_student(args.ckpt, args.device)
+    device = device_of(args)
+    model, meta = load_student(args.ckpt, device)
     if args.config is not None:
         cfg = load_config(args.config)
     else:
         cfg = load_config(None)
         if isinstance(meta.get("config"), dict):
             cfg = merge(cfg, meta["config"], args.ckpt)
-    if args.vlm or args.vlm_path:
-        cfg = merge(cfg, {"lift": {k: v for k, v in (("vlm", args.vlm), ("vlm_path", args.vlm_path)) if v}})
+    cfg = merge(cfg, drop_none({"lift": {"vlm": args.vlm, "vlm_path": args.vlm_path}}), "overrides")
+    cfg = apply_sets(cfg, args.set)  # order: config (or the checkpoint's) < --vlm / --vlm-path < --set
     scene = load_scene(args.scene, frame_step=cfg["data"]["frame_step"])
-    vlm = build_vlm(cfg)
+    vlm = build_vlm(cfg, device=str(device))
     check_compatible(meta, vlm.dim, cfg, args.ckpt)
     log.info("query %r on %s with %s", args.text, scene.name, vlm.describe())
     cache = args.cache_dir or args.out.parent / "cache"
-    lifted = cached_lift(scene, cfg, vlm, cache)
-    feat = purified_features(scene, lifted, model, cfg, device=args.device)
+    lifted = cached_lift(scene, cfg, vlm, cache, device=device)
+    feat = purified_features(scene, lifted, model, cfg, device=device)
     text = vlm.encode_text([args.text])[0]
     rel = relevance(feat, text)
     lo, hi = np.percentile(rel, 1), np.percentile(rel, 99)
@@ -78,7 +81,7 @@ def run(args) -> int:
     render_points(scene.xyz, colors, out_png, view="auto")
     top = np.argsort(-rel)[: max(1, len(rel) // 100)]
     print(f"{args.text!r}: relevance (cosine) min {rel.min():.3f} max {rel.max():.3f}; "
-          f"top-1% points centred at {np.round(scene.xyz[top].mean(0), 2).tolist()}")
+          f"top-1% points centred at {np.round(scene.xyz[top].mean(0), 2).tolist()} (computed on {device})")
     if vlm.simulated:
         print("note: features come from the SIMULATED VLM stand-in; free-text relevance reflects its text space only")
     print(f"wrote {out_ply} and {out_png}")

@@ -10,7 +10,7 @@ import logging
 import os
 from pathlib import Path
 
-from geopurify.errors import InputError
+from geopurify.cli.options import add_device, add_set, config_of, device_of
 
 log = logging.getLogger(__name__)
 
@@ -21,22 +21,18 @@ def add_parser(sub) -> None:
                    help="experiment directory: model/ (checkpoints), train_log.jsonl, cache/")
     p.add_argument("--config", required=True, type=Path, help="YAML config (see config/geopurify_*.yaml)")
     p.add_argument("--resume", action="store_true", help="continue from <exp_dir>/model/last.pth if present")
-    p.add_argument("--device", default=None, choices=["cpu", "cuda"], help="default: cuda when available")
+    add_device(p)
+    add_set(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    import torch
-
-    from geopurify.config import load_config
     from geopurify.distill.engine import train
 
     if int(os.environ.get("RANK", "0")) != 0:
         logging.getLogger("geopurify").setLevel(logging.WARNING)  # one log, from rank 0
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise InputError(None, "--device cuda asked for, but torch sees no CUDA device")
-    cfg = load_config(args.config)
-    final = train(cfg, args.exp_dir, resume=args.resume, device=args.device)
+    cfg = config_of(args)
+    final = train(cfg, args.exp_dir, resume=args.resume, device=device_of(args))
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"wrote {final}")
     return 0

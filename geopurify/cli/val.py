@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from geopurify.cli.options import add_device, add_set, config_of, device_of
 from geopurify.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -15,41 +16,39 @@ def add_parser(sub) -> None:
     p.add_argument("--config", required=True, type=Path, help="YAML config (as used for training)")
     p.add_argument("--ckpt_name", "--ckpt-name", default="geopurify.pth", help="checkpoint file under <exp_dir>/model/")
     p.add_argument("--split", default="val", choices=["train", "val"])
-    p.add_argument("--device", default="cpu")
     p.add_argument("--vlm", default=None, help="override lift.vlm")
     p.add_argument("--vlm-path", default=None, help="override lift.vlm_path")
+    add_device(p)
+    add_set(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from geopurify.config import load_config
     from geopurify.data.splits import resolve_scenes
     from geopurify.distill.checkpoint import check_compatible, load_student
     from geopurify.evaluate.metrics import format_table
     from geopurify.evaluate.split import evaluate_scenes, summary_table
 
-    overrides: dict = {}
-    if args.vlm or args.vlm_path:
-        overrides["lift"] = {k: v for k, v in (("vlm", args.vlm), ("vlm_path", args.vlm_path)) if v}
-    cfg = load_config(args.config, overrides)
+    cfg = config_of(args, {"lift": {"vlm": args.vlm, "vlm_path": args.vlm_path}})
+    device = device_of(args)
     ckpt = args.exp_dir / "model" / args.ckpt_name
     if not ckpt.exists():
         raise InputError(ckpt, "checkpoint not found (train first: sh run/train.sh --exp_dir=... --config=...)")
-    model, meta = load_student(ckpt, args.device)
+    model, meta = load_student(ckpt, device)
     from geopurify.vlm import build_vlm
 
-    vlm = build_vlm(cfg, device=args.device)
+    vlm = build_vlm(cfg, device=str(device))
     check_compatible(meta, vlm.dim, cfg, ckpt)
     scenes = resolve_scenes(cfg, args.split)
     out_dir = args.exp_dir / "result" / Path(args.ckpt_name).stem / args.split
     cache = Path(cfg["data"]["cache_dir"]) if cfg["data"]["cache_dir"] else args.exp_dir / "cache"
     log.info("evaluating %s on %d %s scenes -> %s", ckpt, len(scenes), args.split, out_dir)
-    report = evaluate_scenes(cfg, scenes, model, out_dir, cache, device=args.device, vlm=vlm)
+    report = evaluate_scenes(cfg, scenes, model, out_dir, cache, device=device, vlm=vlm)
     report["checkpoint"] = {"path": str(ckpt), **{k: meta.get(k) for k in ("teacher", "vlm", "student", "epoch") if k in meta}}
     from geopurify.io import write_json
 
     write_json(out_dir / "metrics.json", report)
-    print(f"VLM: {report['vlm']}   label set: {report['label_set']}   scenes: {len(scenes)}")
+    print(f"VLM: {report['vlm']}   label set: {report['label_set']}   scenes: {len(scenes)}   device: {device}")
     print(format_table(report["metrics"]["purified"]))
     print(summary_table(report["metrics"]))
     n_skipped = sum(report.get("skipped_frames", {}).values())

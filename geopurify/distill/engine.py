@@ -355,13 +355,13 @@ def train_step(net, opt, sched, batch: SceneBatch, cfg: dict, generator: torch.G
 
 # ----------------------------------------------------------------------------- training
 
-def _meta(cfg: dict, vlm_info: dict, in_channels: int, teacher, epoch: int) -> dict:
+def _meta(cfg: dict, vlm_info: dict, in_channels: int, teacher, epoch: int, device: str) -> dict:
     s = cfg["student"]
     return {"teacher": {"name": teacher.name, "stand_in": bool(getattr(teacher, "stand_in", False))},
             "vlm": {"name": vlm_info.get("vlm", cfg["lift"]["vlm"]), "simulated": bool(vlm_info.get("simulated")),
                     "dim": in_channels - 6, "fusion": vlm_info.get("fusion", cfg["lift"]["fusion"])},
             "student": {k: s[k] for k in ("preset", "width", "blocks", "out_dim", "voxel_size")},
-            "epoch": int(epoch)}
+            "epoch": int(epoch), "device": str(device)}
 
 
 def _append_log(path: Path, record: dict) -> None:
@@ -412,20 +412,23 @@ def check_settings(cfg: dict) -> None:
             raise InputError(None, f"config key '{key}' must be {want}, got {value!r}")
 
 
-def train(cfg: dict, exp_dir: str | Path, resume: bool = False, device: str | None = None) -> Path:
+def train(cfg: dict, exp_dir: str | Path, resume: bool = False, device: str | torch.device | None = "auto") -> Path:
     """Train the student on the config's training scenes; returns <exp_dir>/model/geopurify.pth.
 
     With `resume`, continue from <exp_dir>/model/last.pth when it exists (else start fresh).
+    `device`: as `--device` (geopurify.device.resolve_device; None = auto); under torchrun with
+    CUDA each process takes the GPU of its LOCAL_RANK.
     """
+    from geopurify.device import resolve_device
     from geopurify.data.splits import resolve_scenes
     from geopurify.student.network import build_student
     from geopurify.teacher import build_teacher
     from geopurify.vlm import build_vlm
 
     exp_dir = Path(exp_dir)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(resolve_device(device))
     dist = init_distributed(device)
-    if device == "cuda" and dist.world > 1:
+    if device.startswith("cuda") and dist.world > 1:
         device = f"cuda:{dist.local_rank}"
     d = cfg["distill"]
     seed = int(d["seed"])
@@ -442,10 +445,11 @@ def train(cfg: dict, exp_dir: str | Path, resume: bool = False, device: str | No
     _barrier(dist)
     if not dist.main:
         scenes = resolve_scenes(cfg, "train")
-    vlm = functools.cache(lambda: build_vlm(cfg))  # loaded only if some scene's features are not cached yet
+    vlm = functools.cache(lambda: build_vlm(cfg, device=device))  # loaded only if some scene's features are not cached yet
     teacher = build_teacher(cfg, device=device)
-    log.info("distill: %d training scenes, VLM %s, teacher %s, %d process(es)", len(scenes), cfg["lift"]["vlm"],
-             teacher.describe() if hasattr(teacher, "describe") else teacher.name, dist.world)
+    log.info("distill: %d training scenes, VLM %s, teacher %s, %d process(es) on %s", len(scenes),
+             cfg["lift"]["vlm"], teacher.describe() if hasattr(teacher, "describe") else teacher.name, dist.world,
+             device)
 
     # fill the caches once (each rank its share), so iterations only read them
     store = SceneStore(cfg, vlm, teacher, cache_dir, device, float(d["memory_cache_gb"]))
@@ -536,7 +540,8 @@ def train(cfg: dict, exp_dir: str | Path, resume: bool = False, device: str | No
                          "epoch": epoch + 1, "step": step, "config": cfg,
                          "rng": {**rng_state(), "sampling": {"seed": seed, "stream": "torch.Generator seeded by "
                                                              "SeedSequence([seed, epoch, slot]) per scene-slot"}},
-                         "in_channels": in_channels, "meta": _meta(cfg, vlm_info, in_channels, teacher, epoch + 1)}
+                         "in_channels": in_channels,
+                         "meta": _meta(cfg, vlm_info, in_channels, teacher, epoch + 1, device)}
                 save_checkpoint(last, state)  # first: a kill between the two still resumes from this epoch
                 save_checkpoint(model_dir / f"epoch_{epoch + 1:03d}.pth", state)
         _barrier(dist)
@@ -552,9 +557,10 @@ def train(cfg: dict, exp_dir: str | Path, resume: bool = False, device: str | No
     if dist.main:
         epochs_done = max(start_epoch, int(d["epochs"]))
         save_checkpoint(final, {"model": model.state_dict(), "epoch": epochs_done, "step": step, "config": cfg,
-                                "in_channels": in_channels, "meta": _meta(cfg, vlm_info, in_channels, teacher, epochs_done)})
+                                "in_channels": in_channels,
+                                "meta": _meta(cfg, vlm_info, in_channels, teacher, epochs_done, device)})
         _append_log(log_path, {"event": "done", "step": step, "epochs": epochs_done, "weights_digest": digests,
-                               "ranks_agree": len(set(digests)) == 1, "world_size": dist.world,
+                               "ranks_agree": len(set(digests)) == 1, "world_size": dist.world, "device": device,
                                "teacher": teacher.name, "teacher_stand_in": bool(getattr(teacher, "stand_in", False)),
                                "vlm": vlm_info.get("vlm"), "vlm_simulated": bool(vlm_info.get("simulated"))})
         log.info("wrote %s (weights digest %s%s)", final, digests[0],

@@ -33,9 +33,14 @@ def raw_labels(feat: torch.Tensor, text_emb: torch.Tensor) -> np.ndarray:
 
 
 def predict_scene(scene, lifted, model, text_emb, cfg, device="cpu", methods=METHODS) -> dict[str, np.ndarray]:
-    """Per-point class indices for each requested method."""
+    """Per-point class indices (CPU numpy) for each requested method, computed on `device`.
+
+    The one place evaluation moves its inputs: the lifted features and the text embeddings go to
+    `device` together here, so no later product mixes devices (the model is already there)."""
+    from geopurify.device import to_device
     from geopurify.purify.infer import knn_mean_scene, purify_scene
 
+    lifted, text_emb = to_device(lifted, device), to_device(text_emb, device)
     out: dict[str, np.ndarray] = {}
     if "raw" in methods:
         out["raw"] = raw_labels(lifted.feat, text_emb)
@@ -97,8 +102,9 @@ def evaluate_scenes(cfg: dict, scene_paths: list[Path], model, out_dir: Path, ca
 
     out_dir = Path(out_dir)
     label_set = get_label_set(cfg["data"]["label_set"])
-    vlm = vlm or build_vlm(cfg)
-    text_emb = text_embeddings(vlm, label_set, cfg["lift"]["prompt_template"]).to(device)
+    device = torch.device(device)
+    vlm = vlm or build_vlm(cfg, device=str(device))
+    text_emb = text_embeddings(vlm, label_set, cfg["lift"]["prompt_template"])  # to `device` in predict_scene
     n = len(label_set.names)
     conf = {m: np.zeros((n, n), dtype=np.int64) for m in methods}
     per_scene: dict[str, dict] = {}
@@ -122,7 +128,7 @@ def evaluate_scenes(cfg: dict, scene_paths: list[Path], model, out_dir: Path, ca
             log.info("%s: predictions of an earlier run with the same checkpoint and settings reused", scene.name)
         else:
             t0 = time.perf_counter()
-            lifted = cached_lift(scene, cfg, vlm, cache_dir)
+            lifted = cached_lift(scene, cfg, vlm, cache_dir, device=device)
             t1 = time.perf_counter()
             preds = predict_scene(scene, lifted, model, text_emb, cfg, device=device, methods=methods)
             t2 = time.perf_counter()
@@ -154,6 +160,7 @@ def evaluate_scenes(cfg: dict, scene_paths: list[Path], model, out_dir: Path, ca
         "skipped_frames": skipped,
         "timings": {k: round(v, 2) for k, v in timings.items()},
         "reused_scenes": n_reused,
+        "device": str(device),
     }
     write_json(out_dir / "metrics.json", report)
     write_text(out_dir / "per_class.txt", "\n\n".join(f"[{m}]\n{format_table(results[m])}" for m in methods) + "\n")

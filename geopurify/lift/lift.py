@@ -153,7 +153,8 @@ def lift_scene(scene: Scene, vlm, cfg: dict, text_emb: torch.Tensor | None = Non
         res = vlm.lift(scene)
         log.info("%s: per-point features from %s (fused over views by their producer; no projection here)",
                  scene.name, vlm.describe())
-        return LiftResult(res.feat.to(device), res.seen.to(device), res.n_views.to(device), res.info)
+        return LiftResult(res.feat.to(device), res.seen.to(device), res.n_views.to(device),
+                          {**res.info, "device": str(device)})
     lc = cfg["lift"]
     fusion = lc["fusion"]
     if fusion not in FUSIONS:
@@ -228,7 +229,7 @@ def lift_scene(scene: Scene, vlm, cfg: dict, text_emb: torch.Tensor | None = Non
     n_frames, n_depth = len(scene_v.frames) - len(bad), n_depth[0]
     read_skips = [] if virtual else list(scene.meta.get("skip_reasons", []))
     info = {"vlm": vlm.name, "simulated": bool(vlm.simulated), "fusion": fusion, "scene": scene.name,
-            "n_frames": n_frames, "frames_with_depth": n_depth,
+            "n_frames": n_frames, "frames_with_depth": n_depth, "device": str(device),
             "virtual_frames": virtual, "seen_frac": float(seen.float().mean()) if n else 0.0,
             # frames left out: by the reader (bad pose, missing image, ...) and here (unreadable pixels)
             "skipped_frames": int(scene.meta.get("skipped_frames", len(read_skips))) + len(bad),
@@ -259,6 +260,8 @@ def save_lifted(path: str | Path, result: LiftResult, meta: dict | None = None) 
     }
     if info.get("skipped_frames"):  # optional key, written only when frames were left out
         obj["skipped_frames"] = int(info["skipped_frames"])
+    if info.get("device"):  # optional key: the device the features were lifted on
+        obj["device"] = str(info["device"])
     save_torch(path, obj)
 
 
@@ -308,4 +311,6 @@ def load_lifted(path: str | Path, n_points: int | None = None, dim: int | None =
         if isinstance(skipped, bool) or not isinstance(skipped, int) or skipped < 0:
             raise InputError(path, f"'skipped_frames' must be a non-negative int, got {skipped!r}")
         info["skipped_frames"] = skipped
+    if isinstance(obj.get("device"), str):  # optional: where the features were lifted
+        info["device"] = obj["device"]
     return LiftResult(feat.float(), seen, n_views.to(torch.int64), info)

@@ -75,9 +75,13 @@ def _settings(cfg: dict, path: str | None) -> tuple[int, float, int, str, float]
     return k, float(tau), steps, path, float(vs)
 
 
-def _check_inputs(scene, lifted, text_emb) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lifted features (N, C) and seen mask (N,) of the scene, checked against it and the prompts."""
+def _check_inputs(scene, lifted, text_emb, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Lifted features (N, C) and prompt embeddings (P, C) float32 on `device`, and the seen mask
+    (N,) on the CPU (it only steers the CPU kd-tree fill), checked against the scene and each other.
+
+    The one place purification moves its inputs: everything later runs where these are."""
     n = scene.n_points
+    dev = torch.device(device)
     feat = torch.as_tensor(lifted.feat)
     if feat.ndim != 2 or feat.shape[0] != n:
         raise InputError(_where(scene), f"lifted features are {tuple(feat.shape)} for {n} points "
@@ -90,7 +94,8 @@ def _check_inputs(scene, lifted, text_emb) -> tuple[torch.Tensor, torch.Tensor]:
         if te.ndim != 2 or te.shape[1] != feat.shape[1]:
             raise InputError(_where(scene), f"text embeddings are {tuple(te.shape)} but lifted features have "
                                             f"{feat.shape[1]} channels (features and prompts from different VLMs?)")
-    return feat, seen
+        text_emb = te.to(dev, torch.float32)
+    return feat.to(dev), seen, text_emb
 
 
 def seen_voxels(seen: torch.Tensor, inverse: torch.Tensor, n_voxels: int) -> torch.Tensor:
@@ -161,11 +166,10 @@ def _pool_voxels(coords, inverse, feat_v, seen, emb, text_emb, cfg, device, path
         idx = torch.zeros(V, 0, dtype=torch.int64, device=dev)
     timings["knn_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    W = uniform_weights(idx) if emb is None else affinity_weights(emb.to(dev), idx, tau)
+    W = uniform_weights(idx) if emb is None else affinity_weights(emb, idx, tau)
     timings["weights_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    feat_v = feat_v.to(dev).float()
-    text = torch.as_tensor(text_emb).to(dev).float()
+    feat_v, text = feat_v.float(), text_emb  # on `dev` already (_check_inputs)
     norms = None
     if path == "fast":
         labels_v, scores = pool_scores(feat_v, idx, W, text, steps)
@@ -180,7 +184,7 @@ def _pool_voxels(coords, inverse, feat_v, seen, emb, text_emb, cfg, device, path
     inv = inverse.to(dev)
     labels = labels_v[inv].cpu().numpy().astype(np.int64)
     info = {"scene": scene_name, "n_points": n_points, "n_voxels": V, "k": k_eff, "tau": tau, "steps": steps,
-            "path": path, "weights": weights_name, "unseen_voxels": int((~seen_v).sum()),
+            "path": path, "weights": weights_name, "unseen_voxels": int((~seen_v).sum()), "device": str(dev),
             **{key: round(v, 4) for key, v in timings.items()}}
     log.info("%s: %s pooling (%s path), %d points / %d voxels, k %d, T %d, %d unseen voxels filled; "
              "knn %.2fs weights %.2fs pool %.2fs", scene_name, weights_name, path, n_points, V, k_eff, steps,
@@ -192,20 +196,19 @@ def _pool_voxels(coords, inverse, feat_v, seen, emb, text_emb, cfg, device, path
 
 def _student_embeddings(model, x: torch.Tensor, coords: torch.Tensor, device) -> torch.Tensor:
     """(V, E) unit student embeddings in eval mode without gradients; the model's mode is restored."""
-    dev = torch.device(device)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            emb = model(x.to(dev), coords.to(dev))
+            emb = model(x, coords.to(device))  # x is on `device` already; coords come from the CPU voxeliser
     finally:
         model.train(was_training)
     return torch.nn.functional.normalize(emb.float(), dim=1)
 
 
 def _raw_labels(feat: torch.Tensor, text_emb: torch.Tensor) -> np.ndarray:
-    """Per-point argmax cosine of the lifted features (the no-purification prediction)."""
-    return text_scores(feat, torch.as_tensor(text_emb).to(feat.device)).argmax(1).cpu().numpy().astype(np.int64)
+    """Per-point argmax cosine of the lifted features (the no-purification prediction), as numpy."""
+    return text_scores(feat, text_emb).argmax(1).cpu().numpy().astype(np.int64)
 
 
 def purify_scene(scene, lifted, model, text_emb: torch.Tensor, cfg: dict, device: str = "cpu",
@@ -220,7 +223,7 @@ def purify_scene(scene, lifted, model, text_emb: torch.Tensor, cfg: dict, device
     from geopurify.student.network import student_input
 
     *_, path, voxel_size = _settings(cfg, path)
-    feat, seen = _check_inputs(scene, lifted, text_emb)
+    feat, seen, text_emb = _check_inputs(scene, lifted, text_emb, device)
     timings: dict[str, float] = {}
     t = time.perf_counter()
     coords, inverse = _voxelise(scene, voxel_size)
@@ -244,7 +247,7 @@ def knn_mean_scene(scene, lifted, text_emb: torch.Tensor, cfg: dict, device: str
     from geopurify.student.voxel import voxel_mean
 
     *_, path, voxel_size = _settings(cfg, path)
-    feat, seen = _check_inputs(scene, lifted, text_emb)
+    feat, seen, text_emb = _check_inputs(scene, lifted, text_emb, device)
     timings: dict[str, float] = {}
     t = time.perf_counter()
     coords, inverse = _voxelise(scene, voxel_size)
@@ -284,17 +287,17 @@ def purified_features(scene, lifted, model, cfg: dict, device: str = "cpu") -> t
     from geopurify.student.network import student_input
 
     k, tau, steps, _, voxel_size = _settings(cfg, None)
-    feat, seen = _check_inputs(scene, lifted, None)
+    feat, seen, _ = _check_inputs(scene, lifted, None, device)
     coords, inverse = _voxelise(scene, voxel_size)
     V = coords.shape[0]
-    x = student_input(feat, scene.rgb, scene.normals, inverse, V)
+    x = student_input(feat, scene.rgb, scene.normals, inverse, V)  # on `device`, as feat
     dev = torch.device(device)
     emb = _student_embeddings(model, x, coords, device)
     k_eff = min(k, V - 1)
     if k_eff >= 1:
         idx = cached_knn_graph(coords, k_eff, dev)
-        pooled = pool(x[:, :feat.shape[1]].to(dev), idx, affinity_weights(emb, idx, tau), steps)
+        pooled = pool(x[:, :feat.shape[1]], idx, affinity_weights(emb, idx, tau), steps)
     else:
-        pooled = x[:, :feat.shape[1]].to(dev)
+        pooled = x[:, :feat.shape[1]]
     fill = nearest_seen(coords, seen_voxels(seen, inverse, V)).to(dev)
     return pooled[fill[inverse.to(dev)]].cpu()
