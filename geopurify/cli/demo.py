@@ -132,7 +132,7 @@ def run(args) -> int:
             "teacher": teacher.name,
             "teacher_stand_in": bool(teacher.stand_in),
             "student_preset": cfg["student"]["preset"],
-            "student": {k: cfg["student"][k] for k in ("width", "blocks", "out_dim", "voxel_size")},
+            "student": {**model.architecture(), "voxel_size": cfg["student"]["voxel_size"]},  # as built
             "label_set": label_set.name,
             "seed": {"synthetic": cfg["synthetic"]["seed"], "distill": cfg["distill"]["seed"]},
             "purify": cfg["purify"],

@@ -49,6 +49,7 @@ def run(args) -> int:
 
     write_json(out_dir / "metrics.json", report)
     print(f"VLM: {report['vlm']}   label set: {report['label_set']}   scenes: {len(scenes)}   device: {device}")
+    print(f"student: {model.describe()} (epoch {meta.get('epoch')})")
     print(format_table(report["metrics"]["purified"]))
     print(summary_table(report["metrics"]))
     n_skipped = sum(report.get("skipped_frames", {}).values())

@@ -6,8 +6,10 @@ on load). Training checkpoints (`epoch_XXX.pth`, `last.pth`) hold
     in_channels, meta;
 the final `geopurify.pth` holds only model, epoch, step, config, in_channels and meta.
 `meta` = {"teacher": {"name", "stand_in"}, "vlm": {"name", "simulated"}, "student": {preset,
-width, blocks, out_dim, voxel_size}, "epoch": int}. The architecture is rebuilt from
-config["student"] and in_channels, so a file is self-describing.
+width, blocks, out_dim, voxel_size}, "epoch": int, "device": str}, where width / blocks / out_dim
+are those of the network as built (the `paper` preset's 512 / 4, not the config's width / blocks).
+The architecture is rebuilt from config["student"] and in_channels exactly as training built it,
+so a file is self-describing; `load_student` reports the rebuilt module's own numbers.
 """
 from __future__ import annotations
 
@@ -86,7 +88,8 @@ def build_from_checkpoint(ckpt: dict, path: str | Path):
         raise InputError(path, f"cannot rebuild the recorded student ({type(e).__name__}: {e})") from None
     problem = state_dict_mismatch(model.state_dict(), ckpt["model"])
     if problem:
-        arch = ", ".join(f"{k} {scfg.get(k)}" for k in ("preset", "width", "blocks", "out_dim"))
+        built = {"preset": scfg.get("preset", "cpu"), **model.architecture()}  # what the config builds
+        arch = ", ".join(f"{k} {v}" for k, v in built.items())
         raise InputError(path, f"weights do not match the recorded architecture ({arch}, in_channels "
                                f"{ckpt['in_channels']}): {problem}")
     model.load_state_dict(ckpt["model"])
@@ -113,6 +116,8 @@ def load_student(path: str | Path, device: str | torch.device = "cpu"):
     ckpt = load_checkpoint(path)
     model = build_from_checkpoint(ckpt, path).to(device).eval()
     meta = dict(ckpt["meta"])
+    # the network as rebuilt (files written before the metadata recorded it said 64 / 2 for `paper`)
+    meta["student"] = {**(meta.get("student") or {}), **model.architecture()}
     meta.setdefault("epoch", ckpt.get("epoch"))
     meta["in_channels"] = int(ckpt["in_channels"])
     meta["config"] = ckpt["config"]

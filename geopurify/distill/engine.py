@@ -355,12 +355,14 @@ def train_step(net, opt, sched, batch: SceneBatch, cfg: dict, generator: torch.G
 
 # ----------------------------------------------------------------------------- training
 
-def _meta(cfg: dict, vlm_info: dict, in_channels: int, teacher, epoch: int, device: str) -> dict:
+def _meta(cfg: dict, vlm_info: dict, in_channels: int, teacher, epoch: int, model, device: str) -> dict:
+    """What a checkpoint says about itself; the student's width / blocks / out_dim are read from the
+    module as built (the `paper` preset ignores the config's width and blocks)."""
     s = cfg["student"]
     return {"teacher": {"name": teacher.name, "stand_in": bool(getattr(teacher, "stand_in", False))},
             "vlm": {"name": vlm_info.get("vlm", cfg["lift"]["vlm"]), "simulated": bool(vlm_info.get("simulated")),
                     "dim": in_channels - 6, "fusion": vlm_info.get("fusion", cfg["lift"]["fusion"])},
-            "student": {k: s[k] for k in ("preset", "width", "blocks", "out_dim", "voxel_size")},
+            "student": {"preset": s["preset"], **model.architecture(), "voxel_size": s["voxel_size"]},
             "epoch": int(epoch), "device": str(device)}
 
 
@@ -541,7 +543,7 @@ def train(cfg: dict, exp_dir: str | Path, resume: bool = False, device: str | to
                          "rng": {**rng_state(), "sampling": {"seed": seed, "stream": "torch.Generator seeded by "
                                                              "SeedSequence([seed, epoch, slot]) per scene-slot"}},
                          "in_channels": in_channels,
-                         "meta": _meta(cfg, vlm_info, in_channels, teacher, epoch + 1, device)}
+                         "meta": _meta(cfg, vlm_info, in_channels, teacher, epoch + 1, model, device)}
                 save_checkpoint(last, state)  # first: a kill between the two still resumes from this epoch
                 save_checkpoint(model_dir / f"epoch_{epoch + 1:03d}.pth", state)
         _barrier(dist)
@@ -558,7 +560,7 @@ def train(cfg: dict, exp_dir: str | Path, resume: bool = False, device: str | to
         epochs_done = max(start_epoch, int(d["epochs"]))
         save_checkpoint(final, {"model": model.state_dict(), "epoch": epochs_done, "step": step, "config": cfg,
                                 "in_channels": in_channels,
-                                "meta": _meta(cfg, vlm_info, in_channels, teacher, epochs_done, device)})
+                                "meta": _meta(cfg, vlm_info, in_channels, teacher, epochs_done, model, device)})
         _append_log(log_path, {"event": "done", "step": step, "epochs": epochs_done, "weights_digest": digests,
                                "ranks_agree": len(set(digests)) == 1, "world_size": dist.world, "device": device,
                                "teacher": teacher.name, "teacher_stand_in": bool(getattr(teacher, "stand_in", False)),

@@ -82,6 +82,10 @@ class AffinityNet(nn.Module):
         """Parameters by group name ("stem", "blocks", "head")."""
         return {name: list(getattr(self, name).parameters()) for name in ("stem", "blocks", "head")}
 
+    def architecture(self) -> dict:
+        """{"width", "blocks", "out_dim"} of this module as built (whatever preset or config asked)."""
+        return {"width": int(self.width), "blocks": int(self.n_blocks), "out_dim": int(self.out_dim)}
+
     def describe(self) -> str:
         n = sum(p.numel() for p in self.parameters())
         return (f"AffinityNet(in={self.in_channels}, width={self.width}, blocks={self.n_blocks}, "
