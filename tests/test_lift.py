@@ -513,7 +513,7 @@ def test_lift_scene_hands_over_to_backends_with_per_point_features():
             return expect
 
     res = lift_scene(scene, PointFeatureVLM(), cfg_for((48, 64)))
-    assert torch.equal(res.feat, expect.feat) and res.info == {"vlm": "pre-fused"}
+    assert torch.equal(res.feat, expect.feat) and res.info == {"vlm": "pre-fused", "device": "cpu"}
 
 
 def test_lift_rejects_unknown_fusion_and_bad_feature_maps():
