@@ -36,7 +36,8 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     index = int(m.group(1)) if m.group(1) is not None else torch.cuda.current_device()
     count = torch.cuda.device_count()
     if index >= count:
-        raise InputError("--device", f"{spec} asked for, but torch sees {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+        raise InputError("--device", f"{spec} asked for, but torch sees {count} CUDA device(s) "
+                                     f"(cuda:0..cuda:{count - 1})")
     return torch.device("cuda", index)
 
 

@@ -204,7 +204,8 @@ def _write(path: Path, data: dict) -> Path:
 
 
 def test_base_chain_overrides_only_what_differs(tmp_path):
-    root = _write(tmp_path / "a" / "root.yaml", {"lift": {"fusion": "consensus", "border": 4}, "distill": {"epochs": 9}})
+    _write(tmp_path / "a" / "root.yaml", {"lift": {"fusion": "consensus", "border": 4},
+                                         "distill": {"epochs": 9}})
     mid = _write(tmp_path / "b" / "mid.yaml", {"base": "../a/root.yaml", "lift": {"border": 6}})
     leaf = _write(tmp_path / "leaf.yaml", {"base": str(mid), "distill": {"lr": 0.5}})  # absolute path
     cfg = load_config(leaf)

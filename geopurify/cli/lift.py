@@ -80,5 +80,6 @@ def run(args) -> int:
         skipped = f", {info['skipped_frames']} frames skipped" if info.get("skipped_frames") else ""
         print(f"{scene.name}: {scene.n_points} points, {info.get('n_frames', 0)} views"
               f"{' (virtual cameras)' if info.get('virtual_frames') else ''}{skipped}, "
-              f"{100 * float(result.seen.float().mean()):.1f}% seen, {info.get('fusion', '?')} fusion{tag}, on {device} -> {out}")
+              f"{100 * float(result.seen.float().mean()):.1f}% seen, {info.get('fusion', '?')} fusion{tag}, "
+              f"on {device} -> {out}")
     return 0

@@ -447,7 +447,7 @@ def train(cfg: dict, exp_dir: str | Path, resume: bool = False, device: str | to
     _barrier(dist)
     if not dist.main:
         scenes = resolve_scenes(cfg, "train")
-    vlm = functools.cache(lambda: build_vlm(cfg, device=device))  # loaded only if some scene's features are not cached yet
+    vlm = functools.cache(lambda: build_vlm(cfg, device=device))  # loaded only if a scene's features are not cached
     teacher = build_teacher(cfg, device=device)
     log.info("distill: %d training scenes, VLM %s, teacher %s, %d process(es) on %s", len(scenes),
              cfg["lift"]["vlm"], teacher.describe() if hasattr(teacher, "describe") else teacher.name, dist.world,
