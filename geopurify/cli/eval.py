@@ -3,7 +3,7 @@
     geopurify eval --scene DIR [--scene DIR ...] (--pred DIR | --features DIR) --label-set scannet20 \
         [--config YAML] [--vlm simulated --vlm-path P] --out metrics.json
 
---pred DIR holds `<scene>.pred.npy` (int (N,) class indices of the label set, -1 = no prediction);
+--pred DIR holds `<scene>.pred.npy` (int (N,) class indices of the label set; -1 = no prediction, counted as an error of the point's true class);
 --features DIR holds `<scene>.lift.pt` (geopurify.lift.lift.save_lifted): each point is classified by
 the highest cosine with the text embeddings of the label set's prompts, from the VLM named by the
 config (or --vlm). Confusion counts are summed over all scenes (geopurify.evaluate.metrics).
@@ -111,7 +111,7 @@ def run(args) -> int:
         log.info("classifying lifted features with %d prompts of %s embedded by %s", n, label_set.name,
                  vlm.describe())
 
-    total = np.zeros((n, n), dtype=np.int64)
+    total = np.zeros((n, n + 1), dtype=np.int64)  # last column: no prediction
     per_scene, producers = [], {}
     for scene_dir in tqdm(args.scene, desc="eval", unit="scene"):
         scene = load_scene_for(scene_dir, label_set, frame_step=cfg["data"]["frame_step"])

@@ -100,7 +100,7 @@ def evaluate_scenes(cfg: dict, scene_paths: list[Path], model, out_dir: Path, ca
     vlm = vlm or build_vlm(cfg)
     text_emb = text_embeddings(vlm, label_set, cfg["lift"]["prompt_template"]).to(device)
     n = len(label_set.names)
-    conf = {m: np.zeros((n, n), dtype=np.int64) for m in methods}
+    conf = {m: np.zeros((n, n + 1), dtype=np.int64) for m in methods}
     per_scene: dict[str, dict] = {}
     skipped: dict[str, int] = {}  # frames left out per scene (reader and lifting)
     timings = {"lift_s": 0.0, "predict_s": 0.0}
