@@ -3,7 +3,8 @@
     geopurify eval --scene DIR [--scene DIR ...] (--pred DIR | --features DIR) --label-set scannet20 \
         [--config YAML] [--vlm simulated --vlm-path P] --out metrics.json
 
---pred DIR holds `<scene>.pred.npy` (int (N,) class indices of the label set; -1 = no prediction, counted as an error of the point's true class);
+--pred DIR holds `<scene>.pred.npy` (int (N,) class indices of the label set; -1 = no prediction,
+counted as an error of the point's true class);
 --features DIR holds `<scene>.lift.pt` (geopurify.lift.lift.save_lifted): each point is classified by
 the highest cosine with the text embeddings of the label set's prompts, from the VLM named by the
 config (or --vlm). Confusion counts are summed over all scenes (geopurify.evaluate.metrics).
