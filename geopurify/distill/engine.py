@@ -298,7 +298,7 @@ def scene_loss(model, batch: SceneBatch, cfg: dict, generator: torch.Generator,
     d = cfg["distill"]
     n = batch.xyz.shape[0]
     t0 = time.perf_counter()
-    pairs = sample_pairs(batch.teacher, batch.xyz, n_anchors_for(n, d["max_anchors"], d["anchor_frac"]),
+    pairs = sample_pairs(batch.teacher, batch.xyz, n_anchors_for(n, d["max_anchors"], d["anchor_div"]),
                          d["n_macro"], d["n_micro"], d["micro_k"], generator=generator)
     _sync(batch.feats.device)
     t1 = time.perf_counter()
@@ -400,7 +400,7 @@ def check_settings(cfg: dict) -> None:
     types); without it these crash mid-run or train silently on NaN / empty losses."""
     d, vs = cfg["distill"], cfg["student"]["voxel_size"]
     rules = [("student.voxel_size", vs, vs > 0, "> 0"), ("distill.max_anchors", d["max_anchors"], d["max_anchors"] >= 1, ">= 1"),
-             ("distill.anchor_frac", d["anchor_frac"], 0 < d["anchor_frac"] <= 1, "in (0, 1]"),
+             ("distill.anchor_div", d["anchor_div"], d["anchor_div"] >= 1, ">= 1"),
              ("distill.tau", d["tau"], d["tau"] > 0, "> 0"), ("distill.lr", d["lr"], d["lr"] > 0, "> 0"),
              ("distill.weight_decay", d["weight_decay"], d["weight_decay"] >= 0, ">= 0"),
              ("distill.warmup_epochs", d["warmup_epochs"], d["warmup_epochs"] >= 0, ">= 0"),
