@@ -244,7 +244,7 @@ def prepare_scene(path: Path, cfg: dict, vlm, teacher, cache_dir: Path, device: 
     except ValueError as e:
         raise InputError(path, f"scene too small to train on: {e}") from None
     lifted = cached_lift(scene, cfg, vlm, cache_dir, device=device)
-    tfeat = cached_teacher(scene, teacher, cache_dir).to(device)
+    tfeat = cached_teacher(scene, teacher, cache_dir, cfg["teacher"]["cache_dtype"]).to(device)
     coords, inverse = voxelize(torch.from_numpy(scene.xyz).to(device), cfg["student"]["voxel_size"])
     feats = student_input(lifted.feat.to(device).float(), torch.from_numpy(scene.rgb).to(device),
                           torch.from_numpy(np.ascontiguousarray(scene.normals)).to(device), inverse, coords.shape[0])

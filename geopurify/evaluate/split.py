@@ -48,14 +48,17 @@ def predict_scene(scene, lifted, model, text_emb, cfg, device="cpu", methods=MET
 
 
 def prediction_key(scene, cfg: dict, model_digest: str, methods) -> str:
-    """Hash of everything a scene's predictions depend on: its content, the lifting settings, the
-    student's weights, the purification / student / label-set settings and the methods."""
+    """Hash of everything a scene's predictions depend on: its content, the lifting settings and the
+    fingerprint of every input file of the lifting (scene files, VLM / feature / prompt files), the
+    student's weights (a digest of their values), the purification / student / label-set settings and
+    the methods."""
     import hashlib
     import json
 
-    from geopurify.cache import lift_settings, scene_fingerprint
+    from geopurify.cache import lift_files_fingerprint, lift_settings, scene_fingerprint
 
-    obj = {"scene": scene_fingerprint(scene), "lift": lift_settings(cfg), "model": model_digest,
+    obj = {"scene": scene_fingerprint(scene), "lift": lift_settings(cfg), "files": lift_files_fingerprint(scene, cfg),
+           "model": model_digest,
            "purify": cfg["purify"], "student": cfg["student"], "label_set": cfg["data"]["label_set"],
            "prompt_template": cfg["lift"]["prompt_template"], "methods": list(methods)}
     return hashlib.blake2b(json.dumps(obj, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()

@@ -325,6 +325,18 @@ def save_view_features(path: str | Path, feat: torch.Tensor | None = None, mask_
     save_torch(path, obj)
 
 
+def external_feature_path(scene: Scene, frame_index: int, feature_root: str | Path | None = None,
+                          subdir: str = "features") -> Path:
+    """The feature file of one frame: `<feature_root>/<scene>/<k>.pt`, or `<scene dir>/<subdir>/<k>.pt`
+    without a root (`<k>` the frame name)."""
+    frame = scene.frames[frame_index]
+    if feature_root is not None:
+        return Path(feature_root) / scene.name / f"{frame.name}.pt"
+    if scene.path is None:
+        raise InputError(scene.name, "scene has no directory to read <scene>/features/ from; give a feature root")
+    return Path(scene.path) / subdir / f"{frame.name}.pt"
+
+
 class ExternalVLM(VLM):
     """Per-view features of an external 2D model (X-Decoder, LSeg, SAM + CLIP, ...) read from files.
 
@@ -349,12 +361,7 @@ class ExternalVLM(VLM):
         log.info("external per-view features from %s, %d-d, text side %s", where, self.dim, self.text.describe())
 
     def feature_path(self, scene: Scene, frame_index: int) -> Path:
-        frame = scene.frames[frame_index]
-        if self.feature_root is not None:
-            return self.feature_root / scene.name / f"{frame.name}.pt"
-        if scene.path is None:
-            raise InputError(scene.name, "scene has no directory to read <scene>/features/ from; give a feature root")
-        return Path(scene.path) / self.subdir / f"{frame.name}.pt"
+        return external_feature_path(scene, frame_index, self.feature_root, self.subdir)
 
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         return self.text.encode_text(prompts)
