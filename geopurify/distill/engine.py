@@ -3,6 +3,11 @@
 One iteration = one scene: load it, read (or compute and cache) its lifted features and teacher
 embeddings, voxelise, run the student on the voxels (a point's embedding is its voxel's),
 sample anchors / positives / negatives from the teacher, InfoNCE, AdamW step. No labels are read.
+`distill.student_input` says which voxels the student sees: `scene` (ours) every voxel of the scene,
+as at inference, so a training embedding is the one purification will use; `sampled` (the reference
+code) only the voxels holding a sampled point, a sparse sub-tensor whose convolutions see fewer
+neighbours (the reference averages only the sampled points of each voxel; we feed those voxels'
+means over all their points, the student input purification uses).
 
 Schedule: linear warm-up over `warmup_epochs`, then cosine to 0, stepped per iteration; per-group
 learning-rate multipliers from `distill.lr_mult` (parameter-name prefix -> multiplier).
@@ -293,7 +298,8 @@ def _sync(device) -> None:
 
 def scene_loss(model, batch: SceneBatch, cfg: dict, generator: torch.Generator,
                timings: dict | None = None) -> tuple[torch.Tensor, Pairs]:
-    """InfoNCE of the student on one scene; pairs sampled on points, embeddings per voxel.
+    """InfoNCE of the student on one scene; pairs sampled on points, embeddings per voxel, from a
+    forward over the whole scene or over the sampled voxels only (`distill.student_input`).
     `timings`, when given, receives sample_s and forward_s (seconds)."""
     d = cfg["distill"]
     n = batch.xyz.shape[0]
@@ -302,9 +308,15 @@ def scene_loss(model, batch: SceneBatch, cfg: dict, generator: torch.Generator,
                          d["n_macro"], d["n_micro"], d["micro_k"], generator=generator)
     _sync(batch.feats.device)
     t1 = time.perf_counter()
-    emb = model(batch.feats, batch.coords)  # (V, E) unit
     inv = batch.inverse
     vox_pairs = Pairs(inv[pairs.anchor], inv[pairs.positive], inv[pairs.negatives], pairs.n_macro)
+    if d["student_input"] == "sampled":  # the reference: the sampled voxels' sub-tensor only
+        vox = torch.unique(torch.cat([vox_pairs.anchor, vox_pairs.positive, vox_pairs.negatives.reshape(-1)]))
+        emb = model(batch.feats[vox], batch.coords[vox])  # (U, E) unit, rows in the order of `vox`
+        at = functools.partial(torch.searchsorted, vox)  # voxel index -> row of the sub-tensor
+        vox_pairs = Pairs(at(vox_pairs.anchor), at(vox_pairs.positive), at(vox_pairs.negatives), pairs.n_macro)
+    else:
+        emb = model(batch.feats, batch.coords)  # (V, E) unit
     loss = info_nce(emb, vox_pairs, tau=d["tau"])
     if timings is not None:
         _sync(batch.feats.device)
@@ -410,6 +422,8 @@ def check_settings(cfg: dict) -> None:
     for key, value, ok, want in rules:
         if not (ok and np.isfinite(value)):
             raise InputError(None, f"config key '{key}' must be {want}, got {value!r}")
+    if d["student_input"] not in ("scene", "sampled"):
+        raise InputError(None, f"config key 'distill.student_input' must be scene or sampled, got {d['student_input']!r}")
 
 
 def train(cfg: dict, exp_dir: str | Path, resume: bool = False, device: str | None = None) -> Path:
