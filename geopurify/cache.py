@@ -122,11 +122,12 @@ def lift_settings(cfg: dict) -> dict:
     """Every setting the lifted features depend on, read from the config alone (so a cache hit
     needs no VLM loaded): all `lift` keys (backend, checkpoint path, fusion, image size, ...) but
     the memory-only ones, the frame step, and for the simulated VLM its `vlm_sim` knobs and
-    label set (it derives its features from the label set's prompts), as for consensus fusion."""
+    label set (it derives its features from the label set's prompts), as for consensus fusion and
+    for masks scored with a background prompt (both score the label set's prompts)."""
     lift = {k: v for k, v in cfg["lift"].items() if k not in MEMORY_ONLY}
     simulated = lift["vlm"] == "simulated"
     s = {"lift": lift, "frame_step": cfg["data"]["frame_step"]}
-    if lift["fusion"] == "consensus" or simulated:
+    if lift["fusion"] == "consensus" or simulated or lift.get("background_prompt") is not None:
         s["label_set"] = cfg["data"]["label_set"]
     if simulated:
         s["vlm_sim"] = dict(cfg["vlm_sim"])
