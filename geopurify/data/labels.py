@@ -140,6 +140,27 @@ def matterport_k_classes(k: int) -> tuple[list[str], np.ndarray]:
     return names, lut
 
 
+_SETTING_NOTES = {
+    "scannet19": "19 ScanNet classes, otherfurniture ignored: the GeoPurify reference code's evaluation; "
+                 "compare with the paper's 55.1 mIoU",
+    "scannet20": "the 20 ScanNet benchmark classes, otherfurniture prompted as 'other' (OpenScene's setting); "
+                 "not the setting of the paper's 55.1",
+    "scannet200": "the 200 ScanNet200 classes; the paper reports f-mIoU / f-mAcc (11.9 / 22.8: wall, floor, "
+                  "ceiling left out)",
+    "matterport21": "21 Matterport3D classes; compare with the paper's 40.2 mIoU",
+}
+
+
+def describe_setting(name: str) -> str:
+    """What a label set's numbers are, in one line, e.g. "scannet19 (19 ScanNet classes, otherfurniture
+    ignored: the GeoPurify reference code's evaluation; compare with the paper's 55.1 mIoU)"."""
+    if name in _SETTING_NOTES:
+        return f"{name} ({_SETTING_NOTES[name]})"
+    if name.startswith("matterport") and name[len("matterport"):].isdigit():
+        return f"{name} (OpenScene's {name[len('matterport'):]}-class Matterport3D setting)"
+    return name
+
+
 def get_label_set(name: str) -> LabelSet:
     """The label set called `name` (one of SETS); InputError for an unknown name."""
     if name in ("scannet20", "scannet19"):
