@@ -521,8 +521,11 @@ def test_background_prompt_scores_masks_as_the_reference_and_is_never_a_label(tm
     assert lift_settings(ref) != lift_settings(plain) and "label_set" in lift_settings(ref)
     with pytest.raises(InputError, match="background_prompt"):
         build_vlm(load_config(None, {"lift": {"background_prompt": "background"}}))  # simulated: no masks
+    torch.save({"feat": torch.randn(c, 6, 8, generator=g), "mask_embeddings": emb.half(), "masks": masks},
+               d / "features" / "0.pt")  # both: the masks are scored, the dense map is not used
+    np.testing.assert_allclose(vlm.frame_features(scene, 0, (H, W))[:, 3, 5].numpy(), e[1], atol=1e-6)
     save_view_features(d / "features" / "0.pt", feat=torch.randn(c, 6, 8, generator=g))
-    with pytest.raises(InputError, match="dense"):
+    with pytest.raises(InputError, match="no 'mask_embeddings'"):
         vlm.frame_features(scene, 0, (H, W))
     _write_prompt_pt(tmp_path / "text.pt", prompts[:-1], text[:-1])  # no background embedding in the file
     with pytest.raises(InputError, match="background"):

@@ -263,9 +263,10 @@ def read_view_features(path: str | Path, dim: int, image_hw: tuple[int, int], no
     bounded memory cost).
     `normalize` L2-normalises features per pixel / mask (zero stays zero). `color_hw`, the
     colour image's size, checks that the map has its aspect ratio (to within one cell).
-    `score_text` (P + 1, C) unit class prompts + background prompt (`lift.background_prompt`): mask
-    scores are computed from the mask embeddings as the reference does (`reference_mask_scores`)
-    instead of read from the file; a dense `feat` file then raises (it has no masks to score).
+    `score_text` (P + 1, C) unit class prompts + background prompt (`lift.background_prompt`): the
+    masks are used (even when the file also has `feat`) and their scores computed from the mask
+    embeddings as the reference does (`reference_mask_scores`) instead of read from the file; a file
+    without masks then raises.
     """
     path = Path(path)
     if not path.is_file():
@@ -273,10 +274,11 @@ def read_view_features(path: str | Path, dim: int, image_hw: tuple[int, int], no
     obj = _torch_load(path, "external feature file")
     if not isinstance(obj, dict):
         raise InputError(path, f"external feature file must hold a dict, got {type(obj).__name__}")
-    if "feat" in obj:
-        if score_text is not None:
-            raise InputError(path, "lift.background_prompt scores masks, but this file holds a dense 'feat' map "
-                                   "(set lift.background_prompt: null for feature maps)")
+    has_masks = "mask_embeddings" in obj and "masks" in obj
+    if score_text is not None and not has_masks:
+        raise InputError(path, "lift.background_prompt scores masks, but this file holds no 'mask_embeddings' + "
+                               "'masks' (a dense 'feat' map: set lift.background_prompt: null)")
+    if "feat" in obj and score_text is None:
         fmap = obj["feat"]
         if not torch.is_tensor(fmap) or fmap.dim() != 3 or not fmap.is_floating_point():
             raise InputError(path, f"'feat' must be a float (C, h, w) tensor, got {getattr(fmap, 'dtype', type(fmap).__name__)} "
@@ -291,7 +293,7 @@ def read_view_features(path: str | Path, dim: int, image_hw: tuple[int, int], no
         fmap = fmap.float()
         if normalize:
             fmap = l2_normalize(fmap, dim=0)
-    elif "mask_embeddings" in obj and "masks" in obj:
+    elif has_masks:
         emb, masks = obj["mask_embeddings"], obj["masks"]
         if not torch.is_tensor(emb) or emb.dim() != 2 or not emb.is_floating_point():
             raise InputError(path, f"'mask_embeddings' must be a float (M, C) tensor, got "
