@@ -7,7 +7,8 @@ Every set knows the raw id space(s) it is defined on:
 
 Sets (tables under geopurify/resources, provenance in their header lines):
 - scannet20: the 20 ScanNet benchmark classes from NYU40; scannet19: the same without
-  otherfurniture (ignored), as GeoPurify's and OpenScene's evaluation does.
+  otherfurniture (ignored), as the GeoPurify reference code's evaluation does (19 prompts; ground-truth
+  otherfurniture points ignored), the setting of the paper's 55.1.
 - scannet200: the 200 official ScanNet200 classes. Per-point "scannet200_raw" ids come from a scan's
   aggregation (segGroup label = raw category) through `scannet_raw_category_ids()`.
 - matterport21: OpenScene's 21 classes (ScanNet-20 + ceiling) via each category's nyu40id;
@@ -143,7 +144,7 @@ def matterport_k_classes(k: int) -> tuple[list[str], np.ndarray]:
 _SETTING_NOTES = {
     "scannet19": "19 ScanNet classes, otherfurniture ignored: the GeoPurify reference code's evaluation; "
                  "compare with the paper's 55.1 mIoU",
-    "scannet20": "the 20 ScanNet benchmark classes, otherfurniture prompted as 'other' (OpenScene's setting); "
+    "scannet20": "the 20 ScanNet benchmark classes, otherfurniture prompted as 'other' as OpenScene does; "
                  "not the setting of the paper's 55.1",
     "scannet200": "the 200 ScanNet200 classes; the paper reports f-mIoU / f-mAcc (11.9 / 22.8: wall, floor, "
                   "ceiling left out)",
