@@ -105,7 +105,7 @@ def time_preset(store: SceneStore, path: Path, cfg: dict, device: str, iters: in
     n_params = sum(p.numel() for p in model.parameters())
     return {"s_per_it": med["total_s"], "breakdown": {k: round(v, 4) for k, v in med.items() if k != "total_s"},
             "n_points": int(batch.xyz.shape[0]), "n_voxels": int(batch.coords.shape[0]),
-            "n_anchors": n_anchors_for(int(batch.xyz.shape[0]), cfg["distill"]["max_anchors"], cfg["distill"]["anchor_frac"]),
+            "n_anchors": n_anchors_for(int(batch.xyz.shape[0]), cfg["distill"]["max_anchors"], cfg["distill"]["anchor_div"]),
             "in_channels": int(batch.feats.shape[1]), "teacher_dim": int(batch.teacher.shape[1]),
             "params_m": round(n_params / 1e6, 2)}
 

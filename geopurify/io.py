@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import json
 import logging
 import os
@@ -100,3 +101,29 @@ def save_torch(path: str | Path, obj) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
+
+
+FINGERPRINT_HEAD = 1 << 16  # bytes of each file hashed by `file_fingerprint`
+
+
+def file_fingerprint(paths) -> str:
+    """Cheap content identity of input files, for cache keys: per file its path, size, mtime_ns and a
+    hash of its first 64 KiB; a missing file is recorded as missing. Rewriting a file under the same
+    path (re-exported features, a new checkpoint) changes it, while a cache hit costs one stat and one
+    small read per file instead of hashing whole checkpoints and feature files. `None` entries are skipped."""
+    h = hashlib.blake2b(digest_size=16)
+    for p in paths:
+        if p is None:
+            continue
+        p = Path(p)
+        h.update(str(p).encode() + b"\0")
+        try:
+            st = p.stat()
+            with open(p, "rb") as f:
+                head = f.read(FINGERPRINT_HEAD)
+        except OSError:
+            h.update(b"missing\0")
+            continue
+        h.update(f"{st.st_size}|{st.st_mtime_ns}|".encode())
+        h.update(hashlib.blake2b(head, digest_size=16).digest())
+    return h.hexdigest()

@@ -1,5 +1,6 @@
 """Pair sampling and InfoNCE: hand-checked cases and equality with plain-loop definitions."""
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,6 +85,17 @@ def test_sizes_checked():
     with pytest.raises(ValueError):
         sample_pairs(t, np.random.default_rng(0).normal(size=(20, 3)), 5, n_macro=48)
     assert n_anchors_for(100_000) == 4096 and n_anchors_for(900) == 300
+
+
+@pytest.mark.parametrize("config", [None, *sorted((Path(__file__).resolve().parents[1] / "config").glob("*.yaml"))])
+def test_anchor_count_is_the_reference_integer_division(config):
+    """anchors = min(4096, N // 3) exactly, with every shipped config. The old float key
+    (anchor_frac 0.3333333333) gave int(N * 0.333..) = N // 3 - 1 whenever 3 divides N below ~12,300."""
+    from geopurify.config import load_config
+
+    d = load_config(config)["distill"]
+    for n in (3, 300, 900, 9999, 12285, 12288, 12289, 12300, 100_000):
+        assert n_anchors_for(n, d["max_anchors"], d["anchor_div"]) == min(4096, n // 3), n
 
 
 def test_info_nce_hand_computation():

@@ -146,3 +146,45 @@ def test_recalibrate_batchnorm_gives_exact_statistics():
     var = torch.stack([b.feats.var(0, unbiased=True) for b in batches]).mean(0)
     assert torch.allclose(net.bn.running_mean, mean, atol=1e-5)
     assert torch.allclose(net.bn.running_var, var, atol=1e-4)
+
+
+def test_student_input_sampled_runs_the_student_on_the_sampled_voxels_only():
+    """distill.student_input: sampled (the reference code) forwards the sub-tensor of the voxels that
+    hold a sampled point; its embeddings differ from the whole-scene forward (fewer neighbours in the
+    sparse convolutions), and the loss is InfoNCE on exactly those sub-tensor embeddings."""
+    import numpy as np
+
+    from geopurify.distill.engine import SceneBatch, check_settings, scene_loss
+    from geopurify.distill.sampling import Pairs, n_anchors_for
+    from geopurify.student.voxel import voxelize
+
+    rng = np.random.default_rng(4)
+    xyz = rng.uniform(0, 0.6, (3000, 3)).astype(np.float32)
+    coords, inverse = voxelize(torch.from_numpy(xyz), 0.05)
+    V = coords.shape[0]
+    g = torch.Generator().manual_seed(4)
+    feats = torch.randn(V, 10, generator=g)
+    teacher = torch.nn.functional.normalize(torch.randn(len(xyz), 8, generator=g), dim=1)
+    batch = SceneBatch("cube", feats, coords, inverse, teacher, xyz, {})
+    torch.manual_seed(0)
+    model = build_student({"preset": "cpu", "width": 8, "blocks": 1, "out_dim": 16}, 10).eval()
+    over = {"max_anchors": 40, "n_macro": 6, "n_micro": 3, "micro_k": 8}
+    cfg = {name: load_config(None, {"distill": {**over, "student_input": name}}) for name in ("scene", "sampled")}
+    with torch.no_grad():
+        loss_s, pairs = scene_loss(model, batch, cfg["sampled"], torch.Generator().manual_seed(1))
+        loss_w, pairs_w = scene_loss(model, batch, cfg["scene"], torch.Generator().manual_seed(1))
+        assert torch.equal(pairs.negatives, pairs_w.negatives) and len(pairs) == n_anchors_for(len(xyz), 40, 3)
+        # the definition: voxels of every sampled point, their sub-tensor, InfoNCE on its embeddings
+        used = sorted(set(inverse[torch.cat([pairs.anchor, pairs.positive, pairs.negatives.reshape(-1)])].tolist()))
+        assert 0 < len(used) < V
+        sub = model(feats[used], coords[used])
+        row = {v: i for i, v in enumerate(used)}
+        remap = lambda t: torch.tensor([row[int(v)] for v in inverse[t].reshape(-1)]).reshape(t.shape)  # noqa: E731
+        want = info_nce(sub, Pairs(remap(pairs.anchor), remap(pairs.positive), remap(pairs.negatives), pairs.n_macro),
+                        tau=cfg["sampled"]["distill"]["tau"])
+        torch.testing.assert_close(loss_s, want)
+        whole = model(feats, coords)[used]
+        cos = (sub * whole).sum(1)
+        assert cos.min() < 0.99 and not torch.allclose(loss_s, loss_w)  # a different forward, not a re-indexing
+    with pytest.raises(InputError, match="student_input"):
+        check_settings(load_config(None, {"distill": {"student_input": "subset"}}))

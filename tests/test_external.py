@@ -475,3 +475,58 @@ def test_external_feature_root_layout_and_errors(tmp_path):
         vlm.frame_features(scene, 0, (H, W))
     with pytest.raises(InputError):
         build_from_files(load_config(None, {"lift": {"vlm": "external"}}))  # no text side at all
+
+
+def test_background_prompt_scores_masks_as_the_reference_and_is_never_a_label(tmp_path):
+    """lift.background_prompt: mask confidences recomputed as the reference's X-Decoder fusion does
+    (softmax over the label set's prompts + "background", background column dropped, max); a
+    background-like mask then loses the pixels it covered, and no label can be the background."""
+    from geopurify.cache import lift_settings
+    from geopurify.vlm import build_vlm
+    from geopurify.vlm.precomputed import reference_mask_scores
+
+    d = _tiny_scene(tmp_path)
+    labels = get_label_set("scannet20")
+    c = 8
+    g = torch.Generator().manual_seed(15)
+    prompts = labels.prompts("a {} in a scene") + ["background"]
+    text = torch.nn.functional.normalize(torch.randn(len(prompts), c, generator=g), dim=1)
+    _write_prompt_pt(tmp_path / "text.pt", prompts, text)
+    chair = labels.index("chair")
+    emb = torch.stack([text[-1] + 0.05 * text[chair], text[chair]])  # mask 0 looks like background
+    masks = torch.stack([torch.full((H, W), 0.9), torch.full((H, W), 0.6)])  # mask 0 more certain
+    for k in range(len(SHIFTS)):
+        save_view_features(d / "features" / f"{k}.pt", mask_embeddings=emb, masks=masks)
+    over = {"vlm": "external", "text_path": str(tmp_path / "text.pt"), "image_size": [W, H], "border": BORDER}
+    plain = load_config(None, {"lift": {**over, "fusion": "consensus"}})
+    ref = load_config(None, {"lift": {**over, "fusion": "consensus", "background_prompt": "background"}})
+    scene = load_scene(d)
+    e = _unit(emb.half().float().numpy())
+    # without: mask 0 owns every pixel (no file scores: 0.9 > 0.6)
+    vlm = build_vlm(plain)
+    np.testing.assert_allclose(vlm.frame_features(scene, 0, (H, W))[:, 0, 0].numpy(), e[0], atol=1e-6)
+    # with: the hand formula of the reference's mask confidence, and mask 1 wins
+    vlm = build_vlm(ref)
+    logits = 100.0 * torch.from_numpy(e).float() @ text.T
+    want = logits.softmax(1)[:, :-1].max(1).values
+    torch.testing.assert_close(reference_mask_scores(emb.half().float(), text, 100.0), want)
+    assert want[0] * 0.9 < want[1] * 0.6
+    assert vlm.mask_text.shape == (len(prompts), c)
+    res = lift_scene(scene, vlm, ref)
+    np.testing.assert_allclose(res.feat.numpy()[res.seen.numpy()], np.broadcast_to(e[1], (int(res.seen.sum()), c)),
+                               atol=1e-5)
+    # the background is in the mask scoring only: classification and consensus use the label set's prompts
+    cls = text_embeddings(vlm, labels)
+    assert cls.shape[0] == labels.n_classes and (res.feat @ cls.T).argmax(1).eq(chair).all()
+    assert lift_settings(ref) != lift_settings(plain) and "label_set" in lift_settings(ref)
+    with pytest.raises(InputError, match="background_prompt"):
+        build_vlm(load_config(None, {"lift": {"background_prompt": "background"}}))  # simulated: no masks
+    torch.save({"feat": torch.randn(c, 6, 8, generator=g), "mask_embeddings": emb.half(), "masks": masks},
+               d / "features" / "0.pt")  # both: the masks are scored, the dense map is not used
+    np.testing.assert_allclose(vlm.frame_features(scene, 0, (H, W))[:, 3, 5].numpy(), e[1], atol=1e-6)
+    save_view_features(d / "features" / "0.pt", feat=torch.randn(c, 6, 8, generator=g))
+    with pytest.raises(InputError, match="no 'mask_embeddings'"):
+        vlm.frame_features(scene, 0, (H, W))
+    _write_prompt_pt(tmp_path / "text.pt", prompts[:-1], text[:-1])  # no background embedding in the file
+    with pytest.raises(InputError, match="background"):
+        build_vlm(ref)

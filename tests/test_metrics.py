@@ -18,10 +18,10 @@ PRED = np.array([0, 0, 0, 2, 1, 0, 2, 3, 2, 0, 3])
 def test_hand_computed_example():
     conf = confusion(PRED, GT, 4)
     assert conf.dtype == np.int64
-    assert conf.tolist() == [[3, 0, 1, 0],
-                             [1, 1, 0, 0],
-                             [0, 0, 2, 1],
-                             [0, 0, 0, 0]]
+    assert conf.tolist() == [[3, 0, 1, 0, 0],  # last column: no prediction (none here)
+                             [1, 1, 0, 0, 0],
+                             [0, 0, 2, 1, 0],
+                             [0, 0, 0, 0, 0]]
     m = metrics(conf, NAMES)
     # wall 3/(4+4-3), floor 1/(2+1-1), chair 2/(3+3-2); table absent -> left out of the means
     assert m["mIoU"] == pytest.approx(100 * (3 / 5 + 1 / 2 + 1 / 2) / 3)
@@ -41,11 +41,12 @@ def test_hand_computed_example():
 
 
 def _loop_metrics(pred, gt, n):
-    """The definition, one point and one class at a time."""
-    conf = [[0] * n for _ in range(n)]
+    """The definition, one point and one class at a time; a labelled point predicted -1 is a false
+    negative of its class (column n of the matrix)."""
+    conf = [[0] * (n + 1) for _ in range(n)]
     for p, g in zip(pred.tolist(), gt.tolist()):
-        if g != IGNORE and p != IGNORE:
-            conf[g][p] += 1
+        if g != IGNORE:
+            conf[g][n if p == IGNORE else p] += 1
     ious, accs = [], []
     for c in range(n):
         tp = conf[c][c]
@@ -64,6 +65,7 @@ def test_equals_plain_loop_on_random_labels():
     gt = rng.integers(-1, n - 1, size=5000)  # class n-1 never in the ground truth, -1 = ignore
     pred = np.where(rng.random(5000) < 0.6, gt, rng.integers(0, n, size=5000))
     pred[pred == IGNORE] = 0
+    pred[rng.random(5000) < 0.05] = IGNORE  # some abstentions: errors, not dropped
     conf_loop, miou, macc = _loop_metrics(pred, gt, n)
     conf = confusion(torch.from_numpy(pred), torch.from_numpy(gt), n)  # torch input too
     assert conf.tolist() == conf_loop
@@ -85,10 +87,28 @@ def test_accumulates_over_scenes():
 def test_perfect_prediction_and_abstention():
     gt = np.array([0, 1, 2, 2, IGNORE])
     m = metrics(confusion(gt.copy(), gt, 3), ["a", "b", "c"])
-    assert m["mIoU"] == 100.0 and m["mAcc"] == 100.0
-    # an abstained point (pred = ignore) is dropped, with a warning, not counted against class 2
-    pred = np.array([0, 1, 2, IGNORE, 1])
-    np.testing.assert_array_equal(confusion(pred, gt, 3), np.diag([1, 1, 1]))
+    assert m["mIoU"] == 100.0 and m["mAcc"] == 100.0 and m["unpredicted_points"] == 0
+
+
+def test_abstention_is_a_false_negative_and_can_only_lower_the_score():
+    """A labelled point predicted -1 counts against its true class (FN), never for any class
+    (the old code dropped it, which turned this 2-of-3 class into a perfect one)."""
+    gt = np.array([0, 1, 2, 2, 2, IGNORE])
+    pred = np.array([0, 1, 2, 2, IGNORE, 1])
+    conf = confusion(pred, gt, 3)
+    np.testing.assert_array_equal(conf, [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 2, 1]])
+    m = metrics(conf, ["a", "b", "c"])
+    c = m["per_class"][2]
+    assert c["iou"] == pytest.approx(2 / 3) and c["acc"] == pytest.approx(2 / 3)
+    assert c["gt_points"] == 3 and c["pred_points"] == 2 and c["unpredicted_points"] == 1
+    assert m["per_class"][1]["iou"] == 1.0  # the abstention is no false positive of anything
+    assert m["unpredicted_points"] == 1 and m["n_points"] == 5
+    assert m["mIoU"] == pytest.approx(100 * (1 + 1 + 2 / 3) / 3)
+    # replacing the abstention by the right class can only raise the score
+    assert metrics(confusion(np.where(pred == IGNORE, 2, pred), gt, 3), ["a", "b", "c"])["mIoU"] > m["mIoU"]
+    assert "no prediction" in format_table(m)
+    # a plain (C, C) matrix is still accepted
+    assert metrics(conf[:, :3], ["a", "b", "c"])["per_class"][2]["iou"] == 1.0
 
 
 def test_bad_ids_and_shapes_raise():
@@ -104,6 +124,8 @@ def test_bad_ids_and_shapes_raise():
         confusion(np.array([0.5, 1.0]), np.array([0, 1]), 3)
     with pytest.raises(ValueError, match="names"):
         metrics(np.eye(3, dtype=np.int64), ["a", "b"])
+    with pytest.raises(ValueError, match="C \\+ 1"):
+        metrics(np.zeros((3, 5), np.int64), ["a", "b", "c"])
 
 
 def test_no_class_present_gives_null_means():

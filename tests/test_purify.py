@@ -316,3 +316,54 @@ def test_graph_cache_and_single_voxel_scene():
     assert res.coords.shape[0] == 1 and res.info["k"] == 0
     want = int((F.normalize(text, dim=1) @ feat.mean(0)).argmax())
     assert (res.labels == want).all()
+
+
+@pytest.mark.parametrize("path", ["fast", "reference"])
+def test_unseen_policy_reference_fills_only_all_zero_voxels(path):
+    """purify.unseen: nearest_seen relabels every voxel without a seen point from the nearest seen one;
+    reference (the reference code) leaves those voxels their own pooled label and relabels only voxels
+    whose pooled features are all zero (here an isolated cluster whose lifted features are zero)."""
+    rng = np.random.default_rng(21)
+    vs = 0.02
+    main = np.unique(rng.integers(0, 12, (900, 3)), axis=0)  # a 12^3 block of voxels, mostly filled
+    far = np.unique(rng.integers(0, 4, (40, 3)), axis=0) + np.array([60, 0, 0])  # isolated, zero features
+    vox = np.concatenate([main, far])
+    xyz = ((vox + 0.5) * vs).astype(np.float32)
+    n_main = len(main)
+    C = 6
+    feat = torch.from_numpy(rng.normal(size=(len(vox), C))).float()
+    feat[n_main:] = 0
+    seen = torch.ones(len(vox), dtype=torch.bool)
+    seen[torch.from_numpy(rng.random(len(vox)) < 0.2)] = False  # unseen (features as if nearest-filled)
+    seen[n_main:] = True  # seen, but a 2D model gave them nothing
+    text = torch.from_numpy(rng.normal(size=(5, C))).float()
+    scene = Scene("two-clusters", xyz, np.zeros((len(vox), 3), np.uint8))
+    lifted = SimpleNamespace(feat=feat, seen=seen)
+    out = {}
+    for policy in ("nearest_seen", "reference"):
+        cfg = load_config(None, {"purify": {"k": 8, "steps": 4, "unseen": policy}})
+        out[policy] = knn_mean_scene(scene, lifted, text, cfg, path=path)
+    ref, ns = out["reference"], out["nearest_seen"]
+    V = ref.coords.shape[0]
+    assert V == len(vox)
+    before, _ = pool_scores(ref.voxel_feat, ref.idx, ref.weights, text, 4)  # labels before any fill
+    seen_v = torch.zeros(V, dtype=torch.bool)
+    seen_v[ref.inverse[seen]] = True
+    zero_v = torch.zeros(V, dtype=torch.bool)
+    zero_v[ref.inverse[torch.arange(n_main, len(vox))]] = True
+    assert (~seen_v & ~zero_v).sum() > 50
+    # reference: every voxel with non-zero pooled features keeps its own label, seen or not
+    assert torch.equal(ref.voxel_labels[~zero_v], before[~zero_v])
+    assert torch.equal(ref.fill[~zero_v], torch.arange(V)[~zero_v])
+    # ... and the all-zero cluster takes the label of its nearest non-zero voxel
+    c = ref.coords.double()
+    for v in torch.nonzero(zero_v)[:, 0].tolist():
+        d2 = ((c[~zero_v] - c[v]) ** 2).sum(1)
+        assert int(ref.fill[v]) in torch.nonzero(~zero_v)[:, 0][d2 == d2.min()].tolist()
+        assert int(ref.voxel_labels[v]) == int(before[ref.fill[v]])
+    assert ref.info["unseen_policy"] == "reference" and ref.info["filled_voxels"] == int(zero_v.sum())
+    # nearest_seen: unseen voxels relabelled from seen ones, the seen zero cluster left as it is
+    assert bool(seen_v[ns.fill].all()) and torch.equal(ns.fill[seen_v], torch.arange(V)[seen_v])
+    assert (ns.voxel_labels != ref.voxel_labels)[~seen_v].any()
+    with pytest.raises(InputError, match="purify.unseen"):
+        knn_mean_scene(scene, lifted, text, load_config(None, {"purify": {"unseen": "nearest"}}))

@@ -28,7 +28,8 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("qv")
     cfg = {"data": {"dataset": "synthetic", "root": str(tmp / "rooms"), "frame_step": 1},
            "synthetic": {"n_train": 1, "n_val": 1, "points": 12000, "frames": 8},
-           "distill": {"epochs": 5}}
+           "distill": {"epochs": 5},
+           "eval": {"also_label_sets": ["scannet19"]}}
     cfg_path = tmp / "cfg.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     exp = tmp / "exp"
@@ -66,6 +67,11 @@ def test_val_sh_writes_predictions_metrics_and_table(trained):
     pred = np.load(out / "pred" / "synth_0001.purified.npy")
     assert pred.shape == (scene.n_points,) and pred.min() >= 0 and pred.max() < 20
     assert "purified" in r.stdout and (out / "per_class.txt").is_file()
+    # every table names its class setting; the other one is scored beside the primary one
+    assert "class setting scannet20 (" in r.stdout and "also: class setting scannet19 (" in r.stdout
+    assert report["class_setting"].startswith("scannet20 (") and "55.1" in report["also"]["scannet19"]["class_setting"]
+    pred19 = np.load(out / "pred" / "synth_0001.purified.scannet19.npy")
+    assert pred19.shape == (scene.n_points,) and pred19.max() < 19
     assert report["device"] == ("cuda:0" if torch.cuda.is_available() else "cpu")  # --device auto
 
 

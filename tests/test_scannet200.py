@@ -142,7 +142,7 @@ def test_eval_cli_scores_scannet200_against_raw_ids(tmp_path, capsys):
                "--out", str(tmp_path / "m.json")])
     assert rc == 0, capsys.readouterr().err
     rep = json.loads((tmp_path / "m.json").read_text())
-    want = np.zeros((200, 200), np.int64)
+    want = np.zeros((200, 201), np.int64)  # last column: no prediction
     for g, p in zip(gt, pred):
         if g >= 0:
             want[g, p] += 1

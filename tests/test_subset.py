@@ -50,6 +50,18 @@ def test_filter_clusters_and_best_per_cluster():
     assert select_subset(HISTS, k=2) == ["b1", "a2"]
 
 
+def test_clusters_raw_class_counts_not_proportions():
+    """k-means runs on raw point counts (the reference's data_choose_zero.py): two large rooms of
+    different composition cluster together, apart from two small rooms; proportions would pair each
+    large room with the small room of its composition (what the old code did)."""
+    hists = {"big_a": [1000, 1000, 500], "big_b": [500, 1000, 1000],
+             "small_a": [10, 10, 5], "small_b": [5, 10, 10]}  # same Nc and Hc: all pass the filters
+    for seed in range(5):
+        sel = select_subset_details(hists, k=2, seed=seed)
+        assert sel.kept == sorted(hists)
+        assert sel.cluster["big_a"] == sel.cluster["big_b"] != sel.cluster["small_a"] == sel.cluster["small_b"]
+
+
 def test_gamma_trades_entropy_against_class_count():
     hists = {"x": [60, 10, 10, 10, 10], "y": [25, 25, 25, 25, 0],  # x: more classes, y: higher entropy
              "p": [10, 0, 0, 0, 0], "q": [0, 5, 0, 0, 0]}

@@ -3,10 +3,16 @@
     geopurify eval --scene DIR [--scene DIR ...] (--pred DIR | --features DIR) --label-set scannet20 \
         [--config YAML] [--vlm simulated --vlm-path P] --out metrics.json
 
---pred DIR holds `<scene>.pred.npy` (int (N,) class indices of the label set, -1 = no prediction);
+--pred DIR holds `<scene>.pred.npy` (int (N,) class indices of the label set; -1 = no prediction,
+counted as an error of the point's true class);
 --features DIR holds `<scene>.lift.pt` (geopurify.lift.lift.save_lifted): each point is classified by
 the highest cosine with the text embeddings of the label set's prompts, from the VLM named by the
 config (or --vlm). Confusion counts are summed over all scenes (geopurify.evaluate.metrics).
+
+Class settings: `--label-set X` scores X alone. Without it the config's `data.label_set` is scored
+and, with --features, each of `eval.also_label_sets` beside it (its own prompts); metrics.json and
+every printed table name the setting (e.g. scannet19, the setting of the paper's 55.1, with
+scannet20 under "also"). Predictions (--pred) are indices of one set, so only that one is scored.
 """
 from __future__ import annotations
 
@@ -30,7 +36,8 @@ def add_parser(sub) -> None:
     src.add_argument("--features", type=Path, metavar="DIR", help="directory of <scene>.lift.pt lifted features")
     p.add_argument("--pred-suffix", default=".pred.npy",
                    help="prediction file suffix (default .pred.npy; `geopurify val` writes .purified.npy, .raw.npy)")
-    p.add_argument("--label-set", default=None, help="benchmark classes (default: the config's data.label_set)")
+    p.add_argument("--label-set", default=None, help="benchmark classes, scored alone (default: the config's "
+                   "data.label_set, and with --features its eval.also_label_sets beside it)")
     p.add_argument("--config", type=Path, default=None, help="YAML config (default: the embedded defaults)")
     p.add_argument("--vlm", default=None, help="text encoder for --features (overrides lift.vlm)")
     p.add_argument("--vlm-path", default=None, help="checkpoint for --vlm (overrides lift.vlm_path)")
@@ -38,17 +45,6 @@ def add_parser(sub) -> None:
     add_device(p)
     add_set(p)
     p.set_defaults(func=run)
-
-
-def scene_ground_truth(scene, label_set) -> np.ndarray:
-    """(N,) int64 class indices of the scene's labels in the label set (IGNORE elsewhere)."""
-    where = scene.path or scene.name
-    if scene.labels is None:
-        raise InputError(where, "scene has no labels to evaluate against")
-    if scene.label_space not in label_set.spaces:
-        raise InputError(where, f"labels are {scene.label_space} ids but label set {label_set.name} is defined on "
-                                f"{', '.join(label_set.spaces)}")
-    return label_set.map(scene.labels, space=scene.label_space)
 
 
 def load_predictions(path: Path, n_points: int, n_classes: int) -> np.ndarray:
@@ -71,74 +67,86 @@ def load_predictions(path: Path, n_points: int, n_classes: int) -> np.ndarray:
     return pred
 
 
-def predict_from_features(path: Path, n_points: int, text_emb) -> tuple[np.ndarray, dict]:
-    """(labels (N,) int64, provenance) from a `.lift.pt` file: argmax cosine with the text embeddings,
-    computed on the device `text_emb` is on (the features are moved there)."""
+def predict_from_features(path: Path, n_points: int, text_embs: dict) -> tuple[dict[str, np.ndarray], dict]:
+    """({setting: labels (N,) int64}, provenance) from a `.lift.pt` file: per class setting, the argmax
+    cosine with that setting's text embeddings (`text_embs`: setting name -> (P, C)), computed on the
+    device the text embeddings are on (the features are moved there)."""
     from geopurify.evaluate.metrics import classify_by_text
     from geopurify.lift.lift import load_lifted
 
     lifted = load_lifted(path, n_points=n_points)
-    if lifted.feat.shape[1] != text_emb.shape[1]:
+    dim = next(iter(text_embs.values())).shape[1]
+    if lifted.feat.shape[1] != dim:
         raise InputError(path, f"features are {lifted.feat.shape[1]}-d but the text embeddings are "
-                               f"{text_emb.shape[1]}-d: evaluate with the VLM that produced them (--vlm)")
-    return classify_by_text(lifted.feat.to(text_emb.device), text_emb).cpu().numpy(), dict(lifted.info)
+                               f"{dim}-d: evaluate with the VLM that produced them (--vlm)")
+    return ({name: classify_by_text(lifted.feat.to(t.device), t).cpu().numpy() for name, t in text_embs.items()},
+            dict(lifted.info))
 
 
 def run(args) -> int:
     from tqdm import tqdm
 
-    from geopurify.data.labels import get_label_set
+    from geopurify.data.labels import describe_setting, get_label_set
     from geopurify.data.readers import load_scene_for
     from geopurify.evaluate.metrics import confusion, format_table, metrics
+    from geopurify.evaluate.split import class_settings, scene_ground_truth
     from geopurify.io import write_json
 
     cfg = config_of(args, {"lift": {"vlm": args.vlm, "vlm_path": args.vlm_path},
                            "data": {"label_set": args.label_set}})
     device = device_of(args)
-    set_name = cfg["data"]["label_set"]
-    label_set = get_label_set(set_name)  # InputError for an unknown name
-    names = list(label_set.names)
-    n = len(names)
+    # class settings: --label-set alone, else the config's primary one and eval.also_label_sets beside it
+    sets = [get_label_set(args.label_set)] if args.label_set else class_settings(cfg)  # InputError: unknown name
+    label_set = sets[0]
+    if args.pred is not None and len(sets) > 1:
+        print(f"note: predictions are class indices of {label_set.name}; the other class settings of the config "
+              f"({', '.join(s.name for s in sets[1:])}) need features to be scored (--features)")
+        sets = sets[:1]
     src_dir = args.pred if args.pred is not None else args.features
     if not src_dir.is_dir():
         raise InputError(src_dir, "directory not found")
     seen_names: dict[str, Path] = {}
+    exclude = tuple(cfg["eval"]["exclude_from_f"])
 
-    vlm = text_emb = None
+    vlm = text_embs = None
     if args.features is not None:
         from geopurify.vlm import build_vlm, text_embeddings
 
         vlm = build_vlm(cfg, device=str(device), label_set=label_set)
-        text_emb = text_embeddings(vlm, label_set, cfg["lift"]["prompt_template"]).to(device)
-        log.info("classifying lifted features with %d prompts of %s embedded by %s", n, label_set.name,
-                 vlm.describe())
+        text_embs = {s.name: text_embeddings(vlm, s, cfg["lift"]["prompt_template"]).to(device) for s in sets}
+        log.info("classifying lifted features with the prompts of %s embedded by %s",
+                 ", ".join(s.name for s in sets), vlm.describe())
 
-    total = np.zeros((n, n), dtype=np.int64)
-    per_scene, producers = [], {}
+    total = {s.name: np.zeros((s.n_classes, s.n_classes + 1), dtype=np.int64) for s in sets}  # last: no prediction
+    per_scene: dict[str, list] = {s.name: [] for s in sets}
+    producers = {}
     for scene_dir in tqdm(args.scene, desc="eval", unit="scene"):
         scene = load_scene_for(scene_dir, label_set, frame_step=cfg["data"]["frame_step"])
         if scene.name in seen_names:
             raise InputError(scene_dir, f"scene name {scene.name} given twice (also {seen_names[scene.name]})")
         seen_names[scene.name] = scene_dir
-        gt = scene_ground_truth(scene, label_set)
+        gts = {s.name: scene_ground_truth(scene, s) for s in sets}
         skipped = int(scene.meta.get("skipped_frames", 0))  # frames the reader left out
         if args.pred is not None:
-            pred = load_predictions(args.pred / f"{scene.name}{args.pred_suffix}", scene.n_points, n)
+            preds = {label_set.name: load_predictions(args.pred / f"{scene.name}{args.pred_suffix}", scene.n_points,
+                                                      label_set.n_classes)}
         else:
-            pred, info = predict_from_features(args.features / f"{scene.name}.lift.pt", scene.n_points, text_emb)
+            preds, info = predict_from_features(args.features / f"{scene.name}.lift.pt", scene.n_points, text_embs)
             producers[scene.name] = info
             skipped = int(info.get("skipped_frames", 0))  # those the lifting left out (reader's included)
             if info.get("vlm") != vlm.name:
                 log.warning("%s: features come from %r but the text side is %r", scene.name, info.get("vlm"), vlm.name)
-        conf = confusion(pred, gt, n)
-        total += conf
-        m = metrics(conf, names, exclude=tuple(cfg["eval"]["exclude_from_f"]))
-        per_scene.append({"name": scene.name, "path": str(scene_dir), "n_points": scene.n_points,
-                          "labelled_points": int((gt >= 0).sum()), "skipped_frames": skipped,
-                          "mIoU": m["mIoU"], "mAcc": m["mAcc"]})
+        for s in sets:
+            conf = confusion(preds[s.name], gts[s.name], s.n_classes)
+            total[s.name] += conf
+            m = metrics(conf, s.names, exclude=exclude)
+            per_scene[s.name].append({"name": scene.name, "path": str(scene_dir), "n_points": scene.n_points,
+                                      "labelled_points": int((gts[s.name] >= 0).sum()), "skipped_frames": skipped,
+                                      "mIoU": m["mIoU"], "mAcc": m["mAcc"]})
+        m = per_scene[label_set.name][-1]
         log.info("%s: mIoU %s", scene.name, "-" if m["mIoU"] is None else f"{m['mIoU']:.1f}")
 
-    result = metrics(total, names, exclude=tuple(cfg["eval"]["exclude_from_f"]))
+    result = {s.name: metrics(total[s.name], s.names, exclude=exclude) for s in sets}
     if args.pred is not None:
         source = {"kind": "predictions", "dir": str(args.pred), "suffix": args.pred_suffix,
                   "vlm": None, "simulated": None,
@@ -154,14 +162,21 @@ def run(args) -> int:
         if simulated:
             source["note"] = ("SIMULATED VLM: these features come from an offline stand-in, not a real "
                               "vision-language model; the scores say nothing about a real VLM")
-    n_skipped = sum(s["skipped_frames"] for s in per_scene)
-    report = {"label_set": label_set.name, "classes": names, "scenes": per_scene, "source": source,
-              "skipped_frames": n_skipped, "metrics": result, "confusion": total.tolist(), "device": str(device)}
+    primary = per_scene[label_set.name]
+    n_skipped = sum(s["skipped_frames"] for s in primary)
+    report = {"label_set": label_set.name, "class_setting": describe_setting(label_set.name),
+              "classes": list(label_set.names), "scenes": primary, "source": source, "skipped_frames": n_skipped,
+              "device": str(device),
+              "metrics": result[label_set.name], "confusion": total[label_set.name].tolist(),
+              "also": {s.name: {"class_setting": describe_setting(s.name), "classes": list(s.names),
+                                "metrics": result[s.name], "confusion": total[s.name].tolist(),
+                                "scenes": per_scene[s.name]} for s in sets[1:]}}
     write_json(args.out, report)
-    title = f"{label_set.name}, {len(per_scene)} scene(s), {source['kind']}"
-    if source.get("simulated"):
-        title += "  [SIMULATED VLM]"
-    print(format_table(result, title=title))
+    for i, s in enumerate(sets):
+        title = f"{'' if i == 0 else 'also: '}class setting {describe_setting(s.name)}\n{len(primary)} scene(s), {source['kind']}"
+        if source.get("simulated"):
+            title += "  [SIMULATED VLM]"
+        print(format_table(result[s.name], title=title))
     if n_skipped:
         print(f"note: {n_skipped} unusable frames were skipped (per scene in {args.out}: scenes[].skipped_frames)")
     print(f"wrote {args.out}")

@@ -32,7 +32,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from tqdm import tqdm
 
-    from geopurify.cli.eval import scene_ground_truth
+    from geopurify.evaluate.split import scene_ground_truth
     from geopurify.data.labels import get_label_set
     from geopurify.data.readers import list_scenes, load_scene_for
     from geopurify.distill.subset import label_histogram, select_subset_details

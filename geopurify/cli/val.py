@@ -48,10 +48,12 @@ def run(args) -> int:
     from geopurify.io import write_json
 
     write_json(out_dir / "metrics.json", report)
-    print(f"VLM: {report['vlm']}   label set: {report['label_set']}   scenes: {len(scenes)}   device: {device}")
+    print(f"VLM: {report['vlm']}   scenes: {len(scenes)}   device: {device}")
     print(f"student: {model.describe()} (epoch {meta.get('epoch')})")
-    print(format_table(report["metrics"]["purified"]))
-    print(summary_table(report["metrics"]))
+    print(format_table(report["metrics"]["purified"], title=f"purified, class setting {report['class_setting']}"))
+    print(summary_table(report["metrics"], title=f"class setting {report['class_setting']}"))
+    for also in report["also"].values():
+        print(summary_table(also["metrics"], title=f"also: class setting {also['class_setting']}"))
     n_skipped = sum(report.get("skipped_frames", {}).values())
     if n_skipped:
         print(f"note: {n_skipped} unusable frames were skipped (per scene in metrics.json: skipped_frames)")

@@ -7,7 +7,8 @@ Every set knows the raw id space(s) it is defined on:
 
 Sets (tables under geopurify/resources, provenance in their header lines):
 - scannet20: the 20 ScanNet benchmark classes from NYU40; scannet19: the same without
-  otherfurniture (ignored), as GeoPurify's and OpenScene's evaluation does.
+  otherfurniture (ignored), as the GeoPurify reference code's evaluation does (19 prompts; ground-truth
+  otherfurniture points ignored), the setting of the paper's 55.1.
 - scannet200: the 200 official ScanNet200 classes. Per-point "scannet200_raw" ids come from a scan's
   aggregation (segGroup label = raw category) through `scannet_raw_category_ids()`.
 - matterport21: OpenScene's 21 classes (ScanNet-20 + ceiling) via each category's nyu40id;
@@ -138,6 +139,27 @@ def matterport_k_classes(k: int) -> tuple[list[str], np.ndarray]:
     if len(names) < k:
         raise ValueError(f"the Matterport category table defines only {len(names)} classes, asked for {k}")
     return names, lut
+
+
+_SETTING_NOTES = {
+    "scannet19": "19 ScanNet classes, otherfurniture ignored: the GeoPurify reference code's evaluation; "
+                 "compare with the paper's 55.1 mIoU",
+    "scannet20": "the 20 ScanNet benchmark classes, otherfurniture prompted as 'other' as OpenScene does; "
+                 "not the setting of the paper's 55.1",
+    "scannet200": "the 200 ScanNet200 classes; the paper reports f-mIoU / f-mAcc (11.9 / 22.8: wall, floor, "
+                  "ceiling left out)",
+    "matterport21": "21 Matterport3D classes; compare with the paper's 40.2 mIoU",
+}
+
+
+def describe_setting(name: str) -> str:
+    """What a label set's numbers are, in one line, e.g. "scannet19 (19 ScanNet classes, otherfurniture
+    ignored: the GeoPurify reference code's evaluation; compare with the paper's 55.1 mIoU)"."""
+    if name in _SETTING_NOTES:
+        return f"{name} ({_SETTING_NOTES[name]})"
+    if name.startswith("matterport") and name[len("matterport"):].isdigit():
+        return f"{name} (OpenScene's {name[len('matterport'):]}-class Matterport3D setting)"
+    return name
 
 
 def get_label_set(name: str) -> LabelSet:

@@ -3,6 +3,11 @@
 One iteration = one scene: load it, read (or compute and cache) its lifted features and teacher
 embeddings, voxelise, run the student on the voxels (a point's embedding is its voxel's),
 sample anchors / positives / negatives from the teacher, InfoNCE, AdamW step. No labels are read.
+`distill.student_input` says which voxels the student sees: `scene` (ours) every voxel of the scene,
+as at inference, so a training embedding is the one purification will use; `sampled` (the reference
+code) only the voxels holding a sampled point, a sparse sub-tensor whose convolutions see fewer
+neighbours (the reference averages only the sampled points of each voxel; we feed those voxels'
+means over all their points, the student input purification uses).
 
 Schedule: linear warm-up over `warmup_epochs`, then cosine to 0, stepped per iteration; per-group
 learning-rate multipliers from `distill.lr_mult` (parameter-name prefix -> multiplier).
@@ -244,7 +249,7 @@ def prepare_scene(path: Path, cfg: dict, vlm, teacher, cache_dir: Path, device: 
     except ValueError as e:
         raise InputError(path, f"scene too small to train on: {e}") from None
     lifted = cached_lift(scene, cfg, vlm, cache_dir, device=device)
-    tfeat = cached_teacher(scene, teacher, cache_dir).to(device)
+    tfeat = cached_teacher(scene, teacher, cache_dir, cfg["teacher"]["cache_dtype"]).to(device)
     coords, inverse = voxelize(torch.from_numpy(scene.xyz).to(device), cfg["student"]["voxel_size"])
     feats = student_input(lifted.feat.to(device).float(), torch.from_numpy(scene.rgb).to(device),
                           torch.from_numpy(np.ascontiguousarray(scene.normals)).to(device), inverse, coords.shape[0])
@@ -293,18 +298,25 @@ def _sync(device) -> None:
 
 def scene_loss(model, batch: SceneBatch, cfg: dict, generator: torch.Generator,
                timings: dict | None = None) -> tuple[torch.Tensor, Pairs]:
-    """InfoNCE of the student on one scene; pairs sampled on points, embeddings per voxel.
+    """InfoNCE of the student on one scene; pairs sampled on points, embeddings per voxel, from a
+    forward over the whole scene or over the sampled voxels only (`distill.student_input`).
     `timings`, when given, receives sample_s and forward_s (seconds)."""
     d = cfg["distill"]
     n = batch.xyz.shape[0]
     t0 = time.perf_counter()
-    pairs = sample_pairs(batch.teacher, batch.xyz, n_anchors_for(n, d["max_anchors"], d["anchor_frac"]),
+    pairs = sample_pairs(batch.teacher, batch.xyz, n_anchors_for(n, d["max_anchors"], d["anchor_div"]),
                          d["n_macro"], d["n_micro"], d["micro_k"], generator=generator)
     _sync(batch.feats.device)
     t1 = time.perf_counter()
-    emb = model(batch.feats, batch.coords)  # (V, E) unit
     inv = batch.inverse
     vox_pairs = Pairs(inv[pairs.anchor], inv[pairs.positive], inv[pairs.negatives], pairs.n_macro)
+    if d["student_input"] == "sampled":  # the reference: the sampled voxels' sub-tensor only
+        vox = torch.unique(torch.cat([vox_pairs.anchor, vox_pairs.positive, vox_pairs.negatives.reshape(-1)]))
+        emb = model(batch.feats[vox], batch.coords[vox])  # (U, E) unit, rows in the order of `vox`
+        at = functools.partial(torch.searchsorted, vox)  # voxel index -> row of the sub-tensor
+        vox_pairs = Pairs(at(vox_pairs.anchor), at(vox_pairs.positive), at(vox_pairs.negatives), pairs.n_macro)
+    else:
+        emb = model(batch.feats, batch.coords)  # (V, E) unit
     loss = info_nce(emb, vox_pairs, tau=d["tau"])
     if timings is not None:
         _sync(batch.feats.device)
@@ -402,7 +414,7 @@ def check_settings(cfg: dict) -> None:
     types); without it these crash mid-run or train silently on NaN / empty losses."""
     d, vs = cfg["distill"], cfg["student"]["voxel_size"]
     rules = [("student.voxel_size", vs, vs > 0, "> 0"), ("distill.max_anchors", d["max_anchors"], d["max_anchors"] >= 1, ">= 1"),
-             ("distill.anchor_frac", d["anchor_frac"], 0 < d["anchor_frac"] <= 1, "in (0, 1]"),
+             ("distill.anchor_div", d["anchor_div"], d["anchor_div"] >= 1, ">= 1"),
              ("distill.tau", d["tau"], d["tau"] > 0, "> 0"), ("distill.lr", d["lr"], d["lr"] > 0, "> 0"),
              ("distill.weight_decay", d["weight_decay"], d["weight_decay"] >= 0, ">= 0"),
              ("distill.warmup_epochs", d["warmup_epochs"], d["warmup_epochs"] >= 0, ">= 0"),
@@ -412,6 +424,8 @@ def check_settings(cfg: dict) -> None:
     for key, value, ok, want in rules:
         if not (ok and np.isfinite(value)):
             raise InputError(None, f"config key '{key}' must be {want}, got {value!r}")
+    if d["student_input"] not in ("scene", "sampled"):
+        raise InputError(None, f"config key 'distill.student_input' must be scene or sampled, got {d['student_input']!r}")
 
 
 def train(cfg: dict, exp_dir: str | Path, resume: bool = False, device: str | torch.device | None = "auto") -> Path:

@@ -49,9 +49,10 @@ class Pairs:
         return Pairs(self.anchor.to(device), self.positive.to(device), self.negatives.to(device), self.n_macro)
 
 
-def n_anchors_for(n_points: int, max_anchors: int = 4096, anchor_frac: float = 1 / 3) -> int:
-    """The number of anchors of a scene: min(max_anchors, int(N * anchor_frac))."""
-    return int(min(max_anchors, int(n_points * anchor_frac)))
+def n_anchors_for(n_points: int, max_anchors: int = 4096, anchor_div: int = 3) -> int:
+    """The number of anchors of a scene: min(max_anchors, N // anchor_div), in integers, exactly the
+    reference's min(4096, N // 3) (a float fraction 0.333.. gave one fewer whenever 3 divides N)."""
+    return min(int(max_anchors), int(n_points) // int(anchor_div))
 
 
 def spatial_neighbours(xyz: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:

@@ -3,9 +3,12 @@
 Per scene, from its histogram of benchmark classes (labels are used here only to *choose* training
 scenes, as the method does; distillation itself never sees them): Nc = number of classes present,
 Hc = entropy (bits) of the class distribution. Scenes with Nc >= median and Hc >= median (medians over
-all scenes) are kept; k-means (K = 20) on their normalised histograms groups similar rooms; within each
-cluster the scene with the best score S = norm(Hc) + gamma * norm(Nc) (min-max normalised over the kept
-scenes) is taken. gamma is 1.0 in the reference code and 0.5 in the paper.
+all scenes) are kept; k-means (K = 20) on their raw class-count histograms (point counts, as the
+reference code's dataset/data_choose_zero.py clusters them: large and small rooms of one composition can
+land in different clusters) groups similar rooms; within each cluster the scene with the best score
+S = norm(Hc) + gamma * norm(Nc) (min-max normalised over the kept scenes) is taken. gamma is 1.0 in the
+reference code and 0.5 in the paper. (The reference runs scikit-learn's KMeans, seed 42; ours is the
+seeded Lloyd's k-means below, so cluster boundaries can differ where k-means has several optima.)
 
 Everything is deterministic: scenes are processed in name order, k-means uses an explicit seed, and
 ties go to the first name.
@@ -117,8 +120,7 @@ def select_subset_details(histograms: Mapping[str, np.ndarray], k: int = 20, gam
     sel.k = min(k, keep.size)
     if sel.k < k:
         log.warning("only %d scenes pass the median filters: K = %d instead of %d", keep.size, sel.k, k)
-    feats = hists[keep] / hists[keep].sum(1, keepdims=True)
-    _, assign = kmeans(feats, sel.k, seed=seed)
+    _, assign = kmeans(hists[keep], sel.k, seed=seed)  # raw counts, as the reference clusters them
     score = _minmax(hc[keep]) + gamma * _minmax(nc[keep])
     for j, i in enumerate(keep):
         sel.cluster[names[i]] = int(assign[j])

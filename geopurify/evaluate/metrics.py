@@ -5,9 +5,10 @@ IoU_c = TP / (TP + FP + FN) and Acc_c = TP / (TP + FN) per class, and the means 
 classes. Choices, stated once here:
 
 - Points whose ground truth is the ignore label are not counted at all.
-- A point *predicted* as the ignore label (a method that abstains) is dropped too, as OpenScene does
-  for points without a feature, and a warning with the count is logged: the matrix is (C, C) and has
-  no column for "no prediction". Pipelines here label every point, so this should not happen.
+- A labelled point *predicted* as the ignore label (-1: a method that abstains) is an error: a false
+  negative of its true class and no class's TP or FP. The matrix is (C, C + 1); its last column counts
+  these points ("no prediction"), so they lower that class's IoU and accuracy. (The reference code
+  likewise counts a point whose prediction falls outside 0..C-1 in the target area only.)
 - A class absent from the ground truth of the evaluated points (TP + FN == 0) has no IoU or
   accuracy (NaN) and is left out of every mean (a nanmean over the present classes); it is listed
   under `absent_classes`. False positives of such a class still lower the IoU of the classes those
@@ -19,13 +20,10 @@ classes. Choices, stated once here:
 """
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Sequence
 
 import numpy as np
-
-log = logging.getLogger(__name__)
 
 IGNORE = -1  # the benchmark ignore id (geopurify.data.labels.IGNORE)
 
@@ -43,11 +41,11 @@ def _as_int_array(x, what: str) -> np.ndarray:
 
 
 def confusion(pred, gt, n_classes: int, ignore: int = IGNORE) -> np.ndarray:
-    """(C, C) int64 counts, rows = ground-truth class, columns = predicted class.
+    """(C, C + 1) int64 counts, rows = ground-truth class, columns = predicted class, and a last
+    column for labelled points predicted `ignore` (no prediction: a false negative of the row's class).
 
     `pred`, `gt`: (N,) integer ids (numpy or torch) in 0..C-1 or `ignore`. Points with gt == ignore
-    are skipped; points with pred == ignore are skipped with a warning (see the module docstring).
-    Any other id outside 0..C-1 raises ValueError. Matrices of several scenes add up.
+    are skipped. Any other id outside 0..C-1 raises ValueError. Matrices of several scenes add up.
     """
     pred = _as_int_array(pred, "predictions")
     gt = _as_int_array(gt, "ground truth")
@@ -61,13 +59,9 @@ def confusion(pred, gt, n_classes: int, ignore: int = IGNORE) -> np.ndarray:
             raise ValueError(f"{int(bad.sum())} {what} ids lie outside 0..{n_classes - 1} and are not the ignore "
                              f"id {ignore} (e.g. {int(arr[bad][0])})")
     valid = gt != ignore
-    abstained = valid & (pred == ignore)
-    if abstained.any():
-        log.warning("%d of %d labelled points have no prediction (id %d); they are left out of the confusion "
-                    "matrix", int(abstained.sum()), int(valid.sum()), ignore)
-    keep = valid & ~abstained
-    flat = gt[keep] * n_classes + pred[keep]
-    return np.bincount(flat, minlength=n_classes * n_classes).reshape(n_classes, n_classes).astype(np.int64)
+    col = np.where(pred[valid] == ignore, n_classes, pred[valid])  # abstentions -> the last column
+    flat = gt[valid] * (n_classes + 1) + col
+    return np.bincount(flat, minlength=n_classes * (n_classes + 1)).reshape(n_classes, n_classes + 1).astype(np.int64)
 
 
 def _nanmean_percent(values: np.ndarray) -> float | None:
@@ -77,25 +71,29 @@ def _nanmean_percent(values: np.ndarray) -> float | None:
 
 
 def metrics(conf: np.ndarray, names: Sequence[str], exclude: Sequence[str] = ("wall", "floor", "ceiling")) -> dict:
-    """Scores of a (C, C) confusion matrix (rows = ground truth).
+    """Scores of a confusion matrix (rows = ground truth): (C, C + 1) as `confusion` gives, the last
+    column counting labelled points without a prediction (false negatives), or a plain (C, C).
 
     Returns {"mIoU", "mAcc", "f_mIoU", "f_mAcc"} in percent (None when no class qualifies),
-    "per_class": [{"name", "iou", "acc", "gt_points", "pred_points"}] (iou / acc as fractions,
-    None for a class absent from the ground truth), "absent_classes" (names), "excluded_from_f"
-    (the names of `exclude` found among the classes, compared case-insensitively) and "n_points".
+    "per_class": [{"name", "iou", "acc", "gt_points", "pred_points", "unpredicted_points"}] (iou / acc
+    as fractions, None for a class absent from the ground truth), "absent_classes" (names),
+    "excluded_from_f" (the names of `exclude` found among the classes, compared case-insensitively),
+    "n_points" and "unpredicted_points" (labelled points predicted -1, counted as errors).
     """
     conf = np.asarray(conf)
     names = list(names)
-    if conf.ndim != 2 or conf.shape[0] != conf.shape[1]:
-        raise ValueError(f"confusion matrix must be square, got shape {conf.shape}")
+    if conf.ndim != 2 or conf.shape[1] not in (conf.shape[0], conf.shape[0] + 1):
+        raise ValueError(f"confusion matrix must be (C, C) or (C, C + 1), got shape {conf.shape}")
     if conf.shape[0] != len(names):
         raise ValueError(f"confusion matrix has {conf.shape[0]} classes but {len(names)} names were given")
     if (conf < 0).any():
         raise ValueError("confusion matrix has negative counts")
     conf = conf.astype(np.float64)
-    tp = np.diag(conf)
-    gt_points = conf.sum(1)
-    pred_points = conf.sum(0)
+    C = conf.shape[0]
+    unpredicted = conf[:, C] if conf.shape[1] > C else np.zeros(C)
+    tp = np.diag(conf[:, :C])
+    gt_points = conf.sum(1)  # abstentions included: they are false negatives
+    pred_points = conf[:, :C].sum(0)
     present = gt_points > 0
     with np.errstate(invalid="ignore", divide="ignore"):
         iou = np.where(present, tp / (gt_points + pred_points - tp), np.nan)
@@ -107,7 +105,8 @@ def metrics(conf: np.ndarray, names: Sequence[str], exclude: Sequence[str] = ("w
          "iou": None if math.isnan(iou[c]) else float(iou[c]),
          "acc": None if math.isnan(acc[c]) else float(acc[c]),
          "gt_points": int(gt_points[c]),
-         "pred_points": int(pred_points[c])}
+         "pred_points": int(pred_points[c]),
+         "unpredicted_points": int(unpredicted[c])}
         for c, n in enumerate(names)
     ]
     return {
@@ -119,6 +118,7 @@ def metrics(conf: np.ndarray, names: Sequence[str], exclude: Sequence[str] = ("w
         "absent_classes": [n for n, p in zip(names, present) if not p],
         "excluded_from_f": [n for n, f in zip(names, in_f) if not f],
         "n_points": int(conf.sum()),
+        "unpredicted_points": int(unpredicted.sum()),
     }
 
 
@@ -144,6 +144,9 @@ def format_table(m: dict, title: str | None = None) -> str:
     lines.append(f"mIoU {_pct(m['mIoU'])}   mAcc {_pct(m['mAcc'])}   f-mIoU {_pct(m['f_mIoU'])}   "
                  f"f-mAcc {_pct(m['f_mAcc'])}   ({n_present} of {len(rows)} classes present, "
                  f"{m.get('n_points', 0)} points)")
+    if m.get("unpredicted_points"):
+        lines.append(f"{m['unpredicted_points']} labelled points had no prediction (-1); counted as errors of "
+                     "their true class")
     return "\n".join(lines)
 
 

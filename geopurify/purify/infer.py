@@ -7,8 +7,11 @@ T rounds of pooling, classify voxels, map back to points.
 - query_scores: relevance of new prompts after the fact, by pooling their score columns.
 - purified_features: per-point purified features (all channels pooled), for free-text queries.
 
-Voxels whose points were all unseen by the cameras (lifted.seen False) take the label (and scores)
-of the nearest voxel holding a seen point.
+Unseen voxels (`purify.unseen`): with `nearest_seen` (the default) every voxel whose points were all
+unseen by the cameras (lifted.seen False) takes the label (and scores) of the nearest voxel holding a
+seen point; with `reference` (the reference code's rule) every voxel keeps its own pooled result (its
+lifted features were already filled from the nearest seen point) and only a voxel whose pooled
+features are still all zero takes the result of the nearest voxel whose are not.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from geopurify.purify.pooling import (affinity_weights, knn_graph, pool, pool_re
 log = logging.getLogger(__name__)
 
 PATHS = ("fast", "reference")
+UNSEEN = ("nearest_seen", "reference")
 
 
 @dataclass
@@ -57,8 +61,10 @@ def _where(scene) -> str:
 
 
 def _settings(cfg: dict, path: str | None) -> tuple[int, float, int, str, float]:
-    """(k, tau, steps, path, voxel_size) from the config, checked."""
+    """(k, tau, steps, path, voxel_size) from the config, checked (purify.unseen too)."""
     pc = cfg["purify"]
+    if pc["unseen"] not in UNSEEN:
+        raise InputError(None, f"config key 'purify.unseen' must be nearest_seen or reference, got {pc['unseen']!r}")
     k, tau, steps = pc["k"], pc["tau"], pc["steps"]
     path = pc["path"] if path is None else path
     if not isinstance(k, int) or k < 1:
@@ -106,8 +112,9 @@ def seen_voxels(seen: torch.Tensor, inverse: torch.Tensor, n_voxels: int) -> tor
 
 
 def nearest_seen(coords: torch.Tensor, seen_v: torch.Tensor) -> torch.Tensor:
-    """(V,) int64: for each voxel the nearest voxel (grid distance) that holds a seen point; itself
-    when it does. When no voxel is seen every voxel keeps itself (logged)."""
+    """(V,) int64: for each voxel the nearest voxel (grid distance) with `seen_v` True (one holding a
+    seen point, or one with a non-zero pooled result); itself when it is one. When none is, every
+    voxel keeps itself (logged)."""
     from scipy.spatial import cKDTree
 
     V = coords.shape[0]
@@ -125,6 +132,15 @@ def nearest_seen(coords: torch.Tensor, seen_v: torch.Tensor) -> torch.Tensor:
     _, j = cKDTree(c[src]).query(c[dst], k=1)
     fill[torch.from_numpy(dst)] = torch.from_numpy(src[j])
     return fill
+
+
+def fill_sources(cfg: dict, seen_v: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+    """(V,) bool: the voxels that keep their own pooled result; the others take the nearest one's.
+    `nearest_seen`: the voxels holding a seen point. `reference`: the voxels whose pooled values
+    (features, or class scores, which vanish with them) are not all zero."""
+    if cfg["purify"]["unseen"] == "nearest_seen":
+        return seen_v
+    return (pooled != 0).any(1).cpu()
 
 
 _GRAPH_CACHE: dict = {}  # the last kNN graph: (coords digest, k, device) -> idx
@@ -177,7 +193,8 @@ def _pool_voxels(coords, inverse, feat_v, seen, emb, text_emb, cfg, device, path
         labels_v, scores, norms = pool_reference(feat_v, idx, W, text, steps)
     timings["pool_s"] = time.perf_counter() - t
     seen_v = seen_voxels(seen, inverse, V)
-    fill = nearest_seen(coords, seen_v).to(dev)
+    src_v = fill_sources(cfg, seen_v, scores if norms is None else norms[:, None])
+    fill = nearest_seen(coords, src_v).to(dev)
     labels_v, scores = labels_v[fill], scores[fill]
     if norms is not None:
         norms = norms[fill]
@@ -185,10 +202,12 @@ def _pool_voxels(coords, inverse, feat_v, seen, emb, text_emb, cfg, device, path
     labels = labels_v[inv].cpu().numpy().astype(np.int64)
     info = {"scene": scene_name, "n_points": n_points, "n_voxels": V, "k": k_eff, "tau": tau, "steps": steps,
             "path": path, "weights": weights_name, "unseen_voxels": int((~seen_v).sum()), "device": str(dev),
+            "unseen_policy": cfg["purify"]["unseen"], "filled_voxels": int((~src_v).sum()),
             **{key: round(v, 4) for key, v in timings.items()}}
-    log.info("%s: %s pooling (%s path), %d points / %d voxels, k %d, T %d, %d unseen voxels filled; "
+    log.info("%s: %s pooling (%s path), %d points / %d voxels, k %d, T %d, %d unseen voxels, %d filled (%s); "
              "knn %.2fs weights %.2fs pool %.2fs", scene_name, weights_name, path, n_points, V, k_eff, steps,
-             info["unseen_voxels"], timings["knn_s"], timings["weights_s"], timings["pool_s"])
+             info["unseen_voxels"], info["filled_voxels"], info["unseen_policy"], timings["knn_s"],
+             timings["weights_s"], timings["pool_s"])
     return PurifyResult(labels=labels, voxel_scores=scores, raw_labels=np.zeros(0, np.int64), inverse=inverse,
                         coords=coords, emb=emb, voxel_labels=labels_v, idx=idx, weights=W, voxel_feat=feat_v,
                         fill=fill, pooled_norm=norms, steps=steps, info=info)
@@ -283,7 +302,7 @@ def query_scores(result: PurifyResult, text_emb_new: torch.Tensor) -> np.ndarray
 
 def purified_features(scene, lifted, model, cfg: dict, device: str = "cpu") -> torch.Tensor:
     """Per-point purified features (N, C) float32 on the CPU: every lifted channel pooled over the
-    student's affinities (the reference formulation), unseen voxels filled from the nearest seen one."""
+    student's affinities (the reference formulation), unseen voxels filled as `purify.unseen` says."""
     from geopurify.student.network import student_input
 
     k, tau, steps, _, voxel_size = _settings(cfg, None)
@@ -299,5 +318,5 @@ def purified_features(scene, lifted, model, cfg: dict, device: str = "cpu") -> t
         pooled = pool(x[:, :feat.shape[1]], idx, affinity_weights(emb, idx, tau), steps)
     else:
         pooled = x[:, :feat.shape[1]]
-    fill = nearest_seen(coords, seen_voxels(seen, inverse, V)).to(dev)
+    fill = nearest_seen(coords, fill_sources(cfg, seen_voxels(seen, inverse, V), pooled)).to(dev)
     return pooled[fill[inverse.to(dev)]].cpu()

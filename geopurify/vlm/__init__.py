@@ -26,6 +26,9 @@ def build_vlm(cfg: dict, device: str = "cpu", label_set=None) -> VLM:
     """
     lift = cfg.get("lift", {}) if isinstance(cfg, dict) else {}
     name = lift.get("vlm", "simulated")
+    if lift.get("background_prompt") is not None and name != "external":
+        raise InputError("config lift.background_prompt", f"scores the masks of external per-view feature files; "
+                                                          f"the {name} backend has none (set it to null)")
     if name == "simulated":
         from geopurify.vlm.simulated import SimulatedVLM
 

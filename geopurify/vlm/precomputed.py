@@ -233,6 +233,15 @@ def mask_owner(masks: torch.Tensor, scores: torch.Tensor | None, n_masks: int, w
     return torch.where(torch.isneginf(best), torch.full_like(owner, -1), owner)
 
 
+def reference_mask_scores(emb: torch.Tensor, text_bg: torch.Tensor, logit_scale: float) -> torch.Tensor:
+    """(M,) each mask's confidence as GeoPurify's reference code has X-Decoder compute it: softmax over
+    the class prompts plus a background prompt (the last row of `text_bg`, unit rows) of
+    logit_scale * cos(mask embedding, prompt), the background column dropped, max over the classes.
+    The background prompt only lowers the confidence of background-like masks; it is never a label."""
+    logits = float(logit_scale) * l2_normalize(emb.float()) @ text_bg.float().t()
+    return logits.softmax(dim=1)[:, :-1].max(dim=1).values
+
+
 def paint_masks(emb: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
     """(C, H, W) map: each pixel holds the embedding of its owning mask, zero where unowned."""
     C = emb.shape[1]
@@ -243,7 +252,8 @@ def paint_masks(emb: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
 
 
 def read_view_features(path: str | Path, dim: int, image_hw: tuple[int, int], normalize: bool = True,
-                       color_hw: tuple[int, int] | None = None) -> torch.Tensor:
+                       color_hw: tuple[int, int] | None = None, score_text: torch.Tensor | None = None,
+                       logit_scale: float = 100.0) -> torch.Tensor:
     """(dim, h, w) float32 feature map of one view from an external feature file.
 
     {"feat": (C, h, w)} is returned at its own resolution (lifting samples it at the projected
@@ -253,6 +263,10 @@ def read_view_features(path: str | Path, dim: int, image_hw: tuple[int, int], no
     bounded memory cost).
     `normalize` L2-normalises features per pixel / mask (zero stays zero). `color_hw`, the
     colour image's size, checks that the map has its aspect ratio (to within one cell).
+    `score_text` (P + 1, C) unit class prompts + background prompt (`lift.background_prompt`): the
+    masks are used (even when the file also has `feat`) and their scores computed from the mask
+    embeddings as the reference does (`reference_mask_scores`) instead of read from the file; a file
+    without masks then raises.
     """
     path = Path(path)
     if not path.is_file():
@@ -260,7 +274,11 @@ def read_view_features(path: str | Path, dim: int, image_hw: tuple[int, int], no
     obj = _torch_load(path, "external feature file")
     if not isinstance(obj, dict):
         raise InputError(path, f"external feature file must hold a dict, got {type(obj).__name__}")
-    if "feat" in obj:
+    has_masks = "mask_embeddings" in obj and "masks" in obj
+    if score_text is not None and not has_masks:
+        raise InputError(path, "lift.background_prompt scores masks, but this file holds no 'mask_embeddings' + "
+                               "'masks' (a dense 'feat' map: set lift.background_prompt: null)")
+    if "feat" in obj and score_text is None:
         fmap = obj["feat"]
         if not torch.is_tensor(fmap) or fmap.dim() != 3 or not fmap.is_floating_point():
             raise InputError(path, f"'feat' must be a float (C, h, w) tensor, got {getattr(fmap, 'dtype', type(fmap).__name__)} "
@@ -275,7 +293,7 @@ def read_view_features(path: str | Path, dim: int, image_hw: tuple[int, int], no
         fmap = fmap.float()
         if normalize:
             fmap = l2_normalize(fmap, dim=0)
-    elif "mask_embeddings" in obj and "masks" in obj:
+    elif has_masks:
         emb, masks = obj["mask_embeddings"], obj["masks"]
         if not torch.is_tensor(emb) or emb.dim() != 2 or not emb.is_floating_point():
             raise InputError(path, f"'mask_embeddings' must be a float (M, C) tensor, got "
@@ -290,7 +308,8 @@ def read_view_features(path: str | Path, dim: int, image_hw: tuple[int, int], no
         src_hw = tuple(masks.shape[-2:])
         if src_hw[0] * src_hw[1] > image_hw[0] * image_hw[1]:
             masks = _resize_ids(masks, tuple(image_hw))
-        owner = mask_owner(masks, obj.get("scores"), emb.shape[0], path)
+        scores = obj.get("scores") if score_text is None else reference_mask_scores(emb, score_text, logit_scale)
+        owner = mask_owner(masks, scores, emb.shape[0], path)
         fmap = paint_masks(l2_normalize(emb) if normalize else emb, owner)
     else:
         raise InputError(path, f"external feature file needs 'feat' or 'mask_embeddings' + 'masks', has {sorted(obj)}")
@@ -325,6 +344,18 @@ def save_view_features(path: str | Path, feat: torch.Tensor | None = None, mask_
     save_torch(path, obj)
 
 
+def external_feature_path(scene: Scene, frame_index: int, feature_root: str | Path | None = None,
+                          subdir: str = "features") -> Path:
+    """The feature file of one frame: `<feature_root>/<scene>/<k>.pt`, or `<scene dir>/<subdir>/<k>.pt`
+    without a root (`<k>` the frame name)."""
+    frame = scene.frames[frame_index]
+    if feature_root is not None:
+        return Path(feature_root) / scene.name / f"{frame.name}.pt"
+    if scene.path is None:
+        raise InputError(scene.name, "scene has no directory to read <scene>/features/ from; give a feature root")
+    return Path(scene.path) / subdir / f"{frame.name}.pt"
+
+
 class ExternalVLM(VLM):
     """Per-view features of an external 2D model (X-Decoder, LSeg, SAM + CLIP, ...) read from files.
 
@@ -337,6 +368,8 @@ class ExternalVLM(VLM):
 
     def __init__(self, text, feature_root: str | Path | None = None, subdir: str = "features",
                  normalize: bool = True, device: str = "cpu", name: str | None = None):
+        self.mask_text: torch.Tensor | None = None  # class + background prompts: see `score_masks_with`
+        self.mask_logit_scale = 100.0
         self.text = text if isinstance(text, VLM) else text_source(text, device=device)
         self.dim = int(self.text.dim)
         self.feature_root = None if feature_root is None else Path(feature_root)
@@ -349,12 +382,15 @@ class ExternalVLM(VLM):
         log.info("external per-view features from %s, %d-d, text side %s", where, self.dim, self.text.describe())
 
     def feature_path(self, scene: Scene, frame_index: int) -> Path:
-        frame = scene.frames[frame_index]
-        if self.feature_root is not None:
-            return self.feature_root / scene.name / f"{frame.name}.pt"
-        if scene.path is None:
-            raise InputError(scene.name, "scene has no directory to read <scene>/features/ from; give a feature root")
-        return Path(scene.path) / self.subdir / f"{frame.name}.pt"
+        return external_feature_path(scene, frame_index, self.feature_root, self.subdir)
+
+    def score_masks_with(self, class_prompts: list[str], background_prompt: str, logit_scale: float) -> None:
+        """Score masks the reference's way (`reference_mask_scores`) over these class prompts plus a
+        background prompt, all embedded by the text side, instead of using the files' scores."""
+        self.mask_text = l2_normalize(self.encode_text(list(class_prompts) + [background_prompt]).float())
+        self.mask_logit_scale = float(logit_scale)
+        log.info("external masks scored as the reference does: %d class prompts + background prompt %r, "
+                 "logit scale %g (the files' scores are not used)", len(class_prompts), background_prompt, logit_scale)
 
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         return self.text.encode_text(prompts)
@@ -371,7 +407,8 @@ class ExternalVLM(VLM):
 
             color_hw = image_header(frame.color_path)[1]
         return read_view_features(self.feature_path(scene, frame_index), self.dim, image_hw,
-                                  normalize=self.normalize, color_hw=color_hw)
+                                  normalize=self.normalize, color_hw=color_hw, score_text=self.mask_text,
+                                  logit_scale=self.mask_logit_scale)
 
 
 def build_from_files(cfg: dict, device: str = "cpu") -> VLM:
@@ -402,5 +439,15 @@ def build_from_files(cfg: dict, device: str = "cpu") -> VLM:
                                                           "lift.text_path, or lift.vlm_path to a directory holding "
                                                           "text_embeddings.pt")
             text = find_text_file(root)
-        return ExternalVLM(text, feature_root=root or None, device=device)
+        vlm = ExternalVLM(text, feature_root=root or None, device=device)
+        background = lift.get("background_prompt")
+        if background is not None:
+            from geopurify.data.labels import get_label_set
+            from geopurify.vlm.text import prompts_for
+
+            if not isinstance(background, str) or not background.strip():
+                raise InputError("config lift.background_prompt", f"must be null or a prompt, got {background!r}")
+            classes = prompts_for(get_label_set(cfg["data"]["label_set"]), lift["prompt_template"])
+            vlm.score_masks_with(classes, background, float(lift["consensus_logit_scale"]))
+        return vlm
     raise InputError("config lift.vlm", f"{name!r} is not a file-backed backend (openscene | external)")
