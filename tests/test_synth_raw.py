@@ -363,6 +363,11 @@ def test_cli_rejects_options_of_another_format(tmp_path, capsys):
     assert main(["synth", "--format", "scannet-raw", "--out", str(tmp_path / "b"), "--scenes", "1",
                  "--height", "100"]) == 2
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "notes.txt").write_text("mine")
+    assert main(["synth", "--format", "scannet-raw", "--out", str(tmp_path / "c"), "--scenes", "1"]) == 2
+    assert "holds no synthetic stand-in data set" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "c").iterdir()] == ["notes.txt"]
 
 
 def test_rerun_with_other_parameters_is_refused(scannet_raw, capsys):

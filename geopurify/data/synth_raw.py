@@ -84,28 +84,30 @@ def check_marker(out_dir: Path, params: dict) -> None:
 
 
 def write_splits(out_dir: Path, names: list[str], pattern: str, splits: tuple[str, ...], seed: int) -> dict:
-    """Split `names` into `splits` (pattern.format(split) files in out_dir, one name per line):
-    a seeded shuffle, then about 70 / 15 / 15 % (train / val / test) or 80 / 20 % (train / val) with
-    at least one name in each split while there are enough names; splits left empty are not written."""
+    """Split `names` into `splits` (pattern.format(split) files in out_dir, one name per line): a
+    seeded shuffle, one name per split in order (train first) while names last, then the later
+    splits filled up to about 15 % each (train / val / test) or 20 % (train / val), the rest train.
+    A split left empty gets no file (an earlier one is removed)."""
     from geopurify.io import write_text
 
-    order = [names[i] for i in np.random.default_rng([int(seed), 99]).permutation(len(names))]
-    share = {2: (0.8, 0.2), 3: (0.7, 0.15, 0.15)}[len(splits)]
-    sizes = [0] * len(splits)
-    for k in range(1, len(splits)):  # the smaller splits first, each at least one name if any remain
-        sizes[k] = min(max(1, round(share[k] * len(names))), len(names) - sum(sizes))
-    sizes[0] = len(names) - sum(sizes)
-    if sizes[0] == 0 and len(names):  # too few names: train takes the first
-        sizes = [1] + [min(s, len(names) - 1 - sum(sizes[1:k])) for k, s in enumerate(sizes[1:], 1)]
+    n = len(names)
+    order = [names[i] for i in np.random.default_rng([int(seed), 99]).permutation(n)]
+    share = {2: 0.2, 3: 0.15}[len(splits)]
+    sizes = [1 if k < n else 0 for k in range(len(splits))]
+    for k in range(1, len(splits)):
+        sizes[k] += min(max(0, round(share * n) - 1), n - sum(sizes))
+    sizes[0] += n - sum(sizes)
     out, start = {}, 0
     for split, size in zip(splits, sizes):
+        path = out_dir / pattern.format(split)
         part = sorted(order[start:start + size])
         start += size
         if part:
-            write_text(out_dir / pattern.format(split), "".join(n + "\n" for n in part))
+            write_text(path, "".join(name + "\n" for name in part))
             out[split] = part
         else:
-            log.warning("%s not written: %d scene(s) are too few for every split", pattern.format(split), len(names))
+            path.unlink(missing_ok=True)
+            log.warning("%s not written: %d scene(s) are too few for every split", path.name, n)
     return out
 
 
