@@ -131,25 +131,26 @@ def _fmt(values) -> str:
     return " ".join(f"{v:g}" for v in np.asarray(values, np.float64).ravel())
 
 
-def _region_tables(mesh, room: Room, T: np.ndarray, inst_offset: int) -> tuple[dict, dict, np.ndarray]:
-    """Vertex and face property tables of one region in the house frame, and each face's category."""
-    by_inst = {o["instance"]: o for o in room.objects}
-    cat = {i: mp_category(o["name"], o["label"]) for i, o in by_inst.items()}
+def _region_tables(mesh, room: Room, T: np.ndarray, inst_offset: int) -> tuple[dict, dict]:
+    """Vertex and face property tables (PLY properties) of one region in the house frame."""
+    cat = np.zeros(max(o["instance"] for o in room.objects) + 1, np.int32)
+    for o in room.objects:
+        cat[o["instance"]] = mp_category(o["name"], o["label"])
     xyz = mesh.xyz @ T[:3, :3].T + T[:3, 3]
     nrm = mesh.normals @ T[:3, :3].T
     v0 = mesh.faces[:, 0]
     face_inst = mesh.instances[v0]
-    face_cat = np.array([cat[int(i)] for i in face_inst], np.int32) if len(v0) else np.zeros(0, np.int32)
     zero = np.zeros(len(xyz), np.float32)
     vert = {"x": xyz[:, 0].astype(np.float32), "y": xyz[:, 1].astype(np.float32), "z": xyz[:, 2].astype(np.float32),
             "nx": nrm[:, 0].astype(np.float32), "ny": nrm[:, 1].astype(np.float32), "nz": nrm[:, 2].astype(np.float32),
             "tx": zero, "ty": zero, "red": mesh.rgb[:, 0], "green": mesh.rgb[:, 1], "blue": mesh.rgb[:, 2]}
     face = {"material_id": mesh.segments[v0].astype(np.int32), "segment_id": (face_inst + inst_offset).astype(np.int32),
-            "category_id": face_cat}
-    return vert, face, face_cat
+            "category_id": cat[face_inst]}
+    return vert, face
 
 
-def _write_region(d: Path, k: int, mesh, vert: dict, face: dict, room: Room) -> None:
+def _write_region(d: Path, k: int, mesh, vert: dict, face: dict) -> None:
+    """region<k>.ply with its .fsegs.json (face -> segment patch) and .semseg.json (objects)."""
     from geopurify.data.labels import matterport_categories
     from geopurify.data.ply import write_mesh_ply
     from geopurify.io import write_text
@@ -188,8 +189,8 @@ def write_house(house_dir: str | Path, seed: int, n_rooms: int = DEFAULT_ROOMS, 
     for k, (room, T) in enumerate(tqdm(list(zip(rooms, transforms)), desc=f"regions {name}", unit="region",
                                        disable=not progress, leave=False)):
         mesh = room_mesh(room, n_vertices)
-        vert, face, _ = _region_tables(mesh, room, T, 1000 * k)
-        _write_region(regions, k, mesh, vert, face, room)
+        vert, face = _region_tables(mesh, room, T, 1000 * k)
+        _write_region(regions, k, mesh, vert, face)
         all_vert.append(vert), all_face.append(face), all_faces.append(mesh.faces + offset)
         offset += mesh.n_vertices
         n_verts.append(mesh.n_vertices)
