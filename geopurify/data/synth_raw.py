@@ -171,13 +171,13 @@ def handheld_trajectory(room: Room, n: int, rng: np.random.Generator) -> np.ndar
 
 
 def lost_tracking(n: int, rng: np.random.Generator) -> np.ndarray:
-    """Sorted frame indices whose pose a scan stores as -inf: one burst of 1-3 frames, two from 100
-    frames on; never frame 0, and none in scans of fewer than 3 frames."""
+    """Sorted frame indices whose pose a scan stores as -inf: one burst of 1-3 frames (at most a
+    tenth of the scan), two from 100 frames on; never frame 0, and none in scans of fewer than 3 frames."""
     if n < 3:
         return np.zeros(0, np.int64)
     bad = set()
     for _ in range(1 if n < 100 else 2):
-        length = int(rng.integers(1, 4))
+        length = min(int(rng.integers(1, 4)), max(1, n // 10))
         start = int(rng.integers(1, max(2, n - length)))
         bad.update(range(start, min(start + length, n)))
     return np.array(sorted(bad), np.int64)
