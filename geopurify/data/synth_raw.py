@@ -140,7 +140,7 @@ def handheld_trajectory(room: Room, n: int, rng: np.random.Generator) -> np.ndar
     come within 0.35 m of furniture or walls, the loop is pulled towards the centre (smoothly)."""
     size = room.size
     s = np.arange(n) / max(n, 1)
-    ph = rng.uniform(0, 2 * np.pi, 9)
+    ph = rng.uniform(0, 2 * np.pi, 8)
     sense = 1.0 if rng.random() < 0.5 else -1.0
     theta = rng.uniform(0, 2 * np.pi) + sense * 2 * np.pi * s + 0.25 * np.sin(4 * np.pi * s + ph[0])
     radial = 1.0 + 0.12 * np.sin(6 * np.pi * s + ph[1])
