@@ -1,10 +1,14 @@
 """`geopurify synth`: write procedural rooms, the offline SYNTHETIC STAND-IN for ScanNet scans.
 
     geopurify synth --out DIR --scenes N --seed S [--points P] [--frames F] [--height H --width W]
+    geopurify synth --format scannet-raw --out DIR --scenes N --seed S [--points V] [--frames F]
+    geopurify synth --format matterport-raw --out DIR --scenes N --seed S [--rooms R] [--panoramas P] [--points V]
 
-Writes DIR/synth_0000 ... in the scene layout of docs/architecture.md (points, NYU40 labels,
-instances, posed RGB-D frames, label images, meta.json {"source": "synthetic (procedural room)"}).
-Scenes already complete in DIR are skipped; scene i depends only on (S, i).
+`--format scenes` (default) writes DIR/synth_0000 ... in the scene layout of docs/architecture.md
+(points, NYU40 labels, instances, posed RGB-D frames, label images, meta.json {"source":
+"synthetic (procedural room)"}); scenes already complete in DIR are skipped; scene i depends only
+on (S, i). `--format scannet-raw` / `matterport-raw` write the same kind of rooms in ScanNet v2's /
+Matterport3D's release layout (geopurify.data.synth_raw / synth_matterport), for `geopurify prepare`.
 """
 from __future__ import annotations
 
@@ -16,36 +20,86 @@ from geopurify.errors import InputError
 
 log = logging.getLogger(__name__)
 
+FORMATS = ("scenes", "scannet-raw", "matterport-raw")
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("synth", help="write procedural rooms (a synthetic stand-in for ScanNet scans)")
-    p.add_argument("--out", required=True, type=Path, help="output directory (one synth_XXXX/ per room)")
-    p.add_argument("--scenes", required=True, type=int, help="number of rooms")
+    p.add_argument("--out", required=True, type=Path, help="output directory")
+    p.add_argument("--format", choices=FORMATS, default="scenes",
+                   help="scenes: this project's scene layout, one synth_XXXX/ per room (default); scannet-raw: "
+                        "ScanNet v2's release layout (DIR/scans/scene9XXX_00/ with .sens, meshes, annotations); "
+                        "matterport-raw: Matterport3D's (DIR/v1/scans/<house>/)")
+    p.add_argument("--scenes", required=True, type=int, help="number of rooms (matterport-raw: houses)")
     p.add_argument("--seed", type=int, default=0, help="data-set seed (default 0)")
-    p.add_argument("--points", type=int, default=100_000, help="points per room (default 100000)")
-    p.add_argument("--frames", type=int, default=50, help="rendered RGB-D frames per room (default 50)")
-    p.add_argument("--height", type=int, default=480, help="image height (default 480, ScanNet depth)")
-    p.add_argument("--width", type=int, default=640, help="image width (default 640, ScanNet depth)")
+    p.add_argument("--points", type=int, default=None,
+                   help="scenes: points per room (default 100000); raw formats: mesh vertex budget per room "
+                        "(default 120000)")
+    p.add_argument("--frames", type=int, default=None,
+                   help="scenes: rendered RGB-D frames per room (default 50); scannet-raw: raw .sens frames per "
+                        "scan (default 300)")
+    p.add_argument("--rooms", type=int, default=None, help="matterport-raw: rooms (regions) per house (default 3)")
+    p.add_argument("--panoramas", type=int, default=None,
+                   help="matterport-raw: panoramas of 18 images per room (default: about one per 8 m^2, 1..4)")
+    p.add_argument("--height", type=int, default=None, help="scenes: image height (default 480, ScanNet depth)")
+    p.add_argument("--width", type=int, default=None, help="scenes: image width (default 640, ScanNet depth)")
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    from geopurify.data.synth import SOURCE, synthesize
-
+def _check(args) -> None:
+    """One InputError for the first bad or misplaced option."""
+    fmt = args.format
+    misplaced = [flag for flag, val, ok in (("--frames", args.frames, fmt != "matterport-raw"),
+                                            ("--rooms", args.rooms, fmt == "matterport-raw"),
+                                            ("--panoramas", args.panoramas, fmt == "matterport-raw"),
+                                            ("--height", args.height, fmt == "scenes"),
+                                            ("--width", args.width, fmt == "scenes")) if val is not None and not ok]
+    if misplaced:
+        raise InputError(None, f"{misplaced[0]} does not apply to --format {fmt}")
     checks = [(args.scenes >= 1, f"--scenes must be >= 1, got {args.scenes}"),
               (args.seed >= 0, f"--seed must be >= 0, got {args.seed}"),
-              (args.points >= 1, f"--points must be >= 1, got {args.points}"),
-              (args.frames >= 0, f"--frames must be >= 0, got {args.frames}"),
-              (args.height >= 8 and args.width >= 8, f"image size must be at least 8x8, got {args.height}x{args.width}")]
+              (args.points is None or args.points >= 1, f"--points must be >= 1, got {args.points}"),
+              (args.frames is None or args.frames >= (0 if fmt == "scenes" else 1),
+               f"--frames must be >= {0 if fmt == 'scenes' else 1}, got {args.frames}"),
+              (args.rooms is None or args.rooms >= 1, f"--rooms must be >= 1, got {args.rooms}"),
+              (args.panoramas is None or args.panoramas >= 1, f"--panoramas must be >= 1, got {args.panoramas}"),
+              ((args.height or 480) >= 8 and (args.width or 640) >= 8,
+               f"image size must be at least 8x8, got {args.height or 480}x{args.width or 640}")]
     for ok, problem in checks:
         if not ok:
             raise InputError(None, problem)
-    print(f"geopurify synth: {args.scenes} procedural rooms -- SYNTHETIC STAND-IN data ({SOURCE}), not ScanNet")
+
+
+def run(args) -> int:
+    _check(args)
     t = time.perf_counter()
-    paths = synthesize(args.out, args.scenes, args.seed, n_points=args.points, n_frames=args.frames,
-                       image_hw=(args.height, args.width))
+    if args.format == "scenes":
+        from geopurify.data.synth import SOURCE, synthesize
+
+        print(f"geopurify synth: {args.scenes} procedural rooms -- SYNTHETIC STAND-IN data ({SOURCE}), not ScanNet")
+        paths = synthesize(args.out, args.scenes, args.seed, n_points=args.points or 100_000,
+                           n_frames=50 if args.frames is None else args.frames,
+                           image_hw=(args.height or 480, args.width or 640))
+        what = "synthetic rooms"
+    elif args.format == "scannet-raw":
+        from geopurify.data import synth_raw as S
+
+        print(f"geopurify synth: {args.scenes} procedural rooms in ScanNet v2's release layout -- SYNTHETIC "
+              "STAND-IN data, not ScanNet scans")
+        paths = S.synthesize_scannet_raw(args.out, args.scenes, args.seed, n_vertices=args.points or S.DEFAULT_VERTICES,
+                                         n_frames=args.frames or S.DEFAULT_FRAMES)
+        what = f"synthetic ScanNet-format scans (prepare with: geopurify prepare scannet --root {args.out / 'scans'})"
+    else:
+        from geopurify.data import synth_matterport as M
+
+        print(f"geopurify synth: {args.scenes} procedural houses in Matterport3D's release layout -- SYNTHETIC "
+              "STAND-IN data, not Matterport3D")
+        paths = M.synthesize_matterport_raw(args.out, args.scenes, args.seed, n_rooms=args.rooms or M.DEFAULT_ROOMS,
+                                            n_vertices=args.points or M.DEFAULT_VERTICES, panoramas=args.panoramas)
+        what = (f"synthetic Matterport3D-format houses (prepare with: geopurify prepare matterport --root "
+                f"{args.out / 'v1' / 'scans'})")
     dt = time.perf_counter() - t
     for p in paths:
         print(Path(p))
-    print(f"{len(paths)} synthetic rooms under {args.out} ({dt:.1f}s)")
+    print(f"{len(paths)} {what} under {args.out} ({dt:.1f}s)")
     return 0

@@ -109,6 +109,20 @@ def read_conf(path: str | Path) -> list[MPView]:
     return views
 
 
+def conf_source(path: str | Path) -> str:
+    """meta.json `source` of a house's regions: "matterport", unless the .conf opens with a comment
+    naming a synthetic stand-in (`geopurify synth --format matterport-raw`), which is carried on."""
+    from geopurify.data.readers import read_text_lines
+
+    for line in read_text_lines(Path(path), "camera parameter file"):
+        text = line.strip()
+        if not text.startswith("#"):
+            break
+        if text[1:].strip().lower().startswith("synthetic"):
+            return f"{text[1:].strip()} (Matterport3D release format)"
+    return "matterport"
+
+
 def vertex_labels_from_faces(faces: np.ndarray, face_labels: np.ndarray, n_vertices: int) -> np.ndarray:
     """int32 (n_vertices,): each vertex's most frequent label among its faces (negative labels count
     as 0 = unlabelled; ties -> the smallest label; vertices on no face -> 0)."""
@@ -320,6 +334,7 @@ def prepare_house(house_dir: str | Path, out: str | Path, views: str = "visible"
         log.info("%s: all %d regions already prepared", house, len(regions))
         return dests
     all_views = _usable_views(read_conf(conf), color_dir, depth_dir, conf)
+    source = conf_source(conf)
     data = [read_region(p) for _, p in tqdm(regions, desc=f"regions {house}", unit="region",
                                              disable=not progress, leave=False)]
     params = {"mode": views, "depth_tol": depth_tol, "min_fraction": min_fraction, "n_sample": n_sample,
@@ -341,7 +356,7 @@ def prepare_house(house_dir: str | Path, out: str | Path, views: str = "visible"
         if fell_back[i]:
             log.warning("%s region%d: no view passes the '%s' test; using the %d cameras nearest its centre",
                         house, k, views, len(chosen[i]))
-        meta = {"source": "matterport", "label_space": "matterport_raw", "depth_scale": DEPTH_SCALE,
+        meta = {"source": source, "label_space": "matterport_raw", "depth_scale": DEPTH_SCALE,
                 "house": house, "region": k, "prepared_from": str(ply.resolve()), "view_selection": views,
                 "view_fallback_nearest": bool(fell_back[i]), "n_views": len(chosen[i])}
         with staged_dir(dests[i]) as tmp:

@@ -4,7 +4,9 @@
 ScanNet's `*_vh_clean_2.ply` (x, y, z float; red, green, blue, alpha uchar; faces) and
 `*_vh_clean_2.labels.ply` (the same plus a ushort `label` = NYU40 id). `write_ply` writes
 binary little-endian vertex-only clouds (x, y, z float32; red, green, blue uchar; optional int
-`label` and float32 scalar fields), which MeshLab and CloudCompare open directly.
+`label` and float32 scalar fields), which MeshLab and CloudCompare open directly. `write_mesh_ply`
+writes triangle meshes with any vertex and face properties, in the binary layout of ScanNet's and
+Matterport3D's released meshes.
 """
 from __future__ import annotations
 
@@ -196,3 +198,54 @@ def write_ply(path: str | Path, xyz: np.ndarray, rgb: np.ndarray | None = None, 
     el = PlyElement.describe(data, "vertex")
     with atomic_path(path) as tmp:
         PlyData([el], text=False, byte_order="<").write(str(tmp))
+
+
+_PLY_TYPES = {"f4": "float", "f8": "double", "u1": "uchar", "i1": "char", "u2": "ushort", "i2": "short",
+              "u4": "uint", "i4": "int"}
+
+
+def write_mesh_ply(path: str | Path, vertex: dict[str, np.ndarray], faces: np.ndarray,
+                   face: dict[str, np.ndarray] | None = None, comment: str | None = None) -> None:
+    """Write a binary little-endian triangle mesh atomically.
+
+    `vertex` maps property names to (N,) arrays, in file order, each stored with its own dtype
+    (float32 x/y/z, uint8 red/green/blue/alpha, uint16 label, ...); faces (F, 3) become
+    `property list uchar int vertex_indices`, followed by the (F,) arrays of `face` (e.g. int32
+    category_id). ScanNet's `*_vh_clean_2.ply` is x, y, z, red, green, blue, alpha + vertex_indices.
+    """
+    faces = np.asarray(faces)
+    if faces.ndim != 2 or faces.shape[1] != 3 or faces.dtype.kind not in "iu":
+        raise ValueError(f"faces must be (F, 3) integers, got {faces.shape} {faces.dtype}")
+    n = None
+    for name, arr in vertex.items():
+        if n is None:
+            n = len(arr)
+        if np.asarray(arr).shape != (n,):
+            raise ValueError(f"vertex property {name!r} must be ({n},), got {np.asarray(arr).shape}")
+    if faces.size and (faces.min() < 0 or faces.max() >= (n or 0)):
+        raise ValueError(f"faces index vertices outside 0..{(n or 0) - 1}")
+
+    def table(props: dict[str, np.ndarray], rows: int, lead: list) -> np.ndarray:
+        dt = lead + [(k, np.asarray(v).dtype.newbyteorder("<")) for k, v in props.items()]
+        for k, d in dt[len(lead):]:
+            if d.str[1:] not in _PLY_TYPES:
+                raise ValueError(f"property {k!r} has dtype {d}, which PLY cannot store")
+        out = np.empty(rows, dtype=dt)
+        for k, v in props.items():
+            out[k] = v
+        return out
+
+    verts = table(vertex, n or 0, [])
+    f = table(face or {}, faces.shape[0], [("n", "u1"), ("vertex_indices", "<i4", (3,))])
+    f["n"] = 3
+    f["vertex_indices"] = faces
+    lines = ["ply", "format binary_little_endian 1.0"] + ([f"comment {comment}"] if comment else [])
+    lines += [f"element vertex {len(verts)}"]
+    lines += [f"property {_PLY_TYPES[verts.dtype[k].str[1:]]} {k}" for k in verts.dtype.names]
+    lines += [f"element face {len(f)}", "property list uchar int vertex_indices"]
+    lines += [f"property {_PLY_TYPES[f.dtype[k].str[1:]]} {k}" for k in f.dtype.names[2:]]
+    lines += ["end_header"]
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(("\n".join(lines) + "\n").encode("ascii"))
+        fh.write(verts.tobytes())
+        fh.write(f.tobytes())

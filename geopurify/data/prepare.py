@@ -257,6 +257,23 @@ def scannet_raw_labels(aggregation: str | Path, segs: str | Path, n_vertices: in
     return _paint_groups(uniq, inv, groups)
 
 
+def scannet_source(txt: Path | None) -> str:
+    """meta.json `source` of a prepared scan: "scannet", unless its `<scene>.txt` has a sceneType
+    starting with "synthetic" (the stand-in scans of `geopurify synth --format scannet-raw`), which
+    is then carried on so every later output says where its data came from."""
+    if txt is None:
+        return "scannet"
+    try:
+        lines = txt.read_text(errors="replace").splitlines()
+    except OSError as e:
+        raise InputError(txt, f"unreadable ({e.strerror})") from None
+    for line in lines:
+        key, _, value = line.partition("=")
+        if key.strip() == "sceneType" and value.strip().lower().startswith("synthetic"):
+            return f"{value.strip()} (ScanNet release format)"
+    return "scannet"
+
+
 def prepare_scannet_scan(scan_dir: str | Path, out_dir: str | Path, frame_step: int = 20,
                          progress: bool = True) -> Path:
     """Build the scene directory `out_dir` from one raw ScanNet scan (see the module docstring).
@@ -285,7 +302,7 @@ def prepare_scannet_scan(scan_dir: str | Path, out_dir: str | Path, frame_step: 
         raw_labels = scannet_raw_labels(files["aggregation"], files["segs"], pts["xyz"].shape[0])
         if files["labels"] is not None:
             instances = scannet_instances(files["aggregation"], files["segs"], pts["xyz"].shape[0])
-    meta = {"source": "scannet", "label_space": "nyu40", "depth_scale": 1000.0,
+    meta = {"source": scannet_source(files["txt"]), "label_space": "nyu40", "depth_scale": 1000.0,
             "prepared_from": str(scan_dir.resolve()), "axis_aligned": axis is not None,
             "axis_alignment_file": None if axis_path is None else axis_path.name}
     with staged_dir(out_dir) as tmp:

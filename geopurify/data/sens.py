@@ -16,6 +16,10 @@ SensReader/python/SensorData.py):
 Depth pixels are uint16 in 1/depth_shift metres (depth_shift = 1000 on ScanNet: millimetres).
 ScanNet marks frames with lost tracking by a -inf camera_to_world.
 
+`write_sens` is the exact inverse of `read_sens_header` + `iter_sens_frames` (streaming frames to
+disk, `encode_color` / `encode_depth` the inverse of `decode_color` / `decode_depth`); the
+procedural ScanNet-format scans (geopurify.data.synth_raw) are written with it.
+
 `export_sens` writes every k-th frame as SensReader does (color/<i>.jpg, depth/<i>.png,
 pose/<i>.txt, intrinsic/{intrinsic,extrinsic}_{color,depth}.txt) through geopurify.data.writers,
 keeping the JPEG bytes as stored (no re-encoding) and the depth values unchanged.
@@ -28,7 +32,7 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -213,6 +217,83 @@ def decode_color(header: SensHeader, frame: SensFrame) -> np.ndarray:
         raise InputError(header.path, f"frame {frame.index}: colour is {arr.shape[1]}x{arr.shape[0]}, the header "
                                       f"says {header.color_width}x{header.color_height}")
     return arr
+
+
+def encode_color(rgb: np.ndarray, compression: str = "jpeg", quality: int = 90) -> bytes:
+    """(H, W, 3) uint8 RGB -> the bytes a .sens frame stores for `compression` (jpeg, png or raw)."""
+    rgb = np.ascontiguousarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"colour must be (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
+    if compression == "raw":
+        return rgb.tobytes()
+    if compression not in ("jpeg", "png"):
+        raise ValueError(f"colour compression must be jpeg, png or raw, got {compression!r}")
+    from PIL import Image
+
+    buf = io.BytesIO()
+    if compression == "jpeg":
+        Image.fromarray(rgb).save(buf, format="JPEG", quality=int(quality))
+    else:
+        Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def encode_depth(depth: np.ndarray, compression: str = "zlib_ushort", level: int = zlib.Z_DEFAULT_COMPRESSION) -> bytes:
+    """(H, W) uint16 depth (units of 1/depth_shift m) -> the bytes of a .sens frame (zlib_ushort, at zlib
+    `level`, or raw_ushort)."""
+    depth = np.asarray(depth)
+    if depth.ndim != 2 or depth.dtype != np.uint16:
+        raise ValueError(f"depth must be (H, W) uint16, got {depth.shape} {depth.dtype}")
+    raw = np.ascontiguousarray(depth, dtype="<u2").tobytes()
+    if compression == "zlib_ushort":
+        return zlib.compress(raw, level)
+    if compression == "raw_ushort":
+        return raw
+    raise ValueError(f"depth compression must be zlib_ushort or raw_ushort, got {compression!r}")
+
+
+def write_sens(path: str | Path, frames: Iterable[SensFrame], *, intrinsic_color: np.ndarray,
+               intrinsic_depth: np.ndarray, color_width: int, color_height: int, depth_width: int,
+               depth_height: int, depth_shift: float = 1000.0, sensor_name: str = "StructureSensor",
+               extrinsic_color: np.ndarray | None = None, extrinsic_depth: np.ndarray | None = None,
+               color_compression: str = "jpeg", depth_compression: str = "zlib_ushort") -> int:
+    """Write a SensorData v4 file atomically, streaming `frames` (their data already encoded with
+    `encode_color` / `encode_depth`); returns the number of frames. Matrices are 4x4 (3x3
+    intrinsics are padded); extrinsics default to identity; no IMU frames are stored.
+    A camera_to_world of -inf marks a frame with lost tracking, as in ScanNet."""
+    from geopurify.io import atomic_path
+
+    codes = {v: k for k, v in COLOR_COMPRESSION.items()}, {v: k for k, v in DEPTH_COMPRESSION.items()}
+    if color_compression not in codes[0] or depth_compression not in codes[1]:
+        raise ValueError(f"unknown compression {color_compression!r} / {depth_compression!r}")
+
+    def mat4(m) -> list[float]:
+        m = np.eye(4) if m is None else np.asarray(m, dtype=np.float64)
+        if m.shape == (3, 3):
+            m = np.block([[m, np.zeros((3, 1))], [np.zeros((1, 3)), np.ones((1, 1))]])
+        if m.shape != (4, 4) or not np.isfinite(m).all():
+            raise ValueError(f"calibration matrices must be finite 3x3 or 4x4, got {m.shape}")
+        return m.astype(np.float32).ravel().tolist()
+
+    name = sensor_name.encode("utf-8")
+    mats = mat4(intrinsic_color) + mat4(extrinsic_color) + mat4(intrinsic_depth) + mat4(extrinsic_depth)
+    n = 0
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(_HEAD_FIXED.pack(SENS_VERSION, len(name)) + name)
+        f.write(_HEAD_REST.pack(*mats, codes[0][color_compression], codes[1][depth_compression], int(color_width),
+                                int(color_height), int(depth_width), int(depth_height), float(depth_shift), 0))
+        count_at = f.tell() - 8  # num_frames is the header's last field: patched once the frames are written
+        for fr in frames:
+            pose = np.asarray(fr.camera_to_world, dtype=np.float32).reshape(16)
+            f.write(_FRAME_HEAD.pack(*pose.tolist(), int(fr.timestamp_color), int(fr.timestamp_depth),
+                                     len(fr.color_data), len(fr.depth_data)))
+            f.write(fr.color_data)
+            f.write(fr.depth_data)
+            n += 1
+        f.write(struct.pack("<Q", 0))  # IMU frame count
+        f.seek(count_at)
+        f.write(struct.pack("<Q", n))
+    return n
 
 
 def _write_bytes(path: Path, data: bytes) -> None:

@@ -18,7 +18,9 @@ From the primitives:
 
 Everything is a pure function of the seed: the same seed gives byte-identical arrays and images.
 `write_room` writes the on-disk scene layout (docs/architecture.md) with
-meta.json {"source": "synthetic (procedural room)"}.
+meta.json {"source": "synthetic (procedural room)"}. The same rooms in ScanNet's and Matterport3D's
+release layouts (meshes, .sens, annotations): geopurify.data.synth_mesh / synth_raw / synth_matterport,
+which start from `room_layout`.
 """
 from __future__ import annotations
 
@@ -1008,17 +1010,13 @@ def _camera_free(room: Room, eye: np.ndarray, clearance: float = 0.35) -> bool:
     return bool((np.linalg.norm(gap, axis=1) >= clearance).all()) if len(gap) else True
 
 
-def make_room(seed: int, n_points: int = 100_000, n_frames: int = 50, image_hw: tuple[int, int] = (480, 640),
-              room_type: str | None = None, name: str | None = None) -> Room:
-    """A procedural room (offline stand-in for a ScanNet scan) from `seed`: layout, points, cameras.
-
-    Frames are not rendered here; `Room.render(i)` ray-casts frame i on demand (deterministic).
-    """
+def room_layout(seed: int, image_hw: tuple[int, int] = (480, 640), room_type: str | None = None,
+                name: str | None = None) -> tuple[Room, np.random.Generator]:
+    """The layout of procedural room `seed` (shell, furniture, light; no points, no cameras) and the
+    generator that `make_room` goes on drawing from. The release-format writers
+    (geopurify.data.synth_raw) start from here."""
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise InputError(None, f"seed must be a non-negative integer, got {seed!r}")
-    if n_points < 1 or n_frames < 0:
-        raise InputError(None, f"need n_points >= 1 and n_frames >= 0, got {n_points} / {n_frames}")
-    t0 = time.perf_counter()
     rng = np.random.default_rng([int(seed), 0])
     room_type = room_type or str(rng.choice(ROOM_TYPES, p=_ROOM_TYPE_P))
     if room_type not in ROOM_TYPES:
@@ -1049,6 +1047,20 @@ def make_room(seed: int, n_points: int = 100_000, n_frames: int = 50, image_hw: 
                 surf_instance=np.array(insts, np.int32), surf_albedo=np.array(albedo, np.float64), objects=meta,
                 image_hw=(int(image_hw[0]), int(image_hw[1])))
     room.light = np.array([size[0] * rng.uniform(0.35, 0.65), size[1] * rng.uniform(0.35, 0.65), size[2] - 0.3])
+    return room, rng
+
+
+def make_room(seed: int, n_points: int = 100_000, n_frames: int = 50, image_hw: tuple[int, int] = (480, 640),
+              room_type: str | None = None, name: str | None = None) -> Room:
+    """A procedural room (offline stand-in for a ScanNet scan) from `seed`: layout, points, cameras.
+
+    Frames are not rendered here; `Room.render(i)` ray-casts frame i on demand (deterministic).
+    """
+    if n_points < 1 or n_frames < 0:
+        raise InputError(None, f"need n_points >= 1 and n_frames >= 0, got {n_points} / {n_frames}")
+    t0 = time.perf_counter()
+    room, rng = room_layout(seed, image_hw, room_type, name)
+    size = room.size
 
     xyz, nor, sid = sample_points(room, int(n_points), rng)
     room.xyz, room.normals = xyz.astype(np.float32), nor.astype(np.float32)
@@ -1060,7 +1072,7 @@ def make_room(seed: int, n_points: int = 100_000, n_frames: int = 50, image_hw: 
     room.poses = orbit_poses(size[:2] / 2, 0.3 * size[:2], eye_z, int(n_frames), rng,
                              is_free=lambda e: _camera_free(room, e)) if n_frames else np.zeros((0, 4, 4))
     logger.debug("procedural room %s (%s, %.1fx%.1fx%.1f m, %d objects, %d primitives) in %.2fs", room.name,
-                 room_type, *size, len(objects), len(kind), time.perf_counter() - t0)
+                 room.room_type, *size, len(room.objects) - N_SHELL, len(room.prim_kind), time.perf_counter() - t0)
     return room
 
 
