@@ -10,7 +10,8 @@ A scene directory holds its points in one of two forms:
   known the reader applies it to them.
 A scene may hold labels in several raw id spaces; `load_scene(..., label_space=...)` picks one and
 `load_scene_for(path, label_set)` the one a label set is defined on.
-Frames follow ScanNet's SensReader export: `pose/<k>.txt` (4x4 camera-to-world, original frame),
+Frames follow ScanNet's SensReader export (`<k>` the raw frame id; `geopurify.data.frames` picks
+the views): `pose/<k>.txt` (4x4 camera-to-world, original frame),
 `color/<k>.jpg`, `depth/<k>.png`, `intrinsic/intrinsic_{color,depth}.txt` (4x4 or 3x3), plus
 `label/<k>.png` (procedural rooms) and optional per-frame `intrinsic/<k>.txt` / `<k>_depth.txt`.
 The axis alignment (`axis_align_matrix.txt`, or the `axisAlignment` line of ScanNet's
@@ -30,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from geopurify.data.frames import select_views
 from geopurify.data.images import COLOR_MODES, DEPTH_MODES, LABEL_MODES, image_header
 from geopurify.data.ply import read_ply
 from geopurify.data.scene import Frame, Scene
@@ -380,15 +382,16 @@ def _frame(scene_dir: Path, key: str, axis: np.ndarray | None, k_color: np.ndarr
 
 
 def load_frames(scene_dir: Path, axis: np.ndarray | None, depth_scale: float,
-                frame_step: int = 1) -> tuple[list[Frame], list[str], int]:
-    """(frames, skip reasons, number of pose files) for every `frame_step`-th pose key (numeric order)."""
+                frame_step: int = 1, meta: dict | None = None) -> tuple[list[Frame], list[str], int]:
+    """(frames, skip reasons, number of pose files) of the pose keys that are views
+    (`geopurify.data.frames.select_views`: raw frame id a multiple of `frame_step`)."""
     pose_dir = scene_dir / POSE_DIR
     if not pose_dir.is_dir():
         return [], [], 0
     keys = sorted((p.stem for p in pose_dir.glob("*.txt")), key=natural_key)
     if not keys:
         return [], [], 0
-    chosen = keys[::frame_step]
+    chosen = select_views(keys, frame_step, meta, where=scene_dir)
     intr = scene_dir / INTRINSIC_DIR
     k_color = read_intrinsic(intr / COLOR_INTRINSIC) if (intr / COLOR_INTRINSIC).is_file() else None
     k_depth = read_intrinsic(intr / DEPTH_INTRINSIC) if (intr / DEPTH_INTRINSIC).is_file() else None
@@ -415,8 +418,10 @@ def load_frames(scene_dir: Path, axis: np.ndarray | None, depth_scale: float,
 def load_scene(path: str | Path, frame_step: int = 1, label_space: str | None = None) -> Scene:
     """Read and validate one scene directory (layout in the module docstring / docs/data.md).
 
-    Frames are the keys in pose/ in numeric order, every `frame_step`-th of them. The depth
-    scale comes from meta.json ("depth_scale") else 1000 (ScanNet millimetres).
+    Frames are the pose/ keys that are views (`geopurify.data.frames`: on ScanNet and procedural
+    rooms the raw frame ids that are multiples of `frame_step`; other keys every `frame_step`-th in
+    natural order). The depth scale comes from meta.json ("depth_scale") else 1000 (ScanNet
+    millimetres).
     `label_space` picks which labels to load when a scene has several (`label_sources`):
     "nyu40" (labels_nyu40.npy), "scannet200_raw" (labels_scannet200.npy), ...; asking for one the
     scene lacks is an InputError. Default: labels_nyu40.npy in meta.json's label_space as always,
@@ -436,7 +441,7 @@ def load_scene(path: str | Path, frame_step: int = 1, label_space: str | None = 
     label_space = pts["label_space"] or str(meta.get("label_space", "nyu40"))
     if pts["labels"] is not None:
         check_label_range(pts["labels"], label_space, pts["labels_file"])
-    frames, reasons, n_pose = load_frames(scene_dir, axis, depth_scale, int(frame_step))
+    frames, reasons, n_pose = load_frames(scene_dir, axis, depth_scale, int(frame_step), meta)
     source = meta.get("source") or ("scannet" if re.fullmatch(r"scene\d{4}_\d{2}", scene_dir.name) else "unknown")
     notes = {
         "points_file": str(pts["points_file"]),
