@@ -48,7 +48,7 @@ def run(args) -> int:
 
     from geopurify.config import load_config
     from geopurify.data.readers import load_scene
-    from geopurify.lift.lift import lift_scene, save_lifted
+    from geopurify.lift.lift import lift_scene, save_lifted, views_summary
     from geopurify.vlm import build_vlm
 
     overrides = {k: v for k, v in (("vlm", args.vlm), ("vlm_path", args.vlm_path), ("text_path", args.text_path),
@@ -81,7 +81,7 @@ def run(args) -> int:
         tag = " (SIMULATED VLM)" if vlm.simulated else ""
         info = result.info
         skipped = f", {info['skipped_frames']} frames skipped" if info.get("skipped_frames") else ""
-        print(f"{scene.name}: {scene.n_points} points, {info.get('n_frames', 0)} views"
+        print(f"{scene.name}: {scene.n_points} points, {views_summary(info)}"
               f"{' (virtual cameras)' if info.get('virtual_frames') else ''}{skipped}, "
               f"{100 * float(result.seen.float().mean()):.1f}% seen, {info.get('fusion', '?')} fusion{tag} -> {out}")
     return 0
