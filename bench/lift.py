@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeat", type=int, default=3, help="time each side this many times, keep the best")
-    ap.add_argument("--frame-step", type=int, default=None, help="--scene: use every k-th frame (default: data.frame_step)")
+    ap.add_argument("--frame-step", type=int, default=None, help="--scene: views = raw frame ids that are multiples of k (default: data.frame_step)")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

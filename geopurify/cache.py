@@ -37,11 +37,12 @@ _READ_ERRORS = Exception  # our own cache: any failure to read a file means reco
 
 
 def scene_fingerprint(scene) -> str:
-    """Hash of what a scene's lifted / teacher features depend on: points, colours, frame poses
-    and intrinsics, image paths."""
+    """Hash of what a scene's lifted / teacher features depend on: points, colours, normals (their
+    source; the array unless PCA), frame poses and intrinsics, image paths."""
     h = hashlib.blake2b(digest_size=16)
     h.update(np.ascontiguousarray(scene.xyz, dtype=np.float32).tobytes())
     h.update(np.ascontiguousarray(scene.rgb, dtype=np.uint8).tobytes())
+    h.update(scene.normals_fingerprint())
     for f in scene.frames:
         h.update(np.ascontiguousarray(f.pose, dtype=np.float64).tobytes())
         h.update(np.ascontiguousarray(f.intrinsic, dtype=np.float64).tobytes())

@@ -248,8 +248,9 @@ def test_scannet_mesh_and_sensreader_export(tmp_path):
         load_scene(d)
 
 
-def test_sensreader_depth_frames_and_frame_step(tmp_path):
-    """Depth in millimetres with its own intrinsics; every frame_step-th pose key in numeric order."""
+def test_sensreader_depth_frames_and_frame_step(tmp_path, caplog):
+    """Depth in millimetres with its own intrinsics; views are the raw frame ids that are multiples
+    of frame_step (geopurify.data.frames)."""
     d = tmp_path / "room"
     rng = np.random.default_rng(3)
     write_scene(d, rng.random((100, 3)), rng.integers(0, 256, (100, 3)))
@@ -259,13 +260,16 @@ def test_sensreader_depth_frames_and_frame_step(tmp_path):
         depths[i] = np.round(rng.uniform(0.5, 4.0, (120, 160)), 3)
         write_frame(d, i, a_pose(i), K, color=rng.integers(0, 256, (240, 320, 3), dtype=np.uint8),
                     depth=depths[i], depth_intrinsic=kd)
-    s = load_scene(d, frame_step=2)
-    assert [f.name for f in s.frames] == ["0", "10", "20"]
-    assert s.meta["n_pose_files"] == 6
+    s = load_scene(d, frame_step=10)
+    assert [f.name for f in s.frames] == ["0", "10", "20", "100"]  # raw ids, not every 10th file
+    assert s.meta["n_pose_files"] == 6 and "frames were exported" not in caplog.text
     f = s.frames[1]
     assert np.allclose(f.pose, a_pose(10), atol=1e-10) and np.allclose(f.intrinsic, K)
     assert np.allclose(f.K_depth, kd) and np.allclose(f.depth(), depths[10], atol=1e-6)
     assert [f.name for f in load_scene(d).frames] == ["0", "5", "10", "15", "20", "100"]
+    # ids exported every 5th: a step of 4 can only give the multiples of 20, and says so
+    assert [f.name for f in load_scene(d, frame_step=4).frames] == ["0", "20", "100"]
+    assert "exported every 5 raw frames, and data.frame_step 4 is not a multiple of 5" in caplog.text
 
 
 # ---------------------------------------------------------------- writers -> readers

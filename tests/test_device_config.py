@@ -99,11 +99,12 @@ class _FakeVLM:
 
 def test_evaluation_puts_features_and_text_on_one_device(tmp_path, monkeypatch):
     """`val --device cuda` crashed on its first scene: evaluation moved the text embeddings to the device
-    but left the lifted features on the CPU, so raw_labels multiplied a CPU by a CUDA tensor; and the
+    but left the lifted features on the CPU, so the raw scores multiplied a CPU by a CUDA tensor; and the
     lifting inside evaluation always ran on the CPU. Here the 'device' is torch's meta device, so the
     same mismatch shows on a machine without a GPU: every product must see features and text on it."""
     import geopurify.cache as cache
     import geopurify.evaluate.split as split
+    import geopurify.purify.pooling as pooling
     from geopurify.data.writers import write_scene
     from geopurify.lift.lift import LiftResult
 
@@ -117,12 +118,12 @@ def test_evaluation_puts_features_and_text_on_one_device(tmp_path, monkeypatch):
         n = scene.n_points  # what the cache returns: features read back on the CPU
         return LiftResult(torch.randn(n, 8), torch.ones(n, dtype=torch.bool), torch.ones(n, dtype=torch.int64), {})
 
-    def spy_raw_labels(feat, text_emb):
+    def spy_text_scores(feat, text_emb):
         products.append((feat.device, text_emb.device))
-        return np.zeros(feat.shape[0], dtype=np.int64)
+        return torch.zeros(feat.shape[0], text_emb.shape[0])
 
     monkeypatch.setattr(cache, "cached_lift", fake_cached_lift)
-    monkeypatch.setattr(split, "raw_labels", spy_raw_labels)
+    monkeypatch.setattr(pooling, "text_scores", spy_text_scores)
     report = split.evaluate_scenes(defaults(), [tmp_path / "s"], None, tmp_path / "out", tmp_path / "cache",
                                    device="meta", methods=("raw",), vlm=_FakeVLM(), reuse=False)
     meta = torch.device("meta")
@@ -256,7 +257,8 @@ def _flat(d: dict, prefix: str = "") -> dict:
 @pytest.mark.parametrize("child, base, diff", [
     ("geopurify_scannet200.yaml", "geopurify_scannet.yaml",
      {"data.dataset": "scannet200", "data.label_set": "scannet200",
-      "data.train_list": "data/scannet/subset_20_scannet200.txt"}),
+      "data.train_list": "data/scannet/subset_20_scannet200.txt",
+      "eval.also_label_sets": []}),  # the base scores scannet20 beside scannet19; ScanNet200 has one setting
     ("geopurify_matterport40.yaml", "geopurify_matterport.yaml",
      {"data.label_set": "matterport40", "data.train_list": "data/matterport/subset_20_40.txt"}),
     ("geopurify_matterport80.yaml", "geopurify_matterport.yaml",

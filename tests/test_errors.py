@@ -233,9 +233,10 @@ def test_a_few_bad_frames_are_skipped_and_counted(capsys, base, scene, tmp_path)
     out = lifted / "scene.lift.pt"
     assert main(["lift", "--scene", str(scene), "--out", str(out), "--config", str(base["cfg"])]) == 0
     printed = capsys.readouterr().out
-    assert "2 views, 2 frames skipped" in printed
+    assert "2 views (frames 0, 3; 0 z-buffered), 2 frames skipped" in printed
     res = load_lifted(out, n_points=N_POINTS)
     assert res.info["skipped_frames"] == 2 and int(res.n_views.max()) <= 2
+    assert res.info["frames"] == ["0", "3"] and res.info["z_buffered"] == 0  # the views actually lifted
     report = tmp_path / "m.json"
     assert main(["eval", "--scene", str(scene), "--features", str(lifted), "--out", str(report)]) == 0
     assert "2 unusable frames were skipped" in capsys.readouterr().out

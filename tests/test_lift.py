@@ -7,6 +7,7 @@ stand in for a real VLM where the test needs a known answer.
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -580,3 +581,45 @@ def test_load_lifted_rejects_bad_files(tmp_path):
         with pytest.raises(InputError, match=msgs[name]) as e:
             load_lifted(p)
         assert str(p) in str(e.value)
+
+
+def test_lifted_files_record_their_views_and_z_buffered_count(tmp_path):
+    """`frames`: the frame names lifted from, in order; `z_buffered`: how many had no depth image
+    (occlusion against the points' z-buffer). Files without them (older ones) still load."""
+    scene = small_scene(seed=4, n_frames=5, with_depth=True)
+    for i in (1, 3):
+        scene.frames[i]._depth_img = None
+    res = lift_scene(scene, RandomMapVLM(), cfg_for((48, 64)))
+    assert res.info["frames"] == ["0", "1", "2", "3", "4"] and res.info["z_buffered"] == 2
+    assert res.info["frames_with_depth"] == 3
+    path = tmp_path / "box.lift.pt"
+    save_lifted(path, res)
+    raw = torch.load(path, weights_only=True)
+    assert raw["frames"] == ["0", "1", "2", "3", "4"] and raw["z_buffered"] == 2
+    back = load_lifted(path, n_points=scene.n_points)
+    assert back.info["frames"] == res.info["frames"] and back.info["z_buffered"] == 2
+    old = {k: v for k, v in raw.items() if k not in ("frames", "z_buffered")}
+    torch.save(old, tmp_path / "old.lift.pt")
+    assert "frames" not in load_lifted(tmp_path / "old.lift.pt").info
+    for bad, msg in (({"frames": "0,1"}, "list of frame names"), ({"z_buffered": 6}, r"0\.\.5")):
+        torch.save({**raw, **bad}, tmp_path / "bad.lift.pt")
+        with pytest.raises(InputError, match=msg):
+            load_lifted(tmp_path / "bad.lift.pt")
+
+
+def test_lift_cli_prints_the_views(tmp_path, capsys):
+    """`geopurify lift` says which raw frames it lifted and how many used the z-buffer."""
+    from geopurify.cli import main
+    from geopurify.data.synth import make_room, write_room
+
+    write_room(make_room(5, n_points=2000, n_frames=6, image_hw=(60, 80)), tmp_path / "room")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data:\n  frame_step: 2\nlift:\n  image_size: [80, 60]\n")
+    assert main(["lift", "--scene", str(tmp_path / "room"), "--out", str(tmp_path / "r.lift.pt"),
+                 "--config", str(cfg)]) == 0
+    assert "3 views (frames 0, 2, 4; 0 z-buffered)" in capsys.readouterr().out
+    shutil.rmtree(tmp_path / "room" / "depth")  # colour only, as the shared ScanNet frames
+    assert main(["lift", "--scene", str(tmp_path / "room"), "--out", str(tmp_path / "r.lift.pt"),
+                 "--config", str(cfg)]) == 0
+    assert "3 views (frames 0, 2, 4; 3 z-buffered)" in capsys.readouterr().out
+    assert load_lifted(tmp_path / "r.lift.pt").info["z_buffered"] == 3

@@ -284,17 +284,27 @@ def test_official_config_on_2k_real_points():
 # ----------------------------------------------------------------------------- input transform
 
 def test_grid_sample_representatives():
+    """GridSample as Sonata's inference transform runs it: float32 cells, one point per cell drawn
+    uniformly (seeded, independent of the input order)."""
     rng = np.random.default_rng(0)
-    coord = rng.uniform(-0.1, 0.1, (3000, 3))
+    coord = rng.uniform(-0.1, 0.1, (3000, 3)).astype(np.float32)
     grid, rep, inverse = grid_sample(coord, 0.02)
-    cells = np.floor(coord / 0.02).astype(np.int64)
+    cells = np.floor(coord / np.float32(0.02)).astype(np.int64)
     assert np.array_equal(grid[inverse], cells - cells.min(0))
     assert len(np.unique(grid, axis=0)) == len(grid)
-    assert np.array_equal(inverse[rep], np.arange(len(grid)))
-    dist = ((coord / 0.02 - np.floor(coord / 0.02) - 0.5) ** 2).sum(1)
-    for v in range(len(grid)):
-        members = np.flatnonzero(inverse == v)
-        assert dist[rep[v]] == dist[members].min()
+    assert np.array_equal(inverse[rep], np.arange(len(grid)))  # each cell keeps one of its own points
+    again = grid_sample(coord, 0.02)[1]
+    assert np.array_equal(again, rep) and not np.array_equal(grid_sample(coord, 0.02, seed=1)[1], rep)
+    perm = rng.permutation(len(coord))
+    g2, rep2, _ = grid_sample(coord[perm], 0.02)
+    assert np.array_equal(g2, grid) and np.array_equal(coord[perm][rep2], coord[rep])  # same points, any order
+    # the draw is uniform over a cell's points: 4 points in one cell, 800 seeds
+    cell4 = np.float32([[0.001, 0.001, 0.001], [0.005, 0.002, 0.003], [0.012, 0.019, 0.001], [0.019, 0.0, 0.01]])
+    picks = np.bincount([grid_sample(cell4, 0.02, seed=s)[1][0] for s in range(800)], minlength=4)
+    assert picks.min() > 150 and picks.max() < 250, picks  # 200 expected, sd ~12
+    # a coordinate on a cell boundary in float32 (0.04 = 2 x 0.02 in float32, 1.99999... in float64)
+    edge = grid_sample(np.float32([[0.0, 0, 0], [0.04, 0, 0]]), 0.02)[0]
+    assert edge[:, 0].tolist() == [0, 2]
 
 
 def test_sonata_input_features():
@@ -311,6 +321,40 @@ def test_sonata_input_features():
                                atol=0.035)
     assert feat[:, 3:6].min() >= 0 and feat[:, 3:6].max() <= 1
     np.testing.assert_allclose(feat[:, 6:].norm(dim=1), 1, atol=1e-6)
+
+
+@needs_scannet
+def test_sonata_input_is_the_official_transform_on_real_points():
+    """Sonata's transform.default() on scene0000_00, recomputed step by step as the official code
+    computes it (under the numpy 1.26 Sonata and GeoPurify pin: float32 coordinates, CenterShift's
+    x/y shift in float64): CenterShift(apply_z=True); GridSample(0.02) keeping one point of each
+    occupied cell, with the inverse; NormalizeColor (/ 255); Collect(feat = coord, color, normal)."""
+    d = np.load(S00 / "points_xyzrgb.npy")
+    xyz, rgb = d[:, :3].astype(np.float32), d[:, 3:].astype(np.uint8)
+    nrm = np.random.default_rng(0).normal(size=xyz.shape).astype(np.float32)
+    nrm /= np.linalg.norm(nrm, axis=1, keepdims=True)
+    lo, hi = xyz.min(0), xyz.max(0)
+    shift = np.array([np.float64(lo[0] + hi[0]) / 2, np.float64(lo[1] + hi[1]) / 2, lo[2]])
+    coord = (xyz.astype(np.float64) - shift).astype(np.float32)
+    cell = np.floor(coord / np.float32(0.02)).astype(np.int64)
+    cell -= cell.min(0)
+    color = rgb.astype(np.float32) / 255
+    expected = np.concatenate([coord, color, nrm], 1)  # each point's features, were it its cell's pick
+
+    feat, grid, inverse = (t.numpy() for t in sonata_input(xyz, rgb, nrm))
+    assert feat.dtype == np.float32 and feat.shape == (len(grid), 9) and inverse.shape == (len(xyz),)
+    assert np.array_equal(grid[inverse], cell)  # every point in its own cell
+    assert len(grid) == len(np.unique(cell, axis=0)) == len(np.unique(grid, axis=0))  # one voxel per cell
+    own = (expected == feat[inverse]).all(1)  # points whose features are exactly their voxel's
+    assert (np.bincount(inverse[own], minlength=len(grid)) >= 1).all()  # every voxel is one of its points
+    assert 0 <= feat[:, 3:6].min() and feat[:, 3:6].max() == color.max() > 0.9  # Sonata's [0, 1] colours
+    assert abs(feat[:, 0].min() + feat[:, 0].max()) < 0.03 and feat[:, 2].min() < 0.02  # centred, floor at 0
+
+    ref = sonata_input(xyz, rgb, nrm, color_scale="reference")[0].numpy()  # GeoPurify's code: / 255 twice
+    np.testing.assert_array_equal(ref[:, 3:6], feat[:, 3:6] / np.float32(255))
+    assert ref[:, 3:6].max() <= 1 / 255 and np.array_equal(ref[:, [0, 1, 2, 6, 7, 8]], feat[:, [0, 1, 2, 6, 7, 8]])
+    none = sonata_input(xyz, None, None)[0].numpy()  # no colours / normals: zeros, as Sonata documents
+    assert not none[:, 3:].any() and np.array_equal(none[:, :3], feat[:, :3])
 
 
 # ----------------------------------------------------------------------------- the teacher
@@ -330,6 +374,33 @@ def test_teacher_shapes_determinism_and_seed(tmp_path):
     assert (other - a).abs().max() > 1e-3  # the shuffled serialization orders matter
     again = SonataTeacher(path, progress=False).embed(scene)
     assert torch.equal(a, again)
+
+
+def test_teacher_input_switches(tmp_path):
+    """teacher.missing_normals: a bare point cloud (PCA normals only) gives Sonata zero normals by
+    default; teacher.color_scale: reference feeds colours / 255 twice. Both key the cache."""
+    from geopurify.cache import teacher_key
+
+    path = save_ckpt(tmp_path / "sonata.pth", small_model())
+    xyz, rgb, nrm = surfaces(1200)
+    bare = Scene("bare", xyz, rgb)
+    meshy = Scene("mesh", xyz, rgb)
+    meshy.set_normals(nrm, "mesh")
+    t = SonataTeacher(path, progress=False)
+    assert t.input_normals(bare) is None and bare.normals_source == "pca" and bare._normals is None
+    assert t.input_normals(meshy) is nrm
+    torch.testing.assert_close(t.embed(bare), sonata_features(t.model, xyz, rgb, np.zeros_like(nrm)), atol=1e-6, rtol=0)
+    tp = SonataTeacher(path, progress=False, missing_normals="pca")
+    assert np.array_equal(tp.input_normals(bare), bare.normals)
+    tr = SonataTeacher(path, progress=False, color_scale="reference")
+    a, b = t.embed(meshy), tr.embed(meshy)
+    torch.testing.assert_close(b, sonata_features(t.model, xyz, rgb, nrm, color_scale="reference"), atol=1e-6, rtol=0)
+    assert (a - b).abs().max() > 1e-3
+    keys = [teacher_key(x)["settings"] for x in (t, tp, tr)]
+    assert keys[0] != keys[1] and keys[0] != keys[2]
+    for key, bad in (("color_scale", "255"), ("missing_normals", "none")):
+        with pytest.raises(InputError, match=f"teacher.{key}"):
+            SonataTeacher(path, **{key: bad})
 
 
 def test_permuting_points_permutes_features():

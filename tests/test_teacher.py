@@ -199,8 +199,8 @@ def test_build_teacher_loads_sonata_lazily(monkeypatch):
     class SonataTeacher(Teacher):
         name, stand_in, dim = "sonata", False, 4
 
-        def __init__(self, ckpt, device="cpu"):
-            self.ckpt, self.device = ckpt, device
+        def __init__(self, ckpt, device="cpu", **settings):
+            self.ckpt, self.device, self.settings = ckpt, device, settings
 
         def embed(self, scene):
             raise NotImplementedError
@@ -212,3 +212,6 @@ def test_build_teacher_loads_sonata_lazily(monkeypatch):
     t = build_teacher(cfg)
     assert isinstance(t, SonataTeacher) and t.ckpt == "/models/sonata.pth" and t.describe() == "sonata"
     assert t.device == "cpu" and build_teacher(cfg, device="cuda:2").device == "cuda:2"
+    assert t.settings == {"color_scale": "sonata", "missing_normals": "zero"}  # the config's input switches
+    cfg["teacher"].update(color_scale="reference", missing_normals="pca")
+    assert build_teacher(cfg).settings == {"color_scale": "reference", "missing_normals": "pca"}

@@ -96,7 +96,8 @@ def run(args) -> int:
                            "data": {"label_set": args.label_set}})
     device = device_of(args)
     # class settings: --label-set alone, else the config's primary one and eval.also_label_sets beside it
-    sets = [get_label_set(args.label_set)] if args.label_set else class_settings(cfg)  # InputError: unknown name
+    # (--label-set is data.label_set, so a --set of that key wins over it)
+    sets = [get_label_set(cfg["data"]["label_set"])] if args.label_set else class_settings(cfg)  # unknown: InputError
     label_set = sets[0]
     if args.pred is not None and len(sets) > 1:
         print(f"note: predictions are class indices of {label_set.name}; the other class settings of the config "

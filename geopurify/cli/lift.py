@@ -47,7 +47,7 @@ def outputs_for(scenes: list[Path], out: Path) -> list[Path]:
 
 def run(args) -> int:
     from geopurify.data.readers import load_scene
-    from geopurify.lift.lift import lift_scene, save_lifted
+    from geopurify.lift.lift import lift_scene, save_lifted, views_summary
     from geopurify.vlm import build_vlm
 
     cfg = config_of(args, {"lift": {"vlm": args.vlm, "vlm_path": args.vlm_path, "text_path": args.text_path,
@@ -78,7 +78,7 @@ def run(args) -> int:
         tag = " (SIMULATED VLM)" if vlm.simulated else ""
         info = result.info
         skipped = f", {info['skipped_frames']} frames skipped" if info.get("skipped_frames") else ""
-        print(f"{scene.name}: {scene.n_points} points, {info.get('n_frames', 0)} views"
+        print(f"{scene.name}: {scene.n_points} points, {views_summary(info)}"
               f"{' (virtual cameras)' if info.get('virtual_frames') else ''}{skipped}, "
               f"{100 * float(result.seen.float().mean()):.1f}% seen, {info.get('fusion', '?')} fusion{tag}, "
               f"on {device} -> {out}")

@@ -16,7 +16,8 @@ official zips unpack):
   vote of OpenScene's preprocess_3d_matterport.py but taken on the raw category ids (OpenScene votes
   after mapping to its K classes; the two differ only on vertices between faces of different raw
   categories that share a class). Labels are stored raw with label_space "matterport_raw"; the
-  label sets (geopurify.data.labels: matterport21/40/80/160) map them as OpenScene does.
+  label sets (geopurify.data.labels: matterport21/40/80/160) map them as OpenScene does. Normals
+  are the mesh's area-weighted face normals at the vertices (normals.npy, meta "normals": "mesh").
 
 Each region `k` becomes the scene `<house>_region<k>` holding the frames that see it:
 - views="visible" (default): a frame is kept when at least `min_fraction` of a seeded sample of the
@@ -145,7 +146,8 @@ def vertex_labels_from_faces(faces: np.ndarray, face_labels: np.ndarray, n_verti
 
 
 def read_region(path: str | Path) -> dict:
-    """A region mesh -> {"xyz" float32 (N, 3), "rgb" uint8 (N, 3), "labels" int32 (N,) raw category ids}."""
+    """A region mesh -> {"xyz" float32 (N, 3), "rgb" uint8 (N, 3), "labels" int32 (N,) raw category ids,
+    "normals" float32 (N, 3) area-weighted face normals at the vertices}."""
     from plyfile import PlyData
 
     from geopurify.data.ply import read_ply
@@ -169,7 +171,10 @@ def read_region(path: str | Path) -> dict:
     n = ply["xyz"].shape[0]
     if not np.isfinite(ply["xyz"]).all():
         raise InputError(path, "region vertices hold NaN/inf coordinates")
-    return {"xyz": ply["xyz"], "rgb": ply["rgb"], "labels": vertex_labels_from_faces(faces, cat, n)}
+    from geopurify.data.normals import mesh_normals
+
+    return {"xyz": ply["xyz"], "rgb": ply["rgb"], "labels": vertex_labels_from_faces(faces, cat, n),
+            "normals": mesh_normals(ply["xyz"], faces)}
 
 
 # ---------------------------------------------------------------------------------------------- houses
@@ -360,7 +365,8 @@ def prepare_house(house_dir: str | Path, out: str | Path, views: str = "visible"
                 "house": house, "region": k, "prepared_from": str(ply.resolve()), "view_selection": views,
                 "view_fallback_nearest": bool(fell_back[i]), "n_views": len(chosen[i])}
         with staged_dir(dests[i]) as tmp:
-            write_scene(tmp, data[i]["xyz"], data[i]["rgb"], labels=data[i]["labels"], meta=meta)
+            write_scene(tmp, data[i]["xyz"], data[i]["rgb"], labels=data[i]["labels"], meta=meta,
+                        normals=data[i]["normals"])
             for vi in chosen[i]:
                 v = all_views[vi]
                 write_frame(tmp, v.key, v.pose, v.K)

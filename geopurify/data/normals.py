@@ -1,6 +1,18 @@
-"""Surface normals of a point cloud by local PCA over the k nearest neighbours.
+"""Surface normals: from a mesh's faces (`mesh_normals`), else by local PCA over the k nearest
+neighbours (`estimate_normals`, for bare point clouds).
 
-The normal of a point is the eigenvector of the smallest eigenvalue of the covariance of its k
+Where a scene's normals come from is one of `NORMAL_SOURCES`, recorded as meta.json's "normals":
+"mesh" (area-weighted face normals of the scan's mesh, what Sonata was trained on and what
+GeoPurify's code feeds it), "analytic" (the exact surface normals of a procedural room), "pca"
+(estimated at load from the points alone: no mesh), "file" (a normals.npy of unstated origin).
+
+Mesh normals: each face's normal, weighted by its area, is added to its three vertices and the
+sums are normalised; a vertex on no face, or only on zero-area faces, gets the zero vector (no
+direction is known; Sonata's releases document zeros for a missing normal). The sign follows the
+face winding (counter-clockwise seen from the front), so a ScanNet mesh's normals face the side
+the scanner saw: floors up, ceilings and table undersides down, walls into the room.
+
+PCA normals: the normal of a point is the eigenvector of the smallest eigenvalue of the covariance of its k
 nearest neighbours (itself included). PCA gives a direction, not a sign, so every normal is then
 flipped to face a viewpoint: by default a point above the middle of the scene,
 `(centre_x, centre_y, z_max + max(extent_x, extent_y))` with centre the bounding-box centre.
@@ -16,6 +28,37 @@ import numpy as np
 from tqdm import tqdm
 
 log = logging.getLogger(__name__)
+
+NORMAL_SOURCES = ("mesh", "analytic", "pca", "file")
+
+
+def mesh_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """(N, 3) float32 unit vertex normals of a triangle mesh: the area-weighted sum of the normals
+    of the faces around each vertex, normalised; zero for vertices on no face of non-zero area."""
+    v = np.asarray(vertices, dtype=np.float64)
+    f = np.asarray(faces, dtype=np.int64)
+    if v.ndim != 2 or v.shape[1] != 3:
+        raise ValueError(f"vertices must be (N, 3), got {v.shape}")
+    if f.size == 0:
+        return np.zeros(v.shape, dtype=np.float32)
+    if f.ndim != 2 or f.shape[1] != 3:
+        raise ValueError(f"faces must be (F, 3) vertex indices, got {f.shape}")
+    if f.min() < 0 or f.max() >= len(v):
+        raise ValueError(f"faces index vertices outside 0..{len(v) - 1}")
+    # the cross product of two edges is the face normal times twice the face's area
+    weighted = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+    acc = np.zeros_like(v)
+    for corner in range(3):
+        for axis in range(3):
+            acc[:, axis] += np.bincount(f[:, corner], weights=weighted[:, axis], minlength=len(v))
+    length = np.linalg.norm(acc, axis=1)
+    ok = length > 1e-12 * max(1.0, float(np.abs(v).max(initial=0.0))) ** 2
+    out = np.zeros_like(acc)
+    out[ok] = acc[ok] / length[ok, None]
+    if not ok.all():
+        log.debug("mesh normals: %d of %d vertices lie on no face of non-zero area (zero normal)",
+                  int((~ok).sum()), len(v))
+    return out.astype(np.float32)
 
 
 def default_viewpoint(xyz: np.ndarray) -> np.ndarray:

@@ -3,10 +3,11 @@
 ScanNet: one raw scan directory (`scans/sceneXXXX_XX/` with `<scene>.sens`,
 `<scene>_vh_clean_2.ply`, `<scene>_vh_clean_2.labels.ply`, `<scene>.txt`, and optionally
 `<scene>.aggregation.json` + `<scene>_vh_clean_2.0.010000.segs.json`) becomes one scene directory:
-`points_xyzrgb.npy` (mesh vertices in the axis-aligned frame), `labels_nyu40.npy` (from the
+`points_xyzrgb.npy` (mesh vertices in the axis-aligned frame), `normals.npy` (area-weighted face
+normals of the mesh at its vertices, same frame; meta.json "normals": "mesh"), `labels_nyu40.npy` (from the
 .labels.ply), `labels_scannet200.npy` (ScanNet raw category ids from the aggregation, for
-ScanNet200), `instances.npy`, `axis_align_matrix.txt`, every k-th frame of the .sens
-(geopurify.data.sens) and `meta.json`.
+ScanNet200), `instances.npy`, `axis_align_matrix.txt`, every k-th frame of the .sens under its raw
+frame id (geopurify.data.sens; k recorded as meta.json `sens.frame_step`) and `meta.json`.
 
 Every output scene is built in a staging directory (`<out>/.geopurify-partial/`) and renamed into
 place when complete, so a scene directory under `<out>` is always whole: a re-run skips finished
@@ -312,7 +313,8 @@ def prepare_scannet_scan(scan_dir: str | Path, out_dir: str | Path, frame_step: 
             meta.update(depth_scale=summary["depth_shift"], sens=summary)
         else:
             log.warning("%s: no %s.sens; the scene gets points only (no frames)", scan_dir, scan_dir.name)
-        write_scene(tmp, pts["xyz"], pts["rgb"], labels=pts["labels"], instances=instances, meta=meta)
+        write_scene(tmp, pts["xyz"], pts["rgb"], labels=pts["labels"], instances=instances, meta=meta,
+                    normals=pts["normals"])  # the mesh's vertex normals, rotated with the points
         if raw_labels is not None:  # ScanNet200 ground truth, read with label_space "scannet200_raw"
             save_npy(tmp / R.SCANNET200_LABELS_FILE, raw_labels)
         if axis is not None:

@@ -2,15 +2,18 @@
 
 A scene directory holds its points in one of two forms:
 - `points_xyzrgb.npy` (N, 6) in the world frame, with optional `labels_nyu40.npy`,
-  `labels_scannet200.npy` (ScanNet raw category ids), `instances.npy` (this project's layout and
-  ../shared/data/scannet), or
-- ScanNet's mesh `<scene>_vh_clean_2.ply` (vertex x, y, z, red, green, blue, alpha) with optional
+  `labels_scannet200.npy` (ScanNet raw category ids), `instances.npy`, `normals.npy` (this
+  project's layout and ../shared/data/scannet), or
+- ScanNet's mesh `<scene>_vh_clean_2.ply` (vertex x, y, z, red, green, blue, alpha; faces) with optional
   `<scene>_vh_clean_2.labels.ply` (vertex `label` = NYU40 id) and aggregation + segs JSON (raw
   category ids). These vertices are in ScanNet's original scan frame: when an axis alignment is
-  known the reader applies it to them.
+  known the reader applies it to them (and to the normals of the mesh's faces).
+Normals come from normals.npy or the mesh; a scene with neither (a bare point cloud) gets PCA
+normals when they are first used (`Scene.normals`, `Scene.normals_source`).
 A scene may hold labels in several raw id spaces; `load_scene(..., label_space=...)` picks one and
 `load_scene_for(path, label_set)` the one a label set is defined on.
-Frames follow ScanNet's SensReader export: `pose/<k>.txt` (4x4 camera-to-world, original frame),
+Frames follow ScanNet's SensReader export (`<k>` the raw frame id; `geopurify.data.frames` picks
+the views): `pose/<k>.txt` (4x4 camera-to-world, original frame),
 `color/<k>.jpg`, `depth/<k>.png`, `intrinsic/intrinsic_{color,depth}.txt` (4x4 or 3x3), plus
 `label/<k>.png` (procedural rooms) and optional per-frame `intrinsic/<k>.txt` / `<k>_depth.txt`.
 The axis alignment (`axis_align_matrix.txt`, or the `axisAlignment` line of ScanNet's
@@ -30,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from geopurify.data.frames import select_views
 from geopurify.data.images import COLOR_MODES, DEPTH_MODES, LABEL_MODES, image_header
 from geopurify.data.ply import read_ply
 from geopurify.data.scene import Frame, Scene
@@ -42,6 +46,7 @@ POINTS_FILE = "points_xyzrgb.npy"
 LABELS_FILE = "labels_nyu40.npy"  # raw ids in meta.json's label_space (default nyu40; Matterport: matterport_raw)
 SCANNET200_LABELS_FILE = "labels_scannet200.npy"  # ScanNet raw category ids ("scannet200_raw")
 INSTANCES_FILE = "instances.npy"
+NORMALS_FILE = "normals.npy"  # float32 (N, 3) world-frame normals; meta.json "normals" says their source
 AXIS_FILE = "axis_align_matrix.txt"
 META_FILE = "meta.json"
 POSE_DIR, COLOR_DIR, DEPTH_DIR, LABEL_DIR, INTRINSIC_DIR = "pose", "color", "depth", "label", "intrinsic"
@@ -267,13 +272,45 @@ def _mesh_labels(lab_path: Path, mesh: Path, mesh_xyz: np.ndarray) -> np.ndarray
     return scannet_raw_labels(agg[0], agg[1], mesh_xyz.shape[0])
 
 
+def _check_normals(arr: np.ndarray, n: int, path: Path) -> np.ndarray:
+    """float32 (n, 3) normals of unit length (or zero: no direction known); InputError otherwise."""
+    if arr.shape != (n, 3) or arr.dtype.kind != "f":
+        raise InputError(path, f"normals must be a float ({n}, 3) array, got {arr.dtype} {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise InputError(path, "normals hold NaN/inf")
+    length = np.linalg.norm(arr.astype(np.float64), axis=1)
+    bad = (np.abs(length - 1) > 1e-3) & (length > 1e-6)
+    if bad.any():
+        raise InputError(path, f"{int(bad.sum())} normals are neither unit length nor zero (e.g. length "
+                               f"{length[bad][0]:.4g})")
+    return arr.astype(np.float32)
+
+
+def _scene_normals(scene_dir: Path, n: int, meta: dict | None) -> tuple[np.ndarray | None, str]:
+    """(normals, source) of a points_xyzrgb.npy scene: normals.npy with meta.json's "normals" as its
+    source, or (None, "pca") when the scene has no normals file (they are estimated on use)."""
+    from geopurify.data.normals import NORMAL_SOURCES
+
+    meta = _read_meta(scene_dir) if meta is None else meta
+    said = meta.get("normals")
+    path = scene_dir / NORMALS_FILE
+    if not path.is_file():
+        if said not in (None, "pca"):
+            raise InputError(path, f"missing: meta.json says the scene's normals come from {said!r} and are stored "
+                                   f"in {NORMALS_FILE}")
+        return None, "pca"
+    return _check_normals(_load_npy(path), n, path), (said if said in NORMAL_SOURCES else "file")
+
+
 def load_points(scene_dir: Path, axis: np.ndarray | None, label_space: str | None = None,
                 meta: dict | None = None, with_labels: bool = True) -> dict:
-    """Points, colours, labels and instances of a scene directory, xyz in the world frame.
+    """Points, colours, labels, instances and normals of a scene directory, in the world frame.
 
     Labels come from the file of `label_space` (see `label_sources`; default: the scene's default
     labels, else whichever it has), none when not `with_labels`; out["label_space"] names the
-    space (None without labels).
+    space (None without labels). Normals (out["normals"], None when there are none to read, and
+    out["normals_source"]) come from normals.npy, or for a mesh scene from the mesh's faces
+    (`geopurify.data.normals.mesh_normals`, rotated by the axis alignment).
     """
     sources = label_sources(scene_dir, meta) if with_labels else {}
     if label_space is not None and label_space not in sources:
@@ -293,7 +330,9 @@ def load_points(scene_dir: Path, axis: np.ndarray | None, label_space: str | Non
         rgb = arr[:, 3:].astype(np.float64)
         if not np.isfinite(rgb).all() or rgb.min() < 0 or rgb.max() > 255:
             raise InputError(pts_path, "colours (columns 3-5) must be finite values in 0..255")
-        out.update(xyz=xyz, rgb=np.rint(rgb).astype(np.uint8), points_file=pts_path, in_world=True)
+        normals, source = _scene_normals(scene_dir, xyz.shape[0], meta)
+        out.update(xyz=xyz, rgb=np.rint(rgb).astype(np.uint8), points_file=pts_path, in_world=True,
+                   normals=normals, normals_source=source)
         if space is not None:
             lab_path = sources[space]
             out["labels"] = _check_labels(_load_npy(lab_path), xyz.shape[0], lab_path, "labels")
@@ -311,9 +350,19 @@ def load_points(scene_dir: Path, axis: np.ndarray | None, label_space: str | Non
         if space is not None:
             out["labels"] = _mesh_labels(sources[space], mesh, xyz)
             out["labels_file"] = sources[space]
+        normals = None
+        if ply.get("faces") is not None and len(ply["faces"]):
+            from geopurify.data.normals import mesh_normals
+
+            normals = mesh_normals(xyz, ply["faces"])
+        else:
+            log.info("%s: no triangle faces; normals will be estimated from the points (PCA)", mesh)
         if axis is not None:  # ScanNet meshes are in the original scan frame
             xyz = (xyz.astype(np.float64) @ axis[:3, :3].T + axis[:3, 3]).astype(np.float32)
-        out.update(xyz=xyz, rgb=rgb, points_file=mesh, in_world=axis is not None)
+            if normals is not None:
+                normals = (normals.astype(np.float64) @ axis[:3, :3].T).astype(np.float32)
+        out.update(xyz=xyz, rgb=rgb, points_file=mesh, in_world=axis is not None, normals=normals,
+                   normals_source="pca" if normals is None else "mesh")
     inst_path = scene_dir / INSTANCES_FILE
     if inst_path.is_file():
         out["instances"] = _check_labels(_load_npy(inst_path), out["xyz"].shape[0], inst_path, "instance ids")
@@ -380,15 +429,16 @@ def _frame(scene_dir: Path, key: str, axis: np.ndarray | None, k_color: np.ndarr
 
 
 def load_frames(scene_dir: Path, axis: np.ndarray | None, depth_scale: float,
-                frame_step: int = 1) -> tuple[list[Frame], list[str], int]:
-    """(frames, skip reasons, number of pose files) for every `frame_step`-th pose key (numeric order)."""
+                frame_step: int = 1, meta: dict | None = None) -> tuple[list[Frame], list[str], int]:
+    """(frames, skip reasons, number of pose files) of the pose keys that are views
+    (`geopurify.data.frames.select_views`: raw frame id a multiple of `frame_step`)."""
     pose_dir = scene_dir / POSE_DIR
     if not pose_dir.is_dir():
         return [], [], 0
     keys = sorted((p.stem for p in pose_dir.glob("*.txt")), key=natural_key)
     if not keys:
         return [], [], 0
-    chosen = keys[::frame_step]
+    chosen = select_views(keys, frame_step, meta, where=scene_dir)
     intr = scene_dir / INTRINSIC_DIR
     k_color = read_intrinsic(intr / COLOR_INTRINSIC) if (intr / COLOR_INTRINSIC).is_file() else None
     k_depth = read_intrinsic(intr / DEPTH_INTRINSIC) if (intr / DEPTH_INTRINSIC).is_file() else None
@@ -415,8 +465,10 @@ def load_frames(scene_dir: Path, axis: np.ndarray | None, depth_scale: float,
 def load_scene(path: str | Path, frame_step: int = 1, label_space: str | None = None) -> Scene:
     """Read and validate one scene directory (layout in the module docstring / docs/data.md).
 
-    Frames are the keys in pose/ in numeric order, every `frame_step`-th of them. The depth
-    scale comes from meta.json ("depth_scale") else 1000 (ScanNet millimetres).
+    Frames are the pose/ keys that are views (`geopurify.data.frames`: on ScanNet and procedural
+    rooms the raw frame ids that are multiples of `frame_step`; other keys every `frame_step`-th in
+    natural order). The depth scale comes from meta.json ("depth_scale") else 1000 (ScanNet
+    millimetres). Normals: see `load_points`; `Scene.normals_source` says which.
     `label_space` picks which labels to load when a scene has several (`label_sources`):
     "nyu40" (labels_nyu40.npy), "scannet200_raw" (labels_scannet200.npy), ...; asking for one the
     scene lacks is an InputError. Default: labels_nyu40.npy in meta.json's label_space as always,
@@ -436,7 +488,7 @@ def load_scene(path: str | Path, frame_step: int = 1, label_space: str | None = 
     label_space = pts["label_space"] or str(meta.get("label_space", "nyu40"))
     if pts["labels"] is not None:
         check_label_range(pts["labels"], label_space, pts["labels_file"])
-    frames, reasons, n_pose = load_frames(scene_dir, axis, depth_scale, int(frame_step))
+    frames, reasons, n_pose = load_frames(scene_dir, axis, depth_scale, int(frame_step), meta)
     source = meta.get("source") or ("scannet" if re.fullmatch(r"scene\d{4}_\d{2}", scene_dir.name) else "unknown")
     notes = {
         "points_file": str(pts["points_file"]),
@@ -447,13 +499,17 @@ def load_scene(path: str | Path, frame_step: int = 1, label_space: str | None = 
         "skip_reasons": reasons,
         "axis_alignment": None if axis_path is None else str(axis_path),
         "labels_file": str(pts["labels_file"]) if pts["labels"] is not None else None,
+        "normals": pts["normals_source"],
     }
     scene = Scene(name=scene_dir.name, xyz=pts["xyz"], rgb=pts["rgb"], labels=pts["labels"],
                   instances=pts["instances"], frames=frames, label_space=label_space,
                   source=str(source), path=scene_dir, meta={**meta, **notes})
+    if pts["normals"] is not None:
+        scene.set_normals(pts["normals"], pts["normals_source"])
     scene.validate()
-    log.info("loaded %s: %d points, %d frames%s%s", scene_dir, scene.n_points, len(frames),
-             f" ({len(reasons)} skipped)" if reasons else "", "" if scene.labels is not None else ", no labels")
+    log.info("loaded %s: %d points, %d frames%s%s, %s normals", scene_dir, scene.n_points, len(frames),
+             f" ({len(reasons)} skipped)" if reasons else "", "" if scene.labels is not None else ", no labels",
+             scene.normals_source)
     return scene
 
 

@@ -77,6 +77,7 @@ class Scene:
     path: Path | None = None
     meta: dict = field(default_factory=dict)  # reader notes, e.g. {"skipped_frames": 2, "depth_scale": 1000.0}
     _normals: np.ndarray | None = field(default=None, repr=False)
+    _normals_source: str | None = field(default=None, repr=False)
 
     @property
     def n_points(self) -> int:
@@ -84,16 +85,35 @@ class Scene:
 
     @property
     def normals(self) -> np.ndarray:
-        """(N, 3) float32 unit normals, computed on first use by local PCA over kNN."""
+        """(N, 3) float32 normals: the scene's own (from its mesh, a normals.npy, or a procedural
+        room's surfaces; see `set_normals`), else computed on first use by local PCA over kNN
+        (`geopurify.data.normals`). Every stage reads a scene's normals here."""
         if self._normals is None:
             from geopurify.data.normals import estimate_normals
 
-            self._normals = estimate_normals(self.xyz)
+            self._normals, self._normals_source = estimate_normals(self.xyz), "pca"
         return self._normals
 
     @normals.setter
     def normals(self, value: np.ndarray) -> None:
-        self._normals = value
+        self.set_normals(value, "given")
+
+    def set_normals(self, value: np.ndarray, source: str) -> None:
+        """Give the scene its normals and say where they come from (`normals_source`)."""
+        self._normals, self._normals_source = value, str(source)
+
+    @property
+    def normals_source(self) -> str:
+        """Where `normals` come from: "mesh", "analytic", "file" or "given" (set on the scene), or
+        "pca" (estimated from the points; also before the first use computes them)."""
+        return "pca" if self._normals is None else (self._normals_source or "given")
+
+    def normals_fingerprint(self) -> bytes:
+        """What the normals add to the points for a cache key: b"pca" for PCA normals (a function of
+        xyz), else the source and the bytes of the array."""
+        if self.normals_source == "pca":
+            return b"normals:pca"
+        return b"normals:" + self.normals_source.encode() + np.ascontiguousarray(self._normals, np.float32).tobytes()
 
     def validate(self) -> "Scene":
         """Raise InputError naming the scene path for malformed arrays (shape, dtype, NaN/inf)."""
@@ -110,4 +130,6 @@ class Scene:
         for nm, arr in (("labels", self.labels), ("instances", self.instances)):
             if arr is not None and arr.shape != (n,):
                 raise InputError(where, f"{nm} must be ({n},), got {arr.shape}")
+        if self._normals is not None and np.shape(self._normals) != (n, 3):
+            raise InputError(where, f"normals must be ({n}, 3), got {np.shape(self._normals)}")
         return self

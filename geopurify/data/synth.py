@@ -18,9 +18,10 @@ From the primitives:
 
 Everything is a pure function of the seed: the same seed gives byte-identical arrays and images.
 `write_room` writes the on-disk scene layout (docs/architecture.md) with
-meta.json {"source": "synthetic (procedural room)"}. The same rooms in ScanNet's and Matterport3D's
-release layouts (meshes, .sens, annotations): geopurify.data.synth_mesh / synth_raw / synth_matterport,
-which start from `room_layout`.
+meta.json {"source": "synthetic (procedural room)"}, and the exact surface normals (the side a
+camera inside the room sees, as a scan mesh's) as normals.npy with meta.json "normals": "analytic".
+The same rooms in ScanNet's and Matterport3D's release layouts (meshes, .sens, annotations):
+geopurify.data.synth_mesh / synth_raw / synth_matterport, which start from `room_layout`.
 """
 from __future__ import annotations
 
@@ -1086,13 +1087,14 @@ def room_meta(room: Room) -> dict:
 
 
 def write_room(room: Room, scene_dir: str | Path, progress: bool = False) -> Path:
-    """Write `room` in the on-disk scene layout (points, labels, instances, frames, label images, meta)."""
+    """Write `room` in the on-disk scene layout (points, labels, instances, normals, frames, label images, meta)."""
     from tqdm import tqdm
 
     from geopurify.data.writers import write_frame, write_scene
 
     scene_dir = Path(scene_dir)
-    write_scene(scene_dir, room.xyz, room.rgb, labels=room.labels, instances=room.instances, meta=room_meta(room))
+    write_scene(scene_dir, room.xyz, room.rgb, labels=room.labels, instances=room.instances, meta=room_meta(room),
+                normals=room.normals, normals_source="analytic")
     for i in tqdm(range(room.n_frames), desc=f"render {room.name}", unit="frame", disable=not progress, leave=False):
         v = room.render(i)
         write_frame(scene_dir, i, room.poses[i], room.intrinsic, color=v.color, depth=v.depth,

@@ -15,6 +15,7 @@ import numpy as np
 
 from geopurify.data import readers as R
 from geopurify.data.images import write_color, write_depth, write_label_image
+from geopurify.data.normals import NORMAL_SOURCES
 from geopurify.io import save_npy, write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -45,10 +46,14 @@ def _update_meta(scene_dir: Path, updates: dict) -> None:
 
 
 def write_scene(scene_dir: str | Path, xyz: np.ndarray, rgb: np.ndarray, labels: np.ndarray | None = None,
-                instances: np.ndarray | None = None, meta: dict | None = None) -> Path:
+                instances: np.ndarray | None = None, meta: dict | None = None, normals: np.ndarray | None = None,
+                normals_source: str = "mesh") -> Path:
     """Write a scene's points (points_xyzrgb.npy float32 (N, 6)), labels_nyu40.npy / instances.npy
-    (int32) and meta.json (merged into an existing one). Label / instance files of an earlier
-    write that are not given now are removed, so the directory always describes one point set."""
+    (int32), normals.npy (float32 (N, 3), world frame) and meta.json (merged into an existing one),
+    whose "normals" says where the normals come from: `normals_source` ("mesh", "analytic"; see
+    geopurify.data.normals), or "pca" when none are given (the readers estimate them). Label /
+    instance / normal files of an earlier write that are not given now are removed, so the
+    directory always describes one point set."""
     scene_dir = Path(scene_dir)
     xyz = np.asarray(xyz)
     rgb = np.asarray(rgb)
@@ -64,6 +69,16 @@ def write_scene(scene_dir: str | Path, xyz: np.ndarray, rgb: np.ndarray, labels:
     scene_dir.mkdir(parents=True, exist_ok=True)
     pts = np.concatenate([xyz.astype(np.float32), rgb.astype(np.float32)], axis=1)
     save_npy(scene_dir / R.POINTS_FILE, pts)
+    if normals is not None:
+        normals = np.asarray(normals)
+        if normals.shape != (n, 3) or normals.dtype.kind != "f" or not np.isfinite(normals).all():
+            raise ValueError(f"normals must be finite ({n}, 3) floats, got {normals.shape} {normals.dtype}")
+        if normals_source not in NORMAL_SOURCES:
+            raise ValueError(f"normals_source must be one of {NORMAL_SOURCES}, got {normals_source!r}")
+        save_npy(scene_dir / R.NORMALS_FILE, normals.astype(np.float32))
+    elif (scene_dir / R.NORMALS_FILE).exists():
+        log.info("%s: removing stale %s", scene_dir, R.NORMALS_FILE)
+        (scene_dir / R.NORMALS_FILE).unlink()
     for fname, arr, what in ((R.LABELS_FILE, labels, "labels"), (R.INSTANCES_FILE, instances, "instances")):
         path = scene_dir / fname
         if arr is None:
@@ -75,8 +90,7 @@ def write_scene(scene_dir: str | Path, xyz: np.ndarray, rgb: np.ndarray, labels:
         if arr.shape != (n,) or arr.dtype.kind not in "iu":
             raise ValueError(f"{what} must be ({n},) integers, got {arr.shape} {arr.dtype}")
         save_npy(path, arr.astype(np.int32))
-    if meta:
-        _update_meta(scene_dir, dict(meta))
+    _update_meta(scene_dir, {**(meta or {}), "normals": "pca" if normals is None else str(normals_source)})
     log.debug("wrote scene %s: %d points", scene_dir, n)
     return scene_dir
 

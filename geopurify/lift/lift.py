@@ -7,7 +7,9 @@ same size, or against a z-buffer of the points when the frame has no depth), the
 map sampled (nearest) at each kept pixel and fused over views (mean or consensus).
 
 Lifted feature files (`*.lift.pt`, docs/architecture.md) are written by `save_lifted` and read
-back, validated, by `load_lifted`.
+back, validated, by `load_lifted`. They record the views (`frames`: frame names, i.e. raw frame
+ids on ScanNet, in lifting order) and how many of them had no depth image and were occlusion-
+tested against the points' z-buffer (`z_buffered`).
 """
 from __future__ import annotations
 
@@ -230,6 +232,9 @@ def lift_scene(scene: Scene, vlm, cfg: dict, text_emb: torch.Tensor | None = Non
     read_skips = [] if virtual else list(scene.meta.get("skip_reasons", []))
     info = {"vlm": vlm.name, "simulated": bool(vlm.simulated), "fusion": fusion, "scene": scene.name,
             "n_frames": n_frames, "frames_with_depth": n_depth, "device": str(device),
+            # the views, by frame name (raw frame id on ScanNet), and how many had no depth image
+            "frames": [f.name for i, f in enumerate(scene_v.frames) if i not in bad],
+            "z_buffered": n_frames - n_depth,
             "virtual_frames": virtual, "seen_frac": float(seen.float().mean()) if n else 0.0,
             # frames left out: by the reader (bad pose, missing image, ...) and here (unreadable pixels)
             "skipped_frames": int(scene.meta.get("skipped_frames", len(read_skips))) + len(bad),
@@ -239,6 +244,16 @@ def lift_scene(scene: Scene, vlm, cfg: dict, text_emb: torch.Tensor | None = Non
              f", {info['skipped_frames']} skipped" if info["skipped_frames"] else "",
              " [SIMULATED VLM]" if vlm.simulated else "")
     return LiftResult(feat, seen, n_views, info)
+
+
+def views_summary(info: dict, show: int = 6) -> str:
+    """'3 views (frames 0, 20, 40; 1 z-buffered)': the views a lift used, the middle of long lists elided."""
+    frames = info.get("frames")
+    if frames is None:
+        return f"{info.get('n_frames', 0)} views"
+    names = frames if len(frames) <= show else frames[:show - 2] + ["..."] + frames[-1:]
+    listed = f"frames {', '.join(names)}; " if frames else ""
+    return f"{len(frames)} views ({listed}{info.get('z_buffered', 0)} z-buffered)"
 
 
 def save_lifted(path: str | Path, result: LiftResult, meta: dict | None = None) -> None:
@@ -262,6 +277,9 @@ def save_lifted(path: str | Path, result: LiftResult, meta: dict | None = None) 
         obj["skipped_frames"] = int(info["skipped_frames"])
     if info.get("device"):  # optional key: the device the features were lifted on
         obj["device"] = str(info["device"])
+    if "frames" in info:  # the views lifted from (per-point backends have none)
+        obj["frames"] = [str(f) for f in info["frames"]]
+        obj["z_buffered"] = int(info.get("z_buffered", 0))
     save_torch(path, obj)
 
 
@@ -313,4 +331,11 @@ def load_lifted(path: str | Path, n_points: int | None = None, dim: int | None =
         info["skipped_frames"] = skipped
     if isinstance(obj.get("device"), str):  # optional: where the features were lifted
         info["device"] = obj["device"]
+    if "frames" in obj:  # optional (files written before views were recorded lack it)
+        frames, zbuf = obj["frames"], obj.get("z_buffered")
+        if not isinstance(frames, list) or not all(isinstance(f, str) for f in frames):
+            raise InputError(path, "'frames' must be a list of frame names")
+        if isinstance(zbuf, bool) or not isinstance(zbuf, int) or not 0 <= zbuf <= len(frames):
+            raise InputError(path, f"'z_buffered' must be an int in 0..{len(frames)} (the number of views), got {zbuf!r}")
+        info.update(frames=frames, z_buffered=zbuf, n_frames=len(frames))
     return LiftResult(feat.float(), seen, n_views.to(torch.int64), info)

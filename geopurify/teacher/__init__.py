@@ -31,7 +31,8 @@ def build_teacher(cfg: dict, device: str = "cpu") -> Teacher:
     elif name == "sonata":
         from geopurify.teacher.sonata import SonataTeacher
 
-        teacher = SonataTeacher(tcfg.get("ckpt"), device=str(device))
+        teacher = SonataTeacher(tcfg.get("ckpt"), device=str(device), color_scale=tcfg.get("color_scale", "sonata"),
+                                missing_normals=tcfg.get("missing_normals", "zero"))
     else:
         raise InputError(None, f"config key 'teacher.name' must be one of {', '.join(TEACHERS)}, got {name!r}")
     logger.info("teacher: %s", teacher.describe())

@@ -9,11 +9,14 @@ downloads the checkpoint once and gives its path (`teacher.ckpt`):
     model.safetensors + config.json  the same weights in the hub-mixin layout
 
 Pipeline of `sonata_features`, following the official demo / GeoPurify's `get_sonata_features`:
-1. input transform: centre x/y on the bounding-box middle and put the lowest point at z = 0;
-   2 cm grid sampling (one point per occupied cell); per-voxel features (coord, rgb / 255,
-   normal) = 9 channels. Upstream keeps a random point per cell; here it is the point nearest
-   the cell centre (deterministic and independent of the input order; exact ties, i.e. points
-   at the same position, go to the earlier one).
+1. input transform, Sonata's `transform.default()` (CenterShift(apply_z), GridSample(0.02, mode
+   "train", inverse), NormalizeColor, Collect(feat_keys=(coord, color, normal))): centre x/y on the
+   bounding-box middle and put the lowest point at z = 0; 2 cm grid sampling keeping one point
+   per occupied cell, drawn uniformly among the cell's points (seeded; upstream uses numpy's
+   global generator); per-voxel features (coord, colour / 255, normal) = 9 channels. A scene
+   without colours or normals gets zeros in their place, as Sonata's releases document for that
+   case. `color_scale="reference"` divides the colours by 255 once more, as GeoPurify's code
+   does (its loader already scales them to [0, 1]).
 2. the encoder (`geopurify.teacher.ptv3`), serialization orders shuffled by a seeded generator.
 3. up-casting: from the deepest stage, `up_cast_level` (2) times
    parent.feat = cat(parent.feat, child.feat[inverse]): 192 + 384 + 512 = 1088 channels for the
@@ -44,6 +47,8 @@ logger = logging.getLogger(__name__)
 GRID_SIZE = 0.02
 UP_CAST_LEVEL = 2
 IN_CHANNELS = 9  # coord (3) + colour (3) + normal (3)
+COLOR_SCALES = ("sonata", "reference")  # colour channels in [0, 1] (Sonata's intent) | [0, 1/255] (GeoPurify's code)
+MISSING_NORMALS = ("zero", "pca")  # scenes without mesh normals: zeros (Sonata's documented input) | PCA normals
 
 # The configuration stored in the official sonata.pth (Pointcept configs/sonata/
 # pretrain-sonata-v1m1-0-base.py, backbone "PT-v3m2"); used by tests and as documentation.
@@ -67,47 +72,65 @@ def centre_shift(xyz: np.ndarray) -> np.ndarray:
     return xyz - shift
 
 
-def grid_sample(coord: np.ndarray, grid_size: float = GRID_SIZE):
-    """One representative point per occupied grid cell.
+def grid_sample(coord: np.ndarray, grid_size: float = GRID_SIZE, seed: int = 0):
+    """One point per occupied grid cell, as Sonata's GridSample in the mode its inference transform uses.
 
     Returns (grid int64 (V, 3) >= 0, rep int64 (V,) index of each cell's point, inverse int64
-    (N,) cell of each point). The representative is the point nearest the cell centre; cells
-    are numbered in lexicographic (x, y, z) order."""
-    scaled = np.asarray(coord, dtype=np.float64) / grid_size
-    cell = np.floor(scaled)
-    dist = ((scaled - cell - 0.5) ** 2).sum(1)
-    grid = cell.astype(np.int64)
+    (N,) cell of each point). A point's cell is floor(coord / grid_size) minus the minimum cell,
+    computed in float32 as the official transform does on its float32 coordinates under the numpy
+    (1.26) that Sonata and GeoPurify pin. Each cell keeps one of its points, drawn uniformly by a
+    generator seeded with `seed`; the draw runs over cells and their points sorted by position,
+    so it does not depend on the input order. Cells are numbered in lexicographic (x, y, z) order
+    (upstream: hash order; the encoder's output does not depend on it)."""
+    c = np.asarray(coord, dtype=np.float32)
+    grid = np.floor(c / np.float32(grid_size)).astype(np.int64)
     grid -= grid.min(0)
     dims = grid.max(0) + 1
     key = (grid[:, 0] * dims[1] + grid[:, 1]) * dims[2] + grid[:, 2]
-    order = np.lexsort((dist, key))  # by cell, then distance to the centre (stable)
+    order = np.lexsort((c[:, 2], c[:, 1], c[:, 0], key))  # by cell, then position (stable for duplicates)
     ks = key[order]
     first = np.ones(len(ks), dtype=bool)
     first[1:] = ks[1:] != ks[:-1]
-    rep = order[first]
+    starts = np.flatnonzero(first)
+    counts = np.diff(np.append(starts, len(ks)))
+    rep = order[starts + np.random.default_rng(int(seed)).integers(0, counts)]
     inverse = np.empty(len(key), dtype=np.int64)
     inverse[order] = np.cumsum(first) - 1
     return grid[rep], rep, inverse
 
 
-def sonata_input(xyz: np.ndarray, rgb: np.ndarray, normals: np.ndarray, grid_size: float = GRID_SIZE):
-    """Sonata's default transform: (feat float32 (V, 9) = coord, rgb / 255, normal; grid int64
-    (V, 3); inverse int64 (N,) voxel of each point), as torch tensors."""
+def sonata_colors(rgb: np.ndarray, color_scale: str = "sonata") -> np.ndarray:
+    """float32 (N, 3) colour channels from 0..255 colours: NormalizeColor's rgb / 255 ("sonata");
+    "reference" divides by 255 once more, as GeoPurify's code feeds Sonata [0, 1] colours."""
+    if color_scale not in COLOR_SCALES:
+        raise ValueError(f"color_scale must be one of {COLOR_SCALES}, got {color_scale!r}")
+    color = np.asarray(rgb, dtype=np.float32) / np.float32(255)
+    return color / np.float32(255) if color_scale == "reference" else color
+
+
+def sonata_input(xyz: np.ndarray, rgb: np.ndarray | None, normals: np.ndarray | None, grid_size: float = GRID_SIZE,
+                 color_scale: str = "sonata", seed: int = 0):
+    """Sonata's default transform (module docstring, step 1): (feat float32 (V, 9) = coord,
+    colour, normal of each cell's point; grid int64 (V, 3); inverse int64 (N,) voxel of each
+    point), as torch tensors. `rgb` / `normals` None (the scene has none): zeros."""
     coord = centre_shift(xyz)
-    grid, rep, inverse = grid_sample(coord, grid_size)
-    feat = np.concatenate([coord[rep], np.asarray(rgb, np.float32)[rep] / 255.0,
-                           np.asarray(normals, np.float32)[rep]], 1).astype(np.float32)
+    n = len(coord)
+    color = np.zeros((n, 3), np.float32) if rgb is None else sonata_colors(rgb, color_scale)
+    normal = np.zeros((n, 3), np.float32) if normals is None else np.asarray(normals, np.float32)
+    if color.shape != (n, 3) or normal.shape != (n, 3):
+        raise ValueError(f"rgb {color.shape} and normals {normal.shape} must both be ({n}, 3)")
+    grid, rep, inverse = grid_sample(coord, grid_size, seed)
+    feat = np.concatenate([coord[rep], color[rep], normal[rep]], 1).astype(np.float32)
     return torch.from_numpy(feat), torch.from_numpy(grid), torch.from_numpy(inverse)
 
 
-def sonata_features(model: PTv3Encoder, xyz: np.ndarray, rgb: np.ndarray, normals: np.ndarray,
+def sonata_features(model: PTv3Encoder, xyz: np.ndarray, rgb: np.ndarray | None, normals: np.ndarray | None,
                     up_cast_level: int = UP_CAST_LEVEL, grid_size: float = GRID_SIZE, seed: int = 0,
-                    device: str | torch.device = "cpu", progress: bool = False) -> torch.Tensor:
-    """(N, D) float32 unit per-point features (module docstring, steps 1-4), on `device`."""
-    n = len(xyz)
-    if rgb.shape != (n, 3) or normals.shape != (n, 3):
-        raise ValueError(f"rgb {rgb.shape} and normals {normals.shape} must both be ({n}, 3)")
-    feat, grid, inverse = sonata_input(xyz, rgb, normals, grid_size)
+                    device: str | torch.device = "cpu", progress: bool = False,
+                    color_scale: str = "sonata") -> torch.Tensor:
+    """(N, D) float32 unit per-point features (module docstring, steps 1-4), on `device`.
+    `seed` draws the grid sample and shuffles the serialization orders."""
+    feat, grid, inverse = sonata_input(xyz, rgb, normals, grid_size, color_scale, seed)
     gen = torch.Generator().manual_seed(int(seed))
     with torch.no_grad():
         levels = model(feat.to(device), grid.to(device), generator=gen, progress=progress)
@@ -211,7 +234,12 @@ class SonataTeacher(Teacher):
     stand_in = False
 
     def __init__(self, ckpt: str | Path | None, device: str = "cpu", up_cast_level: int = UP_CAST_LEVEL,
-                 grid_size: float = GRID_SIZE, seed: int = 0, progress: bool = True):
+                 grid_size: float = GRID_SIZE, seed: int = 0, progress: bool = True, color_scale: str = "sonata",
+                 missing_normals: str = "zero"):
+        for key, value, allowed in (("color_scale", color_scale, COLOR_SCALES),
+                                    ("missing_normals", missing_normals, MISSING_NORMALS)):
+            if value not in allowed:
+                raise InputError(None, f"config key 'teacher.{key}' must be one of {', '.join(allowed)}, got {value!r}")
         if ckpt is None or str(ckpt) == "":
             raise InputError(None, "teacher.name is 'sonata' but teacher.ckpt is not set: give the path of the "
                                    "official facebook/sonata checkpoint (sonata.pth)")
@@ -221,25 +249,36 @@ class SonataTeacher(Teacher):
         self.ckpt = str(path)
         self.ckpt_fingerprint = _fingerprint(path)
         self.up_cast_level, self.grid_size, self.seed = int(up_cast_level), float(grid_size), int(seed)
+        self.color_scale, self.missing_normals = color_scale, missing_normals
         try:
             self.dim = self._model.upcast_dim(self.up_cast_level)
         except ValueError as e:
             raise InputError(path, str(e)) from None
         self.name = "sonata"
         cfg = self._model.config
-        logger.info("sonata: %s, stages %s x %s channels, %.1fM parameters, up-cast %d -> %d-d features",
-                    path, cfg["enc_depths"], cfg["enc_channels"], n_parameters(self._model) / 1e6,
-                    self.up_cast_level, self.dim)
+        logger.info("sonata: %s, stages %s x %s channels, %.1fM parameters, up-cast %d -> %d-d features, "
+                    "colours %s", path, cfg["enc_depths"], cfg["enc_channels"], n_parameters(self._model) / 1e6,
+                    self.up_cast_level, self.dim,
+                    "in [0, 1/255] (GeoPurify's code)" if color_scale == "reference" else "in [0, 1] (Sonata's)")
 
     @property
     def model(self) -> PTv3Encoder:
         return self._model
 
+    def input_normals(self, scene: Scene) -> np.ndarray | None:
+        """The normals Sonata sees: the scene's own (mesh, ...); for a bare point cloud (PCA
+        normals) None, i.e. zeros, unless `missing_normals` is "pca"."""
+        if scene.normals_source == "pca" and self.missing_normals == "zero":
+            logger.info("sonata: %s has no mesh normals: normal channels are zero (Sonata's documented input "
+                        "without normals; teacher.missing_normals: pca feeds PCA normals instead)", scene.name)
+            return None
+        return scene.normals
+
     def embed(self, scene: Scene) -> torch.Tensor:
         t0 = time.perf_counter()
         try:
-            feat = sonata_features(self._model, scene.xyz, scene.rgb, scene.normals, self.up_cast_level,
-                                   self.grid_size, self.seed, self._device, self._progress)
+            feat = sonata_features(self._model, scene.xyz, scene.rgb, self.input_normals(scene), self.up_cast_level,
+                                   self.grid_size, self.seed, self._device, self._progress, self.color_scale)
         except ValueError as e:  # e.g. a scene wider than 2**16 grid cells (1.3 km at 2 cm)
             raise InputError(scene.path if scene.path is not None else scene.name, f"sonata: {e}") from None
         out = finish_embedding(feat)
