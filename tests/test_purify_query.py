@@ -16,8 +16,8 @@ from geopurify.config import load_config
 from geopurify.data.scene import Scene
 from geopurify.errors import InputError
 from geopurify.purify.infer import knn_mean_scene, purified_features, purify_scene
-from geopurify.purify.query import (MAX_STEPS, build_session, feature_at, prompt_relevance, prompt_steps,
-                                    top_scores)
+from geopurify.purify.query import (MAX_STEPS, PoolingMatrix, build_session, feature_at, prompt_relevance,
+                                    prompt_steps, top_scores)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENE = ROOT.parent / "shared" / "data" / "scannet" / "scene0000_00"
@@ -123,3 +123,20 @@ def test_bad_prompt_and_steps(case):
         prompt_steps(session, np.ones(7, np.float32))
     with pytest.raises(ValueError, match="0..36"):
         prompt_steps(session, np.ones(12, np.float32))[MAX_STEPS + 1]
+
+
+def test_pooling_matrix_blocks_give_the_same_product():
+    """Row blocks on threads multiply exactly as one matrix (and as the dense definition)."""
+    rng = np.random.default_rng(0)
+    V, k = 301, 7
+    idx = torch.from_numpy(rng.integers(0, V, (V, k)))
+    W = torch.softmax(torch.from_numpy(rng.normal(size=(V, k))).float(), 1)
+    x = rng.normal(size=(V, 3)).astype(np.float32)
+    one = PoolingMatrix(idx, W, threads=1)
+    many = PoolingMatrix(idx, W, threads=4)
+    assert len(one.blocks) == 1 and len(many.blocks) == 4
+    np.testing.assert_array_equal(one @ x, many @ x)
+    dense = np.zeros((V, V))
+    np.add.at(dense, (np.repeat(np.arange(V), k), idx.numpy().ravel()), W.numpy().ravel())
+    np.testing.assert_allclose(many @ x, dense @ x, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(many.tocsr().toarray(), dense, atol=1e-7)

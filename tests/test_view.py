@@ -120,7 +120,7 @@ def test_colourings_legend_and_stand_ins(state):
         assert [f for *_, f in legend] == sorted((f for *_, f in legend), reverse=True)
         assert {name for name, *_ in legend} == {state.names[i] if i >= 0 else "ignored" for i in np.unique(col.labels)}
     pool = state.session.pool
-    assert (pool["purified"] != pool["knn_mean"]).nnz > 0  # the student's weights, not uniform ones
+    assert (pool["purified"].tocsr() != pool["knn_mean"].tocsr()).nnz > 0  # the student's weights, not uniform ones
     notes = " ".join(state.loaded.stand_ins)
     assert "SIMULATED VLM" in notes and "not Sonata" in notes and "procedural room" in notes
 
@@ -264,3 +264,15 @@ def test_view_in_a_real_browser(room, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_demo_prints_a_view_command_the_cli_accepts():
+    import shlex
+
+    from geopurify.cli import build_parser
+    from geopurify.cli.demo import view_command
+
+    cmd = shlex.split(view_command(Path("out/demo/data/synth 0004"), Path("out/demo/model/geopurify.pth")))
+    args = build_parser().parse_args(cmd[cmd.index("view"):])
+    assert args.command == "view" and args.scene == Path("out/demo/data/synth 0004")
+    assert args.ckpt == Path("out/demo/model/geopurify.pth") and args.port == 8080

@@ -2,7 +2,7 @@
 map without re-lifting or re-running the student (what `geopurify query` and `geopurify view` use).
 
 Load (`build_session`, once): voxelise, student embeddings (one forward), kNN graph, pooling weights,
-kept as sparse pooling matrices A (A[i, idx_ij] = W_ij, rows sum to 1): the student's affinities
+kept as sparse pooling matrices A (`PoolingMatrix`) (A[i, idx_ij] = W_ij, rows sum to 1): the student's affinities
 ("purified") and uniform 1/K ("kNN-mean", the baseline), plus the unpooled voxel means F of the
 lifted features.
 
@@ -38,15 +38,41 @@ log = logging.getLogger(__name__)
 MAX_STEPS = 36  # the largest T of the paper's ablation (T = 1 / 9 / 18 / 36)
 
 
-def pooling_matrix(idx: torch.Tensor, W: torch.Tensor):
-    """(V, V) scipy CSR float32 matrix A with A[i, idx_ij] = W_ij: one pooling step is A @ values."""
-    import scipy.sparse as sp
+class PoolingMatrix:
+    """The (V, V) pooling matrix A, A[i, idx_ij] = W_ij (rows sum to 1), as scipy CSR float32 row
+    blocks: `A @ values` multiplies the blocks on parallel threads (scipy releases the GIL; one
+    block per torch thread), row by row exactly as one matrix would, so results do not depend on
+    the thread count."""
 
-    idx = torch.as_tensor(idx).cpu()
-    V, k = idx.shape
-    indptr = np.arange(0, V * k + 1, k, dtype=np.int64)
-    return sp.csr_matrix((torch.as_tensor(W).cpu().float().numpy().ravel(), idx.numpy().ravel(), indptr),
-                         shape=(V, V))
+    _pool = None  # shared thread pool, created on first use
+
+    def __init__(self, idx: torch.Tensor, W: torch.Tensor, threads: int | None = None):
+        import scipy.sparse as sp
+
+        idx = torch.as_tensor(idx).cpu().numpy()
+        W = torch.as_tensor(W).cpu().float().numpy()
+        V, k = idx.shape
+        self.shape = (V, V)
+        n = max(1, min(threads or torch.get_num_threads(), V))
+        bounds = np.linspace(0, V, n + 1).astype(np.int64)
+        indptr = np.arange(0, V * k + 1, k, dtype=np.int64)
+        self.blocks = [sp.csr_matrix((W[a:b].ravel(), idx[a:b].ravel(), indptr[: b - a + 1]), shape=(b - a, V))
+                       for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+    def __matmul__(self, values: np.ndarray) -> np.ndarray:
+        if len(self.blocks) == 1:
+            return self.blocks[0] @ values
+        if PoolingMatrix._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            PoolingMatrix._pool = ThreadPoolExecutor(max_workers=max(2, torch.get_num_threads()))
+        return np.concatenate(list(PoolingMatrix._pool.map(lambda blk: blk @ values, self.blocks)))
+
+    def tocsr(self):
+        """The whole matrix as one scipy CSR matrix."""
+        import scipy.sparse as sp
+
+        return sp.vstack(self.blocks, format="csr")
 
 
 class StepStack:
@@ -86,7 +112,7 @@ class QuerySession:
     n_points: int
     point_voxel: np.ndarray  # (N,) int64
     voxel_feat: np.ndarray  # (V, C) float32 unpooled voxel means of the lifted features
-    pool: dict  # "purified" | "knn_mean" -> scipy CSR (V, V) or None
+    pool: dict  # "purified" | "knn_mean" -> PoolingMatrix or None
     class_names: list[str]
     class_emb: np.ndarray  # (P, C) float32 unit
     raw_labels: np.ndarray  # (N,) int64 argmax cosine of the per-point lifted features
@@ -151,7 +177,7 @@ def feature_at(session: QuerySession, point: int, steps: int, method: str | None
     if A is None:
         raise ValueError(f"no {method} weights in this session (no student loaded?)")
     if method not in session._transposed:
-        session._transposed[method] = A.T.tocsr()
+        session._transposed[method] = A.tocsr().T.tocsr()
     At = session._transposed[method]
     v = int(session.point_voxel[point])
     row = np.zeros(session.n_voxels, np.float32)
@@ -205,9 +231,9 @@ def build_session(scene, lifted, model, class_emb, class_names, cfg: dict, devic
     t = time.perf_counter()
     pool = {"purified": None, "knn_mean": None}
     if idx is not None:
-        pool["knn_mean"] = pooling_matrix(idx, uniform_weights(idx))
+        pool["knn_mean"] = PoolingMatrix(idx, uniform_weights(idx))
         if emb is not None:
-            pool["purified"] = pooling_matrix(idx, affinity_weights(emb, idx, tau))
+            pool["purified"] = PoolingMatrix(idx, affinity_weights(emb, idx, tau))
     timings["weights_s"] = time.perf_counter() - t
     fill = nearest_seen(coords, seen_voxels(seen, inverse, V))
     te = unit_text(torch.as_tensor(class_emb).float())
@@ -219,16 +245,11 @@ def build_session(scene, lifted, model, class_emb, class_names, cfg: dict, devic
              timings["voxelise_s"], f" student {timings['student_s']:.2f}s" if emb is not None else "",
              timings["knn_s"], timings["weights_s"])
     if pool["knn_mean"] is None:  # a single voxel: nothing to pool over, every step equals step 0
-        pool = {"purified": None if emb is None else _identity(V), "knn_mean": _identity(V)}
+        one = PoolingMatrix(torch.zeros(1, 1, dtype=torch.int64), torch.ones(1, 1))  # A = [1]: values stay
+        pool = {"purified": None if emb is None else one, "knn_mean": one}
     return QuerySession(name=scene.name, n_points=scene.n_points, point_voxel=fill[inverse].numpy(),
                         voxel_feat=x[:, :feat.shape[1]].float().numpy(), pool=pool, class_names=list(class_names),
                         class_emb=te.numpy(), raw_labels=raw, steps=steps, info=info)
-
-
-def _identity(V: int):
-    import scipy.sparse as sp
-
-    return sp.identity(V, dtype=np.float32, format="csr")
 
 
 @dataclass
