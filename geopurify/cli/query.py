@@ -33,7 +33,7 @@ def run(args) -> int:
     import numpy as np
 
     from geopurify.data.ply import write_ply
-    from geopurify.purify.query import load_session, prompt_relevance
+    from geopurify.purify.query import encode_prompt, load_session, prompt_relevance
     from geopurify.viz.render import heat_colors, heat_panel, render_points
 
     if not args.text.strip():
@@ -43,7 +43,7 @@ def run(args) -> int:
                                    device=args.device)
     scene = loaded.scene
     log.info("query %r on %s with %s", args.text, scene.name, loaded.vlm.describe())
-    rel = prompt_relevance(session, loaded.vlm.encode_text([args.text])[0])
+    rel = prompt_relevance(session, encode_prompt(loaded.vlm, args.text))
     lo, hi = (float(v) for v in np.percentile(rel, [1, 99]))
     colors = heat_colors(rel, lo, hi)
     out_ply = args.out.with_suffix(".ply")

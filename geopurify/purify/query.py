@@ -145,13 +145,26 @@ class QuerySession:
         return self.to_points(self._labels[method][t]).astype(np.int64)
 
 
+def encode_prompt(vlm, text: str) -> np.ndarray:
+    """(C,) float32 embedding of one prompt by the session's VLM, on one torch thread: a few tokens
+    gain nothing from intra-op threads, and on a busy machine idle OpenMP workers spin (MiniLM, one
+    prompt, 2 cores shared: 0.02 s CPU on one thread, 0.15-0.5 s on two)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        emb = vlm.encode_text([text])[0]
+    finally:
+        torch.set_num_threads(threads)
+    return torch.as_tensor(emb).detach().cpu().float().numpy()
+
+
 def prompt_steps(session: QuerySession, text_emb, method: str | None = None) -> StepStack:
     """The pooled relevance of one prompt: s(0) = F w^ per voxel, s(t) = A^t s(0), steps kept.
 
     text_emb (C,): the prompt's embedding from the session's VLM (any length; it is made unit).
     method: "purified" or "knn_mean" weights (default `session.relevance_pool`). Index the result
     with T and map it to points with `session.to_points` (see `prompt_relevance`)."""
-    w = torch.as_tensor(text_emb).float().reshape(-1)
+    w = torch.as_tensor(text_emb).detach().cpu().float().reshape(-1)
     if w.shape[0] != session.voxel_feat.shape[1]:
         raise InputError(None, f"prompt embedding is {w.shape[0]}-d, the lifted features "
                                f"{session.voxel_feat.shape[1]}-d (different VLMs?)")
@@ -236,8 +249,8 @@ def build_session(scene, lifted, model, class_emb, class_names, cfg: dict, devic
             pool["purified"] = PoolingMatrix(idx, affinity_weights(emb, idx, tau))
     timings["weights_s"] = time.perf_counter() - t
     fill = nearest_seen(coords, seen_voxels(seen, inverse, V))
-    te = unit_text(torch.as_tensor(class_emb).float())
-    raw = text_scores(feat, te).argmax(1).numpy().astype(np.int64)
+    te = unit_text(torch.as_tensor(class_emb).detach().cpu().float())
+    raw = text_scores(feat.cpu(), te).argmax(1).numpy().astype(np.int64)
     info = {"scene": scene.name, "n_points": scene.n_points, "n_voxels": V, "k": k_eff, "tau": tau, "steps": steps,
             "student": model is not None, **{key: round(v, 4) for key, v in timings.items()}}
     log.info("%s: loaded for prompts: %d points / %d voxels, k %d, %s; voxelise %.2fs%s knn %.2fs weights %.2fs",
@@ -247,8 +260,8 @@ def build_session(scene, lifted, model, class_emb, class_names, cfg: dict, devic
     if pool["knn_mean"] is None:  # a single voxel: nothing to pool over, every step equals step 0
         one = PoolingMatrix(torch.zeros(1, 1, dtype=torch.int64), torch.ones(1, 1))  # A = [1]: values stay
         pool = {"purified": None if emb is None else one, "knn_mean": one}
-    return QuerySession(name=scene.name, n_points=scene.n_points, point_voxel=fill[inverse].numpy(),
-                        voxel_feat=x[:, :feat.shape[1]].float().numpy(), pool=pool, class_names=list(class_names),
+    return QuerySession(name=scene.name, n_points=scene.n_points, point_voxel=fill[inverse.cpu()].numpy(),
+                        voxel_feat=x[:, :feat.shape[1]].float().cpu().numpy(), pool=pool, class_names=list(class_names),
                         class_emb=te.numpy(), raw_labels=raw, steps=steps, info=info)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from geopurify.purify.query import MAX_STEPS, prompt_steps, top_scores
+from geopurify.purify.query import MAX_STEPS, encode_prompt, prompt_steps, top_scores
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ class ViewState:
         with self.lock:
             t0 = time.perf_counter()
             if text not in self.prompts:
-                emb = self.loaded.vlm.encode_text([text])[0].float().numpy()
+                emb = encode_prompt(self.loaded.vlm, text)
                 self.prompts[text] = {"emb": emb, "stack": prompt_steps(self.session, emb)}
                 kept = [p for p, e in self.prompts.items() if e["stack"] is not None]
                 for p in kept[:max(0, len(kept) - MAX_PROMPTS)]:  # forget the oldest pooled steps, keep embeddings
