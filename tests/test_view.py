@@ -109,6 +109,18 @@ def test_heat_map_is_the_shared_prompt_function(state):
         state.set_steps(37)
 
 
+def test_old_prompts_forget_their_steps_but_come_back_equal(state, monkeypatch):
+    import geopurify.viz.view_state as vs
+
+    monkeypatch.setattr(vs, "MAX_PROMPTS", 2)
+    state.set_steps(5)
+    first = state.ask("a lamp").values
+    state.ask("a door")
+    state.ask("a rug")
+    assert state.prompts["a lamp"]["stack"] is None and state.prompts["a rug"]["stack"] is not None
+    np.testing.assert_array_equal(state.ask("a lamp").values, first)
+
+
 def test_colourings_legend_and_stand_ins(state):
     assert state.modes()[:5] == ["RGB", "ground truth", "raw", "kNN-mean", "purified"]
     state.set_steps(18)

@@ -144,11 +144,8 @@ class ViewState:
                 kept = [p for p, e in self.prompts.items() if e["stack"] is not None]
                 for p in kept[:max(0, len(kept) - MAX_PROMPTS)]:  # forget the oldest pooled steps, keep embeddings
                     self.prompts[p]["stack"] = None
-            entry = self.prompts[text]
-            if entry["stack"] is None:
-                entry["stack"] = prompt_steps(self.session, entry["emb"])
             self.prompt, self.mode = text, HEAT
-            col = self.colouring(HEAT)
+            col = self.colouring(HEAT)  # recomputes the pooled steps of a forgotten prompt
             dt = time.perf_counter() - t0
             self.computed.append({"prompt": text, "steps": self.steps, "seconds": dt})
             log.info("heat map computed for prompt %r at T = %d: relevance %.3f .. %.3f (1st..99th percentile) "
