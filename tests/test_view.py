@@ -184,9 +184,14 @@ def test_page_is_wired_to_the_state(state, tmp_path):
         viewer._set_steps()
         np.testing.assert_array_equal(viewer.cloud.colors, state.colouring().colors[viewer.display])
         assert "T = 3" in viewer.legend.content
+        png = tmp_path / "room.prompt_heat_map.a_window.T3.png"
+        viewer._export("png", None)
+        with_ceiling_hidden = png.read_bytes()
         viewer.ceiling_box.value = False
         viewer._set_ceiling()
         assert len(viewer.display) == state.scene.n_points
+        viewer._export("png", None)
+        assert png.read_bytes() != with_ceiling_hidden  # the picture shows what the page shows
         viewer._export("ply", None)
         assert list(tmp_path.glob("room.prompt_heat_map.a_window.T3.ply"))
     finally:
@@ -271,8 +276,19 @@ def test_view_in_a_real_browser(room, tmp_path):
             shot = tmp_path / "view_after_prompt.png"
             page.screenshot(path=str(shot))
             print(f"screenshot: {shot}")
+            assert changed > 0.05, f"only {100 * changed:.1f}% of the canvas pixels changed after the prompt"
+            # a click in the middle of the room (the initial view looks at its centre) lists top scores
+            canvas = page.locator("canvas").first.bounding_box()
+            page.mouse.click(canvas["x"] + canvas["width"] / 2, canvas["y"] + canvas["height"] / 2)
+            page.get_by_text("top classes (purified, T = 18)").wait_for(timeout=60_000)
+            assert page.get_by_text('"a place to sleep":').count() >= 1  # the prompt asked so far, with its score
+            page.get_by_role("button", name="Export PNG").click()  # from the browser's camera
+            png = tmp_path / "out" / "room.prompt_heat_map.a_place_to_sleep.T18.png"
+            t0 = time.time()
+            while not png.is_file() and time.time() - t0 < 60:
+                time.sleep(0.5)
+            assert png.is_file()
             browser.close()
-        assert changed > 0.05, f"only {100 * changed:.1f}% of the canvas pixels changed after the prompt"
     finally:
         proc.terminate()
         proc.wait(timeout=30)

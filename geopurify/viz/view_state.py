@@ -178,7 +178,7 @@ class ViewState:
     # picking
 
     def pick(self, origin, direction, candidates: np.ndarray | None = None, radius: float = 0.02,
-             cone: float = 0.004) -> int | None:
+             cone: float = 0.01) -> int | None:
         """The point a click ray hits: among `candidates` (point indices; default all) within
         max(`radius`, `cone` x depth) of the ray, in front of the camera, the nearest one along the
         ray; None when none is that close."""
@@ -232,13 +232,15 @@ class ViewState:
         return path
 
     def export_png(self, out_dir: str | Path, view: dict | str = "auto", size: tuple[int, int] = (960, 720),
-                   notes: list[str] | None = None) -> Path:
+                   notes: list[str] | None = None, hide: np.ndarray | None = None) -> Path:
         """The current colouring as a PNG from `view` (a camera dict, e.g. the browser's, or "auto"):
-        titled, with a class legend or the heat map's colour bar, and the stand-in notes under it."""
+        titled, with a class legend or the heat map's colour bar, and the stand-in notes under it.
+        `hide`: (N,) bool of points left out (default: the ceiling with the "auto" view, none else)."""
         from geopurify.viz.render import heat_panel, render_points, save_png, side_by_side
 
         col = self.colouring()
-        image = render_points(self.scene.xyz, col.colors, None, view=view, size=size, labels=self.gt, names=self.names)
+        image = render_points(self.scene.xyz, col.colors, None, view=view, size=size, labels=self.gt, names=self.names,
+                              hide=hide)
         if col.values is not None:
             image = heat_panel(image, col.title, col.vmin, col.vmax, "relevance (1st..99th percentile)")
         else:

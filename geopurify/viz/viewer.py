@@ -213,8 +213,9 @@ class Viewer:
 
     def _on_click(self, event) -> None:
         def pick():
-            p = self.state.pick(event.ray_origin, event.ray_direction, self.display, radius=self.cloud.point_size)
+            p = self.state.pick(event.ray_origin, event.ray_direction, self.display, radius=1.5 * self.cloud.point_size)
             if p is None:
+                self.point_info.content = "*No point under the click.*"
                 return
             self.server.scene.add_icosphere("/picked", radius=max(0.05, 2 * self.cloud.point_size),
                                             color=(255, 0, 255), position=tuple(float(c) for c in self.state.scene.xyz[p]))
@@ -231,7 +232,9 @@ class Viewer:
                 view = {"eye": list(c.position), "target": list(c.look_at), "up": list(c.up_direction),
                         "fov": math.degrees(c.fov)}
                 size = (960, max(240, int(round(960 / max(c.aspect, 0.2)))))
-            path = self.state.export_png(self.out_dir, view=view, size=size, notes=self.state.loaded.stand_ins)
+            hide = self.ceiling if self.ceiling_box.value else np.zeros_like(self.ceiling)  # as on the page
+            path = self.state.export_png(self.out_dir, view=view, size=size, notes=self.state.loaded.stand_ins,
+                                         hide=hide)
         self.status.content = f"wrote `{path}`"
         if client is not None:
             client.send_file_download(path.name, path.read_bytes())
