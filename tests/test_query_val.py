@@ -114,6 +114,21 @@ def test_query_relevance_ranks_the_prompted_class_first(trained):
     assert floor.any() and (~floor).any()
     # the floor prompt is more relevant on floor points than elsewhere (AUC-style check)
     assert rel[floor].mean() > rel[~floor].mean() + 0.05
+    # the same values as the viewer's prompt path (one function for both commands)
+    from geopurify.purify.query import load_session, prompt_relevance
+
+    session, loaded = load_session(scene_dir, ckpt=exp / "model" / "geopurify.pth", cache_dir=tmp / "cache")
+    want = prompt_relevance(session, loaded.vlm.encode_text(["a floor in a scene"])[0])
+    np.testing.assert_allclose(rel, want, rtol=1e-6, atol=1e-7)
+    # the picture: the prompt as its title above the render, the heat ramp as a colour bar below
+    from PIL import Image
+
+    from geopurify.viz.render import heat_colors
+
+    png = np.asarray(Image.open(out.with_suffix(".png")).convert("RGB"))
+    ramp = heat_colors(np.linspace(0, 1, png.shape[1] - 16))
+    assert any((png[y, 9:-9] == ramp[1:-1]).all() for y in range(png.shape[0] // 2, png.shape[0]))
+    assert (png[:20] != 255).any()
 
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from geopurify.viz.render import (BACKGROUND, IGNORE_COLOR, auto_view, ceiling_mask, class_colors,
-                                  colorize_labels, heat_colors, project_view, render_points, side_by_side, zbuffer_splat)
+                                  colorize_labels, heat_colors, heat_panel, project_view, render_points, side_by_side,
+                                  zbuffer_splat)
 
 SCANNET = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "scannet" / "scene0000_00"
 TOP = {"eye": (0.0, 0.0, 5.0), "target": (0.0, 0.0, 0.0), "up": (0.0, 1.0, 0.0), "fov": 60.0}
@@ -151,3 +152,17 @@ def test_side_by_side_layout_and_legend(tmp_path):
     assert no_legend.shape[0] < out.shape[0]
     with pytest.raises(ValueError):
         side_by_side([a], ["x", "y"])
+
+
+def test_heat_panel_has_title_picture_and_colour_bar(tmp_path):
+    img = np.full((60, 200, 3), 77, np.uint8)
+    out = heat_panel(img, '"a place to sleep"', 0.1, 0.3, "relevance", out_png=tmp_path / "h.png")
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "h.png").convert("RGB")), out)
+    pad = 8
+    assert out.shape[1] == 200 + 2 * pad
+    rows = np.flatnonzero((out == 77).all(-1).sum(1) == 200)  # the picture, pasted whole below the title
+    assert len(rows) == 60 and rows[0] > pad and (out[:rows[0]] != 255).any()  # a title above it
+    ramp = heat_colors(np.linspace(0, 1, 200))
+    bar = [y for y in range(rows[-1] + 1, out.shape[0]) if (out[y, pad + 1:pad + 199] == ramp[1:199]).all()]
+    assert bar  # the colour bar: the heat ramp from cold (left) to hot (right)
+    assert (out[bar[-1] + 1:] != 255).any()  # its values printed under it

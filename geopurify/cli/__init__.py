@@ -17,7 +17,7 @@ import sys
 from geopurify.errors import EXIT_BAD_INPUT, InputError
 
 # sub-command modules under geopurify.cli, in the order `--help` lists them
-COMMANDS = ["synth", "prepare", "lift", "eval", "select_subset", "train", "val", "demo", "query"]
+COMMANDS = ["synth", "prepare", "lift", "eval", "select_subset", "train", "val", "demo", "query", "view"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -149,4 +149,15 @@ def run(args) -> int:
     print(f"(percent; {len(val_scenes)} held-out procedural rooms; VLM: {vlm.describe()}; teacher: {teacher.name})")
     print(f"wrote {out / 'report.json'}, pictures in {out / 'pictures'}, PLYs in {out / 'ply'}  "
           f"[{timings['total_s']:.0f} s]")
+    print(f"explore a held-out room in the browser (then open http://127.0.0.1:8080):\n  "
+          f"{view_command(val_scenes[0], Path(ckpt))}")
     return 0
+
+
+def view_command(scene_dir: Path, ckpt: Path) -> str:
+    """The `geopurify view` command line for a scene and checkpoint, with the executable this run used."""
+    import shlex
+    import sys
+
+    prog = sys.argv[0] if Path(sys.argv[0]).name == "geopurify" else f"{sys.executable} -m geopurify"
+    return " ".join([prog, "view", "--scene", shlex.quote(str(scene_dir)), "--ckpt", shlex.quote(str(ckpt))])

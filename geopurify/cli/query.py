@@ -1,15 +1,16 @@
 """`geopurify query`: per-point relevance of any free text, from the purified features.
 
-Relevance = cosine(purified feature, text embedding). The purified features are the lifted
-features pooled over the student's affinities (the reference path: all channels), so any
-prompt can be asked after the fact.
+Relevance = purified feature . unit prompt embedding (= |F(T)| x cosine; geopurify.purify.query
+explains why), computed by pooling the prompt's score column over the student's affinities: the
+same function `geopurify view` calls for every prompt. Writes OUT.ply (heat colours and a
+`relevance` scalar per point) and OUT.png (the heat map under the prompt, with a colour bar).
 """
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-from geopurify.cli.options import add_device, add_set, device_of, drop_none
+from geopurify.cli.options import add_device, add_set, device_of
 from geopurify.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -30,59 +31,34 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def relevance(purified_feat, text_emb) -> "np.ndarray":
-    """(N,) cosine of each point's purified feature with one prompt embedding."""
-    import torch
-
-    f = torch.nn.functional.normalize(purified_feat.float(), dim=1)
-    w = torch.nn.functional.normalize(text_emb.float().reshape(1, -1), dim=1)
-    return (f @ w.T).squeeze(1).cpu().numpy()
-
-
 def run(args) -> int:
     import numpy as np
 
-    from geopurify.cache import cached_lift
-    from geopurify.config import apply_sets, load_config, merge
     from geopurify.data.ply import write_ply
-    from geopurify.data.readers import load_scene
-    from geopurify.distill.checkpoint import check_compatible, load_student
-    from geopurify.purify.infer import purified_features
-    from geopurify.viz.render import heat_colors, render_points
-    from geopurify.vlm import build_vlm
+    from geopurify.purify.query import encode_prompt, load_session, prompt_relevance
+    from geopurify.viz.render import heat_colors, heat_panel, render_points
 
     if not args.text.strip():
         raise InputError(None, "--text is empty")
     device = device_of(args)
-    model, meta = load_student(args.ckpt, device)
-    if args.config is not None:
-        cfg = load_config(args.config)
-    else:
-        cfg = load_config(None)
-        if isinstance(meta.get("config"), dict):
-            cfg = merge(cfg, meta["config"], args.ckpt)
-    cfg = merge(cfg, drop_none({"lift": {"vlm": args.vlm, "vlm_path": args.vlm_path}}), "overrides")
-    cfg = apply_sets(cfg, args.set)  # order: config (or the checkpoint's) < --vlm / --vlm-path < --set
-    scene = load_scene(args.scene, frame_step=cfg["data"]["frame_step"])
-    vlm = build_vlm(cfg, device=str(device))
-    check_compatible(meta, vlm.dim, cfg, args.ckpt)
-    log.info("query %r on %s with %s", args.text, scene.name, vlm.describe())
-    cache = args.cache_dir or args.out.parent / "cache"
-    lifted = cached_lift(scene, cfg, vlm, cache, device=device)
-    feat = purified_features(scene, lifted, model, cfg, device=device)
-    text = vlm.encode_text([args.text])[0]
-    rel = relevance(feat, text)
-    lo, hi = np.percentile(rel, 1), np.percentile(rel, 99)
-    heat = np.clip((rel - lo) / max(hi - lo, 1e-6), 0, 1)
-    colors = heat_colors(heat)
+    session, loaded = load_session(args.scene, ckpt=args.ckpt, config=args.config, vlm=args.vlm,
+                                   vlm_path=args.vlm_path, sets=args.set,
+                                   cache_dir=args.cache_dir or args.out.parent / "cache", device=device)
+    scene = loaded.scene
+    log.info("query %r on %s with %s", args.text, scene.name, loaded.vlm.describe())
+    rel = prompt_relevance(session, encode_prompt(loaded.vlm, args.text))
+    lo, hi = (float(v) for v in np.percentile(rel, [1, 99]))
+    colors = heat_colors(rel, lo, hi)
     out_ply = args.out.with_suffix(".ply")
     out_png = args.out.with_suffix(".png")
     write_ply(out_ply, scene.xyz, colors, scalars={"relevance": rel.astype(np.float32)})
-    render_points(scene.xyz, colors, out_png, view="auto")
+    image = render_points(scene.xyz, colors, None, view="auto")
+    heat_panel(image, f'"{args.text}"', lo, hi, f"purified relevance, T = {session.steps}", out_png=out_png)
     top = np.argsort(-rel)[: max(1, len(rel) // 100)]
-    print(f"{args.text!r}: relevance (cosine) min {rel.min():.3f} max {rel.max():.3f}; "
-          f"top-1% points centred at {np.round(scene.xyz[top].mean(0), 2).tolist()} (computed on {device})")
-    if vlm.simulated:
-        print("note: features come from the SIMULATED VLM stand-in; free-text relevance reflects its text space only")
+    print(f"{args.text!r}: relevance (purified feature . unit prompt, T = {session.steps}) min {rel.min():.3f} "
+          f"max {rel.max():.3f}; top-1% points centred at {np.round(scene.xyz[top].mean(0), 2).tolist()} "
+          f"(computed on {device})")
+    for line in loaded.stand_ins:
+        print(f"note: {line}")
     print(f"wrote {out_ply} and {out_png}")
     return 0

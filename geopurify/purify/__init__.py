@@ -2,7 +2,8 @@
 
 `pooling` holds the array-level pieces (graph, weights, pooling, the reference and fast
 classification); `infer` runs them on a scene (`purify_scene`, the `knn_mean_scene` baseline,
-`query_scores` for new prompts, `purified_features`).
+`query_scores` for new prompts, `purified_features`); `query` keeps a scene loaded for free-text
+prompts on demand (`geopurify query`, `geopurify view`).
 """
 from geopurify.purify.infer import (PurifyResult, knn_mean_scene, nearest_seen, purified_features, purify_scene,
                                     query_scores, seen_voxels)

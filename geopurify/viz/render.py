@@ -329,3 +329,44 @@ def side_by_side(images: Sequence[np.ndarray], titles: Sequence[str], legend=Non
     if out_png is not None:
         save_png(out_png, out)
     return out
+
+
+def heat_panel(image: np.ndarray, title: str, vmin: float, vmax: float, label: str = "",
+               out_png: str | Path | None = None, pad: int = 8, background=BACKGROUND) -> np.ndarray:
+    """A heat-map picture under its `title`, above a colour bar of the `heat_colors` ramp from
+    `vmin` (cold) to `vmax` (hot) with both values and the middle one printed, and `label` beside
+    them. Returns (H, W, 3) uint8; saved to `out_png` if given."""
+    from PIL import Image, ImageDraw
+
+    image = np.ascontiguousarray(image, dtype=np.uint8)
+    h, w = image.shape[:2]
+    font = _font(14)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+
+    def text_w(s: str) -> int:
+        x0, _, x1, _ = probe.textbbox((0, 0), s, font=font)
+        return x1 - x0
+
+    line_h = probe.textbbox((0, 0), "Ag", font=font)[3] + 2
+    bar_h = 14
+    top = pad + line_h + pad
+    width = w + 2 * pad
+    canvas = Image.new("RGB", (width, top + h + pad + bar_h + 4 + line_h + pad), tuple(background))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((max(pad, (width - text_w(title)) // 2), pad), title, fill=(0, 0, 0), font=font)
+    canvas.paste(Image.fromarray(image), (pad, top))
+    y = top + h + pad
+    ramp = heat_colors(np.linspace(0.0, 1.0, w))
+    canvas.paste(Image.fromarray(np.repeat(ramp[None], bar_h, axis=0)), (pad, y))
+    draw.rectangle([pad, y, pad + w - 1, y + bar_h - 1], outline=(0, 0, 0))
+    y += bar_h + 4
+    lo_s, mid_s, hi_s = (f"{v:.3g}" for v in (vmin, (vmin + vmax) / 2, vmax))
+    draw.text((pad, y), lo_s, fill=(0, 0, 0), font=font)
+    draw.text((pad + (w - text_w(mid_s)) // 2, y), mid_s, fill=(0, 0, 0), font=font)
+    draw.text((pad + w - text_w(hi_s), y), hi_s, fill=(0, 0, 0), font=font)
+    if label:
+        draw.text((pad + text_w(lo_s) + 2 * pad, y), label, fill=(90, 90, 90), font=font)
+    out = np.asarray(canvas, dtype=np.uint8).copy()
+    if out_png is not None:
+        save_png(out_png, out)
+    return out
