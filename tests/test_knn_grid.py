@@ -58,6 +58,7 @@ ADVERSARIAL = {
     "two voxels": (np.array([[3, 4, 5], [3, 4, 5]]), (1,)),
     "far cluster": (np.r_[lattice(20, 20, 3), lattice(2, 2, 1) + [5000, 9000, 300]], (96,)),  # full-scan path
     "sparse, huge extent": (np.random.default_rng(5).integers(0, (1 << 20) - 1, (400, 3)), (1, 20)),  # sort path
+    "scaled lattice": (shuffled(lattice(6, 6, 6) * 100, 9), (6, 26, 57)),  # sort path (distances >= 10^4), ties
     "negative, offset": (lattice(7, 3, 5) * 3 - [10 ** 6, 5, 40], (12,)),
 }
 
