@@ -217,7 +217,7 @@ def edge_cosines(emb: torch.Tensor, idx: torch.Tensor, method: str = "auto", chu
             e = min(V, s + rows)
             out[s:e] = torch.bmm(g[idx[s:e]], g[s:e, :, None])[:, :, 0]
         return out
-    gt = g.T.contiguous()
+    gt = g.T  # a view: sampled_addmm reads mat2 transposed, i.e. g's own rows (no copy of g per chunk)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*[Ss]parse.*")
         for s in range(0, V, chunk):
@@ -236,7 +236,7 @@ def affinity_weights(emb: torch.Tensor, idx: torch.Tensor, tau: float = 0.05, me
     if not tau > 0:
         raise ValueError(f"tau must be positive, got {tau}")
     cos = edge_cosines(emb, idx, method)
-    return torch.softmax(cos / tau, dim=1)
+    return torch.softmax(cos.div_(tau), dim=1)
 
 
 def uniform_weights(idx: torch.Tensor) -> torch.Tensor:
