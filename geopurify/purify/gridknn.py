@@ -16,7 +16,9 @@ distances (small integers), which gives the k-th distance and a stable counting 
 (distance, index) order; distances beyond the histogram (sparse regions, huge extents) take a
 sort instead. Queries run cell by cell in key order, so consecutive queries share their gathered
 candidates, and each starts at the r its predecessor needed. Blocks of cells run in threads (the
-compiled kernels release the GIL). Memory is O(V) besides the (V, k) result.
+compiled kernels release the GIL). Memory is O(V) besides the (V, k) result. numba compiles the
+kernels on their first use after an install (20-70 s on a loaded 2-core machine) and caches them
+beside this file (or in the user's cache directory), so later processes only load them.
 """
 from __future__ import annotations
 
