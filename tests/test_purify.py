@@ -63,7 +63,7 @@ def real_points() -> np.ndarray:
 # kNN graph
 
 
-@pytest.mark.parametrize("method", ["kdtree", "brute"])
+@pytest.mark.parametrize("method", ["kdtree", "brute", "grid"])
 @pytest.mark.parametrize("margin", [0, 8])
 def test_knn_graph_equals_brute_force_with_ties(method, margin, monkeypatch):
     monkeypatch.setattr(pooling, "_KNN_MARGIN", margin)  # margin 0 forces the tie re-query path
