@@ -19,9 +19,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/geopurify demo --out out/demo
 
-# 1 thread: 2-thread CPU reductions differ in the last bits, and tests compare exactly.
+# First the import contracts (pyproject.toml [tool.importlinter], docs/architecture.md) and lint,
+# then the suite on two pytest-xdist workers, each with 1 thread: 2-thread CPU reductions differ in
+# the last bits, and tests compare exactly.
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest
+	$(BIN)/lint-imports
+	$(BIN)/ruff check geopurify tests bench
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -n 2
 
 clean:
 	rm -rf $(VENV) out build *.egg-info

@@ -353,7 +353,7 @@ def main(argv=None) -> int:
         big = make_inputs(xyz2, rgb2, C, args.classes, "smooth", args.seed)
         sides = {}
         for knn in ("grid", "kdtree"):
-            sides[knn] = timed(lambda tw, tc: fast_path(big["coords"], big["vox_in"][:, :C], big["emb"], big["text"],
+            sides[knn] = timed(lambda tw, tc, knn=knn: fast_path(big["coords"], big["vox_in"][:, :C], big["emb"], big["text"],
                                                         big["inverse"], args.k, 0.05, args.steps, tw, knn=knn,
                                                         cpu=tc), args.repeat)
         same_labels = bool(np.array_equal(sides["grid"][0], sides["kdtree"][0]))

@@ -16,7 +16,7 @@ import re
 import socket
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 

@@ -324,7 +324,7 @@ def test_config_pathological_yaml():
     for text in ["data: " + "[" * 3000 + "]" * 3000, "a: &a [*a]\n", "? [1, 2]\n: 3\n", "\ufeff" + "data: {}\n",
                  "!!python/object:os.system {}\n", "data:\n  root: !!binary aGVsbG8=\n"]:
         path = _file("p.yaml", text)
-        _check_config(only_input_errors(lambda: load_config(path), path))
+        _check_config(only_input_errors(lambda path=path: load_config(path), path))
     only_input_errors(lambda: load_config(TMP), TMP)  # a directory
 
 
@@ -349,6 +349,6 @@ def test_images_mutated_bytes(mode, ops):
     path = _file("m.png" if mode == "I;16" else "m.jpg", mutate(VALID_IMAGES[mode], ops))
     only_input_errors(lambda: image_header(path), path)
     for fn in (read_color, read_depth, read_label_image):
-        arr = only_input_errors(lambda: fn(path), path)
+        arr = only_input_errors(lambda fn=fn: fn(path), path)
         if arr is not None:
             assert arr.ndim == (3 if fn is read_color else 2)

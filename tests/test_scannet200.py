@@ -15,7 +15,7 @@ from geopurify.data import prepare as P
 from geopurify.data import readers as R
 from geopurify.data.labels import IGNORE, get_label_set, scannet_raw_category_ids
 from geopurify.errors import InputError
-from test_prepare import tiny_scan, write_scannet_mesh  # raw-scan fixture writers (mesh, axis, segs, .sens)
+from test_prepare import tiny_scan  # raw-scan fixture writers (mesh, axis, segs, .sens)
 
 REPO = Path(__file__).resolve().parents[1]
 SCANNET_TSV = REPO.parent / "shared" / "data" / "scannet" / "scannetv2-labels.combined.tsv"

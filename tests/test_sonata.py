@@ -45,7 +45,8 @@ def surfaces(n=3000, seed=0):
     k = n // 3
     floor = np.c_[rng.uniform(0, 2, (k, 2)), np.zeros(k)]
     wall = np.c_[np.zeros(k), rng.uniform(0, 2, k), rng.uniform(0, 1.5, k)]
-    box = rng.uniform(0.8, 1.2, (n - 2 * k, 3)); box[:, 2] -= 0.8
+    box = rng.uniform(0.8, 1.2, (n - 2 * k, 3))
+    box[:, 2] -= 0.8
     xyz = (np.concatenate([floor, wall, box]) + rng.normal(0, 0.002, (n, 3))).astype(np.float32)
     nrm = np.repeat(np.eye(3)[[2, 0, 1]], [k, k, n - 2 * k], 0).astype(np.float32)
     rgb = rng.integers(0, 256, (n, 3)).astype(np.uint8)

@@ -11,7 +11,7 @@ y down, z forward), world z up; pixel (col, row) = (u, v) has its centre at inte
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

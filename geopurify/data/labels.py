@@ -88,13 +88,13 @@ def _rows(filename: str) -> list[list[str]]:
     return [ln.split("\t") for ln in lines[1:]]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _id_name_table(filename: str) -> tuple[tuple[int, ...], tuple[str, ...]]:
     rows = _rows(filename)
     return tuple(int(r[0]) for r in rows), tuple(r[1] for r in rows)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def matterport_categories() -> tuple[np.ndarray, np.ndarray, tuple[str, ...], tuple[str, ...]]:
     """Matterport category table: (index int64, nyu40id int64, nyuClass names, raw_category names)."""
     rows = _rows("matterport_categories.tsv")
@@ -111,7 +111,7 @@ def _lut(raw_ids, classes, size: int | None = None) -> np.ndarray:
     return lut
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def scannet_raw_category_ids() -> Mapping[str, int]:
     """ScanNet raw category string -> raw id ("scannet200_raw" space): the `raw_category` and `id`
     columns of scannetv2-labels.combined.tsv (resources/scannet_raw_categories.tsv). Several

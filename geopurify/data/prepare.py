@@ -27,7 +27,7 @@ import shutil
 import tempfile
 from importlib import resources
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 from tqdm import tqdm

@@ -115,7 +115,7 @@ class Scene:
             return b"normals:pca"
         return b"normals:" + self.normals_source.encode() + np.ascontiguousarray(self._normals, np.float32).tobytes()
 
-    def validate(self) -> "Scene":
+    def validate(self) -> Scene:
         """Raise InputError naming the scene path for malformed arrays (shape, dtype, NaN/inf)."""
         where = self.path if self.path is not None else self.name
         n = self.xyz.shape[0] if self.xyz.ndim == 2 else -1

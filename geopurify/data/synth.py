@@ -931,11 +931,11 @@ def _sample_candidates(room: Room, m: int, rng: np.random.Generator):
     # rectangles
     idx = np.repeat(np.arange(nr), counts[:nr])
     if len(idx):
-        O = np.array([r[1] for r in rects])[idx]
+        org = np.array([r[1] for r in rects])[idx]
         E1 = np.array([r[2] for r in rects])[idx]
         E2 = np.array([r[3] for r in rects])[idx]
         uv = rng.random((len(idx), 2))
-        xyz.append(O + uv[:, :1] * E1 + uv[:, 1:] * E2)
+        xyz.append(org + uv[:, :1] * E1 + uv[:, 1:] * E2)
         nor.append(np.array([r[4] for r in rects])[idx])
         sid.append(np.array([r[0] for r in rects])[idx])
     if nc:

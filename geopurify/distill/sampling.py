@@ -45,7 +45,7 @@ class Pairs:
     def __len__(self) -> int:
         return int(self.anchor.shape[0])
 
-    def to(self, device) -> "Pairs":
+    def to(self, device) -> Pairs:
         return Pairs(self.anchor.to(device), self.positive.to(device), self.negatives.to(device), self.n_macro)
 
 

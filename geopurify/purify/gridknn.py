@@ -18,12 +18,23 @@ sort instead. Queries run cell by cell in key order, so consecutive queries shar
 candidates, and each starts at the r its predecessor needed. Blocks of cells run in threads (the
 compiled kernels release the GIL). Memory is O(V) besides the (V, k) result. numba compiles the
 kernels on their first use after an install (20-70 s on a loaded 2-core machine) and caches them
-beside this file (or in the user's cache directory), so later processes only load them.
+beside this file (or in the user's cache directory), so later processes only load them; processes
+starting together (two test workers, two commands) take turns on a lock file for that first use, so
+one compiles and the others load its cache instead of compiling the same kernels at the same time.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import logging
+import tempfile
+import time
+from pathlib import Path
+
 import numpy as np
 from numba import njit
+
+log = logging.getLogger(__name__)
 
 _HIST = 4095  # histogram length: squared distances below this are counted, larger ones sorted
 _MAX_EXTENT = 1 << 20  # per-axis extent limit: cell keys and squared distances stay far inside int64
@@ -233,12 +244,45 @@ def cell_side(c: np.ndarray) -> int:
         s *= 2
 
 
+_READY = False  # the kernels are compiled (or loaded from the cache) in this process
+
+
+@contextlib.contextmanager
+def _compile_lock():
+    """An exclusive lock on a file named after this module's path (POSIX; elsewhere no lock)."""
+    tag = hashlib.sha1(str(Path(__file__).resolve()).encode()).hexdigest()[:12]
+    with open(Path(tempfile.gettempdir()) / f"geopurify-gridknn-{tag}.lock", "a") as fh:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            yield
+            return
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _ready() -> None:
+    """Compile or load every kernel once per process, under `_compile_lock` (module docstring)."""
+    global _READY
+    with _compile_lock():
+        t = time.perf_counter()
+        _READY = True
+        tiny = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], np.int64)
+        knn_grid(tiny, 1, threads=1)  # the argument types of every call: compiles or loads the kernels
+        log.debug("grid kNN kernels ready in %.2f s", time.perf_counter() - t)
+
+
 def knn_grid(c: np.ndarray, k: int, s: int | None = None, threads: int | None = None) -> np.ndarray:
     """Canonical k nearest neighbours (self excluded, ordered by (squared distance, index)) of
     integer coordinates c (V, 3) >= 0 with extents below _MAX_EXTENT -> (V, k) int64.
     s: cell side (default: cell_side); threads: default torch's intra-op thread count."""
     import torch
 
+    if not _READY:
+        _ready()
     c = np.ascontiguousarray(c, dtype=np.int64)
     V = c.shape[0]
     if c.ndim != 2 or c.shape[1] != 3 or c.min() < 0 or c.max() >= _MAX_EXTENT:

@@ -10,7 +10,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from geopurify.data.scene import Frame, Scene
+from geopurify.data.scene import Scene
 
 
 class VLM(ABC):
