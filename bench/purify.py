@@ -56,8 +56,9 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from geopurify.purify.pooling import affinity_weights, knn_graph, pool_scores  # noqa: E402
-from geopurify.student.voxel import voxel_mean, voxelize  # noqa: E402
+from geopurify.ops.knn import knn_graph  # noqa: E402
+from geopurify.purify.pooling import affinity_weights, pool_scores  # noqa: E402
+from geopurify.ops.voxel import voxel_mean, voxelize  # noqa: E402
 
 log = logging.getLogger("bench.purify")
 

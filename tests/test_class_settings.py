@@ -16,7 +16,7 @@ from geopurify.config import load_config
 from geopurify.data.labels import describe_setting, get_label_set
 from geopurify.data.readers import load_scene_for
 from geopurify.data.splits import resolve_scenes
-from geopurify.evaluate.metrics import classify_by_text
+from geopurify.ops.scores import classify_by_text
 from geopurify.evaluate.split import class_settings, evaluate_scenes, prompt_columns
 from geopurify.lift.lift import save_lifted
 from geopurify.purify.infer import knn_mean_scene

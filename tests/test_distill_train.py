@@ -156,7 +156,7 @@ def test_student_input_sampled_runs_the_student_on_the_sampled_voxels_only():
 
     from geopurify.distill.engine import SceneBatch, check_settings, scene_loss
     from geopurify.distill.sampling import Pairs, n_anchors_for
-    from geopurify.student.voxel import voxelize
+    from geopurify.ops.voxel import voxelize
 
     rng = np.random.default_rng(4)
     xyz = rng.uniform(0, 0.6, (3000, 3)).astype(np.float32)

@@ -1,4 +1,4 @@
-"""The grid kNN (cell lists, geopurify.purify.gridknn): the same canonical graph as the kd-tree and
+"""The grid kNN (cell lists, geopurify.ops.gridknn): the same canonical graph as the kd-tree and
 the dense definition on real voxels and on tie-heavy and degenerate grids; purify_scene gives the
 same labels with it as with the kd-tree; int32 pooling indices change nothing."""
 from __future__ import annotations
@@ -16,9 +16,11 @@ from hypothesis import strategies as st
 
 from geopurify.config import load_config
 from geopurify.data.scene import Scene
-from geopurify.purify import gridknn, infer, pooling
-from geopurify.purify.pooling import knn_graph, pool
-from geopurify.student.voxel import voxelize
+from geopurify.ops import gridknn, knn
+from geopurify.ops.knn import knn_graph
+from geopurify.purify import infer
+from geopurify.purify.pooling import pool
+from geopurify.ops.voxel import voxelize
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "scannet"
@@ -172,7 +174,7 @@ def test_purify_scene_labels_identical_with_grid_and_kdtree(monkeypatch):
     out = {}
     for method in ("kdtree", "grid"):
         infer._GRAPH_CACHE.clear()
-        monkeypatch.setattr(infer, "knn_graph", functools.partial(pooling.knn_graph, method=method))
+        monkeypatch.setattr(infer, "knn_graph", functools.partial(knn.knn_graph, method=method))
         out[method] = purify_scene(scene, lifted, model, text, cfg, path="fast")
     infer._GRAPH_CACHE.clear()
     a, b = out["kdtree"], out["grid"]

@@ -20,8 +20,9 @@ from geopurify.config import load_config
 from geopurify.data.scene import Frame, Scene
 from geopurify.errors import InputError
 from geopurify.lift.fusion import MeanFusion, TopKFusion, consensus_classes, nearest_fill
-from geopurify.lift.lift import LiftResult, lift_scene, load_lifted, map_index, resize_nearest, save_lifted
-from geopurify.lift.project import depth_test, in_image, project, rescale_intrinsic, visible, zbuffer
+from geopurify.lift.lift import LiftResult, lift_scene, load_lifted, save_lifted
+from geopurify.ops.resize import map_index, resize_nearest
+from geopurify.ops.project import depth_test, in_image, project, rescale_intrinsic, visible, zbuffer
 from geopurify.vlm.base import VLM
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "scannet"

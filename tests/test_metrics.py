@@ -147,7 +147,7 @@ def test_format_table_lists_every_class_and_the_means():
 
 
 def test_classify_by_text_equals_dense_cosine_argmax():
-    from geopurify.evaluate.metrics import classify_by_text
+    from geopurify.ops.scores import classify_by_text
 
     g = torch.Generator().manual_seed(0)
     feat = torch.randn(1000, 16, generator=g) * torch.rand(1000, 1, generator=g) * 5

@@ -15,11 +15,13 @@ import torch.nn.functional as F
 from geopurify.config import load_config
 from geopurify.data.scene import Scene
 from geopurify.errors import InputError
+from geopurify.ops import knn
+from geopurify.ops.knn import knn_graph
+from geopurify.ops.scores import text_scores
+from geopurify.ops.voxel import voxel_mean, voxelize
 from geopurify.purify import pooling
 from geopurify.purify.infer import knn_mean_scene, purified_features, purify_scene, query_scores
-from geopurify.purify.pooling import (affinity_weights, edge_cosines, knn_graph, pool, pool_reference, pool_scores,
-                                      text_scores, uniform_weights)
-from geopurify.student.voxel import voxel_mean, voxelize
+from geopurify.purify.pooling import affinity_weights, edge_cosines, pool, pool_reference, pool_scores, uniform_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENE = ROOT.parent / "shared" / "data" / "scannet" / "scene0000_00"
@@ -66,7 +68,7 @@ def real_points() -> np.ndarray:
 @pytest.mark.parametrize("method", ["kdtree", "brute", "grid"])
 @pytest.mark.parametrize("margin", [0, 8])
 def test_knn_graph_equals_brute_force_with_ties(method, margin, monkeypatch):
-    monkeypatch.setattr(pooling, "_KNN_MARGIN", margin)  # margin 0 forces the tie re-query path
+    monkeypatch.setattr(knn, "_KNN_MARGIN", margin)  # margin 0 forces the tie re-query path
     rng = np.random.default_rng(0)
     cube = np.stack(np.meshgrid(*[np.arange(6)] * 3, indexing="ij"), -1).reshape(-1, 3)  # full lattice: many ties
     sparse = np.unique(rng.integers(0, 9, (500, 3)), axis=0)

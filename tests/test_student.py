@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from geopurify.errors import InputError
-from geopurify.student import voxel_mean, voxelize
+from geopurify.ops.voxel import voxel_mean, voxelize
 from geopurify.student import spconv_compat as sc
 from geopurify.student.network import AffinityNet, build_student, student_input
 
@@ -145,7 +145,7 @@ def test_voxelize_accepts_numpy_and_rejects_bad_shapes():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
 def test_voxel_mean_equals_loop(dtype, monkeypatch):
-    import geopurify.student.voxel as vox
+    import geopurify.ops.voxel as vox
 
     monkeypatch.setattr(vox, "_CHUNK", 37)  # exercise the chunked accumulation
     g = torch.Generator().manual_seed(7)

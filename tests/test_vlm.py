@@ -17,9 +17,10 @@ from geopurify.config import defaults
 from geopurify.data.labels import get_label_set
 from geopurify.data.scene import Frame, Scene
 from geopurify.errors import InputError
+from geopurify.ops.resize import resize_nearest
 from geopurify.vlm import build_vlm, text_embeddings
 from geopurify.vlm.simulated import (SimulatedVLM, close_class_probs, corrupt_classes, features_from_fractions,
-                                     object_map, patch_fractions, resize_nearest)
+                                     object_map, patch_fractions)
 from geopurify.vlm.text import MiniLMTextEncoder, prompts_for
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "scannet"
@@ -345,7 +346,7 @@ def test_defaults_per_view_accuracy_on_real_scene(encoder, labels20):
 
 def test_rendered_labels_line_up_with_real_frame(encoder, labels20):
     """Real ScanNet pose/intrinsics: the class at each visible point's pixel is that point's class."""
-    from geopurify.lift.project import rescale_intrinsic, visible
+    from geopurify.ops.project import rescale_intrinsic, visible
 
     scene = load_scannet("scene0000_00", with_frames=True)
     vlm = SimulatedVLM(sim_cfg(patch=1, **OFF), label_set=labels20, text_encoder=encoder)

@@ -71,7 +71,7 @@ def predict_from_features(path: Path, n_points: int, text_embs: dict) -> tuple[d
     """({setting: labels (N,) int64}, provenance) from a `.lift.pt` file: per class setting, the argmax
     cosine with that setting's text embeddings (`text_embs`: setting name -> (P, C)), computed on the
     device the text embeddings are on (the features are moved there)."""
-    from geopurify.evaluate.metrics import classify_by_text
+    from geopurify.ops.scores import classify_by_text
     from geopurify.lift.lift import load_lifted
 
     lifted = load_lifted(path, n_points=n_points)

@@ -17,6 +17,7 @@ import numpy as np
 
 from geopurify.data.scene import Frame
 from geopurify.errors import InputError
+from geopurify.ops.knn import PointTree
 
 logger = logging.getLogger(__name__)
 
@@ -110,8 +111,6 @@ def virtual_frames(xyz: np.ndarray, n_frames: int, image_hw: tuple[int, int] = (
         raise InputError(None, f"virtual_frames needs (N, 3) points, got shape {xyz.shape}")
     if not np.isfinite(xyz).all():
         raise InputError(None, "virtual_frames: points contain NaN/inf")
-    from scipy.spatial import cKDTree
-
     rng = np.random.default_rng(seed)
     lo = np.percentile(xyz, 2, axis=0)
     hi = np.percentile(xyz, 98, axis=0)
@@ -120,11 +119,11 @@ def virtual_frames(xyz: np.ndarray, n_frames: int, image_hw: tuple[int, int] = (
     eye_z = floor + (min(EYE_HEIGHT, 0.6 * height) if height > 0 else EYE_HEIGHT)
     centre = (lo[:2] + hi[:2]) / 2
     radii = 0.35 * (hi[:2] - lo[:2]) / 2
-    tree = cKDTree(xyz.astype(np.float64))
+    tree = PointTree(xyz.astype(np.float64))
     clearance = min(0.3, 0.1 * float(max(hi[0] - lo[0], hi[1] - lo[1], 1e-3)))
 
     def is_free(eye: np.ndarray) -> bool:
-        return bool(tree.query(eye, k=1)[0] >= clearance)
+        return bool(tree.query(eye, k=1)[0][0, 0] >= clearance)
 
     poses = orbit_poses(centre, radii, eye_z, int(n_frames), rng, is_free=is_free)
     K = intrinsic_matrix(image_hw)

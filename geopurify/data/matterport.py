@@ -43,6 +43,7 @@ import numpy as np
 from tqdm import tqdm
 
 from geopurify.errors import InputError
+from geopurify.ops.project import in_bounds
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +247,7 @@ def visible_counts(views: list[MPView], depth_dir: Path, samples: list[np.ndarra
         zf = np.where(front, z, 1.0)
         col = np.rint(v.K[0, 0] * cam[:, 0] / zf + v.K[0, 2])
         row = np.rint(v.K[1, 1] * cam[:, 1] / zf + v.K[1, 2])
-        ok = front & (col >= 0) & (col < w) & (row >= 0) & (row < h)
+        ok = front & in_bounds(col, row, (h, w))
         idx = np.flatnonzero(ok)
         d = depth[row[idx].astype(np.int64), col[idx].astype(np.int64)]
         seen = idx[(d > 0) & (np.abs(d - z[idx]) <= depth_tol * d)]

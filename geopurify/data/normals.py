@@ -27,6 +27,8 @@ import logging
 import numpy as np
 from tqdm import tqdm
 
+from geopurify.ops.knn import fast_tree
+
 log = logging.getLogger(__name__)
 
 NORMAL_SOURCES = ("mesh", "analytic", "pca", "file")
@@ -78,18 +80,6 @@ def pca_normals(neigh: np.ndarray) -> np.ndarray:
     return vecs[:, :, 0]
 
 
-def _kdtree(xyz: np.ndarray):
-    """pykdtree (fast, C) when installed, else scipy's cKDTree; both answer `.query(q, k)`."""
-    try:
-        from pykdtree.kdtree import KDTree
-
-        return KDTree(xyz), "pykdtree"
-    except ImportError:  # pragma: no cover - pykdtree is a declared dependency of the environment
-        from scipy.spatial import cKDTree
-
-        return cKDTree(xyz), "scipy"
-
-
 def estimate_normals(xyz: np.ndarray, k: int = 16, viewpoint: np.ndarray | None = None,
                      chunk: int = 65536, progress: bool | None = None) -> np.ndarray:
     """(N, 3) float32 unit normals by PCA over each point's k nearest neighbours, flipped so
@@ -111,7 +101,7 @@ def estimate_normals(xyz: np.ndarray, k: int = 16, viewpoint: np.ndarray | None 
     k = min(k, n)
     pts = np.ascontiguousarray(xyz, dtype=np.float64)
     vp = default_viewpoint(pts) if viewpoint is None else np.asarray(viewpoint, dtype=np.float64).reshape(3)
-    tree, backend = _kdtree(pts)
+    tree, backend = fast_tree(pts)
     out = np.empty((n, 3), dtype=np.float32)
     starts = range(0, n, chunk)
     show = (n > 4 * chunk) if progress is None else progress

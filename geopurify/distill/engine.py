@@ -240,7 +240,7 @@ def prepare_scene(path: Path, cfg: dict, vlm, teacher, cache_dir: Path, device: 
     from geopurify.cache import cached_lift, cached_teacher
     from geopurify.data.readers import load_scene
     from geopurify.student.network import student_input
-    from geopurify.student.voxel import voxelize
+    from geopurify.ops.voxel import voxelize
 
     scene = load_scene(path, frame_step=cfg["data"]["frame_step"])
     d = cfg["distill"]

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.spatial import cKDTree
+
+from geopurify.ops.knn import PointTree
 
 CHUNK_ELEMS = 1 << 24  # cosine-block entries per anchor chunk (64 MB of float32; ~160 anchors at N = 100k)
 MIN_CHUNK = 8  # anchors per chunk at least: (1, N) @ (N, D) products run far below GEMM speed
@@ -60,8 +61,7 @@ def spatial_neighbours(xyz: np.ndarray, query: np.ndarray, k: int) -> np.ndarray
     query point itself excluded (see the module docstring for coincident points)."""
     xyz = np.asarray(xyz, dtype=np.float64)
     query = np.asarray(query, dtype=np.int64)
-    _, idx = cKDTree(xyz).query(xyz[query], k=k + 1)
-    idx = np.asarray(idx, dtype=np.int64).reshape(len(query), k + 1)
+    _, idx = PointTree(xyz).query(xyz[query], k=k + 1)
     drop = idx == query[:, None]
     drop[~drop.any(1), -1] = True  # anchor not among its k+1 nearest (coincident points): drop the farthest
     first = drop.argmax(1)  # one dropped column per row (the first match if listed twice)

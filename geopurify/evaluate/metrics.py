@@ -149,23 +149,3 @@ def format_table(m: dict, title: str | None = None) -> str:
                      "their true class")
     return "\n".join(lines)
 
-
-def classify_by_text(feat, text_emb, chunk: int = 65536):
-    """(N,) int64 torch tensor: per point, the index of the text embedding with the highest cosine.
-
-    `feat` (N, C) and `text_emb` (P, C) torch tensors (any float dtype, e.g. float16 features from
-    disk); rows are compared in float32, `chunk` points at a time so memory stays bounded. A
-    zero feature row gets class 0 (its cosines are all zero).
-    """
-    import torch
-
-    if feat.ndim != 2 or text_emb.ndim != 2 or feat.shape[1] != text_emb.shape[1]:
-        raise ValueError(f"features {tuple(feat.shape)} and text embeddings {tuple(text_emb.shape)} "
-                         "must be (N, C) and (P, C) with the same C")
-    text = torch.nn.functional.normalize(text_emb.float(), dim=1).to(feat.device)
-    out = torch.empty(feat.shape[0], dtype=torch.int64, device=feat.device)
-    for s in range(0, feat.shape[0], chunk):
-        block = feat[s:s + chunk].float()
-        # normalising the features does not change the argmax over classes; the text side does
-        out[s:s + chunk] = (block @ text.T).argmax(1)
-    return out

@@ -84,7 +84,7 @@ def predict_scene(scene, lifted, model, text_emb, cfg, device="cpu", methods=MET
     `device` together here, so no later product mixes devices (the model is already there)."""
     from geopurify.device import to_device
     from geopurify.purify.infer import knn_mean_scene, purify_scene
-    from geopurify.purify.pooling import text_scores
+    from geopurify.ops.scores import text_scores
 
     lifted, text_emb = to_device(lifted, device), to_device(text_emb, device)
     columns = columns or {"all": list(range(text_emb.shape[0]))}
@@ -163,7 +163,7 @@ def evaluate_scenes(cfg: dict, scene_paths: list[Path], model, out_dir: Path, ca
     """
     from geopurify.cache import cached_lift
     from geopurify.vlm import build_vlm
-    from geopurify.vlm.text import l2_normalize
+    from geopurify.ops.scores import l2_normalize
 
     out_dir = Path(out_dir)
     sets = class_settings(cfg)

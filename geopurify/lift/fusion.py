@@ -16,6 +16,9 @@ import logging
 import numpy as np
 import torch
 
+from geopurify.ops.knn import fast_tree
+from geopurify.ops.scores import classify_by_text
+
 log = logging.getLogger(__name__)
 
 
@@ -99,9 +102,9 @@ def consensus_classes(mean_feat: torch.Tensor, text_emb: torch.Tensor) -> torch.
     """argmax_c of the view-averaged logits; (N,) int64.
 
     mean_v(s * f_v . t_c) = s * (mean_v f_v) . t_c, so the mean feature gives the same argmax as
-    averaging per-view logits, for any positive logit scale s.
+    averaging per-view logits, for any positive logit scale s: the text classifier of the mean feature.
     """
-    return (mean_feat @ text_emb.to(mean_feat).t()).argmax(dim=1)
+    return classify_by_text(mean_feat, text_emb)
 
 
 class TopKFusion:
@@ -145,8 +148,6 @@ def nearest_fill(xyz: np.ndarray | torch.Tensor, feat: torch.Tensor, seen: torch
     Returns a new tensor (or `feat` itself, filled, when `inplace`); if nothing was seen the
     features are returned unchanged (zeros).
     """
-    from pykdtree.kdtree import KDTree
-
     seen_np = seen.cpu().numpy().astype(bool)
     out = feat if inplace else feat.clone()
     if seen_np.all():
@@ -158,7 +159,8 @@ def nearest_fill(xyz: np.ndarray | torch.Tensor, feat: torch.Tensor, seen: torch
     pts = pts.astype(np.float64)
     seen_idx = np.flatnonzero(seen_np)
     unseen_idx = np.flatnonzero(~seen_np)
-    _, nn = KDTree(np.ascontiguousarray(pts[seen_idx])).query(np.ascontiguousarray(pts[unseen_idx]), k=1)
+    tree, _ = fast_tree(np.ascontiguousarray(pts[seen_idx]))
+    _, nn = tree.query(np.ascontiguousarray(pts[unseen_idx]), k=1)
     src = torch.as_tensor(seen_idx[nn.astype(np.int64)], device=feat.device)
     out[torch.as_tensor(unseen_idx, device=feat.device)] = feat[src]
     return out

@@ -25,7 +25,8 @@ from tqdm import tqdm
 from geopurify.data.scene import Frame, Scene
 from geopurify.errors import InputError
 from geopurify.lift.fusion import MeanFusion, TopKFusion, consensus_classes, nearest_fill
-from geopurify.lift.project import rescale_intrinsic, visible
+from geopurify.ops.project import rescale_intrinsic, visible
+from geopurify.ops.resize import map_index, resize_nearest
 
 log = logging.getLogger(__name__)
 
@@ -40,28 +41,6 @@ class LiftResult:
     seen: torch.Tensor  # (N,) bool: seen by at least one view
     n_views: torch.Tensor  # (N,) int: number of views that saw the point
     info: dict = field(default_factory=dict)  # vlm, simulated, fusion, scene, ...
-
-
-def map_index(pix: torch.Tensor, image_hw: tuple[int, int], map_hw: tuple[int, int]) -> torch.Tensor:
-    """Flat index into an (h, w) feature map of the nearest cell to each (col, row) image pixel.
-
-    Pixel x of an image W wide covers [x, x+1); its centre x + 0.5 falls in cell floor((x+0.5) w/W).
-    """
-    (H, W), (h, w) = image_hw, map_hw
-    col = torch.div((2 * pix[:, 0] + 1) * w, 2 * W, rounding_mode="floor").clamp_(0, w - 1)
-    row = torch.div((2 * pix[:, 1] + 1) * h, 2 * H, rounding_mode="floor").clamp_(0, h - 1)
-    return row * w + col
-
-
-def resize_nearest(img: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    """Nearest-neighbour resize of an (H0, W0) image to `hw` (pixel-centre aligned; no depth blending)."""
-    H0, W0 = img.shape[-2:]
-    H, W = hw
-    if (H0, W0) == (H, W):
-        return img
-    rows = torch.div((2 * torch.arange(H, device=img.device) + 1) * H0, 2 * H, rounding_mode="floor")
-    cols = torch.div((2 * torch.arange(W, device=img.device) + 1) * W0, 2 * W, rounding_mode="floor")
-    return img[..., rows[:, None], cols[None, :]]
 
 
 def _header_hw(path: Path | None) -> tuple[int, int] | None:

@@ -23,8 +23,10 @@ import numpy as np
 import torch
 
 from geopurify.errors import InputError
-from geopurify.purify.pooling import (affinity_weights, knn_graph, pool, pool_reference, pool_scores,
-                                      text_scores, uniform_weights)
+from geopurify.ops.knn import PointTree, knn_graph
+from geopurify.ops.scores import classify_by_text, text_scores
+from geopurify.ops.voxel import voxel_mean, voxelize
+from geopurify.purify.pooling import affinity_weights, pool, pool_reference, pool_scores, uniform_weights
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +117,6 @@ def nearest_seen(coords: torch.Tensor, seen_v: torch.Tensor) -> torch.Tensor:
     """(V,) int64: for each voxel the nearest voxel (grid distance) with `seen_v` True (one holding a
     seen point, or one with a non-zero pooled result); itself when it is one. When none is, every
     voxel keeps itself (logged)."""
-    from scipy.spatial import cKDTree
-
     V = coords.shape[0]
     fill = torch.arange(V)
     seen_v = seen_v.cpu()
@@ -129,8 +129,8 @@ def nearest_seen(coords: torch.Tensor, seen_v: torch.Tensor) -> torch.Tensor:
     c = coords.cpu().numpy().astype(np.float64)
     src = np.flatnonzero(seen_v.numpy())
     dst = np.flatnonzero(~seen_v.numpy())
-    _, j = cKDTree(c[src]).query(c[dst], k=1)
-    fill[torch.from_numpy(dst)] = torch.from_numpy(src[j])
+    _, j = PointTree(c[src]).query(c[dst], k=1)
+    fill[torch.from_numpy(dst)] = torch.from_numpy(src[j[:, 0]])
     return fill
 
 
@@ -161,8 +161,6 @@ def cached_knn_graph(coords: torch.Tensor, k: int, device) -> torch.Tensor:
 
 
 def _voxelise(scene, voxel_size: float):
-    from geopurify.student.voxel import voxelize
-
     return voxelize(torch.from_numpy(np.ascontiguousarray(scene.xyz, dtype=np.float32)), voxel_size)
 
 
@@ -227,7 +225,7 @@ def _student_embeddings(model, x: torch.Tensor, coords: torch.Tensor, device) ->
 
 def _raw_labels(feat: torch.Tensor, text_emb: torch.Tensor) -> np.ndarray:
     """Per-point argmax cosine of the lifted features (the no-purification prediction), as numpy."""
-    return text_scores(feat, text_emb).argmax(1).cpu().numpy().astype(np.int64)
+    return classify_by_text(feat, text_emb).cpu().numpy().astype(np.int64)
 
 
 def purify_scene(scene, lifted, model, text_emb: torch.Tensor, cfg: dict, device: str = "cpu",
@@ -263,8 +261,6 @@ def knn_mean_scene(scene, lifted, text_emb: torch.Tensor, cfg: dict, device: str
                    path: str | None = None) -> PurifyResult:
     """Baseline: the same K and T as purify_scene but uniform weights 1/K (plain kNN-mean smoothing,
     no student). `.labels` are its per-point predictions."""
-    from geopurify.student.voxel import voxel_mean
-
     *_, path, voxel_size = _settings(cfg, path)
     feat, seen, text_emb = _check_inputs(scene, lifted, text_emb, device)
     timings: dict[str, float] = {}

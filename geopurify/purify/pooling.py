@@ -1,4 +1,4 @@
-"""Geometry-guided pooling (METHOD.md section 5): the voxel kNN graph, affinity weights, F <- A F.
+"""Geometry-guided pooling (METHOD.md section 5): affinity weights over the voxel kNN graph, F <- A F.
 
 Purification smooths per-voxel values over a fixed row-stochastic kNN matrix A:
 
@@ -14,8 +14,8 @@ Two exact ways to the same labels:
   S = F W_hat^T instead of the C channels (P = 20 against C = 512 on ScanNet). A new prompt's
   score column can be pooled on demand the same way.
 
-Kernels: the graph comes from cell lists on the integer grid on CPU (`gridknn`; a kd-tree for
-non-integral coordinates) and from chunked exact distances on CUDA; edge cosines from a sampled
+Kernels: the graph is `geopurify.ops.knn.knn_graph` (cell lists on the integer grid on CPU, chunked
+exact distances on CUDA); edge cosines from a sampled
 dense-dense product (CPU) or chunked gathers (CUDA); each pooling step is one embedding_bag (a fused
 gather + weighted sum) on both. Voxels come x-major sorted from voxelize, so the neighbours of
 consecutive rows overlap and their gathers hit the cache. Every kernel works in row or channel chunks
@@ -26,167 +26,16 @@ from __future__ import annotations
 import logging
 import warnings
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from geopurify.ops.scores import cosine_scores, text_scores
+
 log = logging.getLogger(__name__)
 
-_KNN_MARGIN = 8  # extra kd-tree candidates per query, so ties at the K-th distance are seen
-_KNN_ROWS = 32768  # query rows per kd-tree chunk (bounds the (rows, K + margin) candidate arrays)
 _GATHER_BYTES = 64 << 20  # budget of one gathered (rows, K, C) block
-_BRUTE_BYTES = 128 << 20  # budget of one (rows, V) float64 distance block (CUDA brute force)
 _POOL_CHANNELS = 128  # channels pooled together (wider inputs go block by block: bounded temporaries)
-_MAX_INT_COORD = 1 << 20  # integer extents below this have exact float64 squared distances in the kd-tree
-
-
-# ----------------------------------------------------------------------------------------------
-# kNN graph
-
-
-def knn_graph(coords, k: int = 96, method: str = "auto") -> torch.Tensor:
-    """Exact k nearest neighbours of every voxel among the others -> idx (V, k) int64.
-
-    `coords` (V, 3) int or float grid coordinates (torch or numpy). Row i lists the k voxels
-    closest to voxel i, self excluded, ordered by (squared distance, index): ties at the k-th
-    distance (common on an integer grid) are broken towards the smaller index, so the graph is
-    one deterministic function of the coordinates on every device and by every method.
-    method: "grid" (cell lists on the integer grid, compiled, CPU; integral coordinates only),
-    "kdtree" (CPU), "brute" (chunked exact distances + selection, used on CUDA) or "auto": brute
-    on CUDA, else grid for integral coordinates within its extent limit, else kdtree.
-    The result lives on the device of `coords`.
-    """
-    c = torch.as_tensor(coords)
-    if c.ndim != 2 or c.shape[1] != 3:
-        raise ValueError(f"coords must be (V, 3), got {tuple(c.shape)}")
-    V = c.shape[0]
-    if not 1 <= k <= V - 1:
-        raise ValueError(f"k must be in 1..V-1 = {V - 1}, got {k}")
-    if c.is_floating_point() and not torch.isfinite(c).all():
-        raise ValueError("coords contain NaN/inf")
-    if c.is_floating_point():
-        c64 = c.double()
-        if torch.equal(c64, c64.round()):
-            c64 = c64.long()  # integral float coordinates: take the exact integer path
-    else:
-        c64 = c.long()
-    grid_ok = False
-    if not c64.is_floating_point():
-        c64 = c64 - c64.min(0).values  # distances are translation-invariant; keeps the integer keys small
-        ext = int(c64.max())
-        grid_ok = ext < _MAX_INT_COORD
-        if ext >= _MAX_INT_COORD or 3 * ext * ext * V >= 1 << 62:
-            c64 = c64.double()  # too large for exact int64 keys (d2 * V + index): the float path
-    if method == "auto":
-        method = "brute" if c.device.type == "cuda" else "grid" if grid_ok else "kdtree"
-    if method == "grid":
-        if not grid_ok:
-            raise ValueError(f"kNN method 'grid' needs integral coordinates with extents below {_MAX_INT_COORD}")
-        from geopurify.purify.gridknn import knn_grid
-
-        return torch.from_numpy(knn_grid(c64.long().cpu().numpy(), k)).to(c.device)
-    if method == "brute":
-        return _knn_brute(c64, k)
-    if method == "kdtree":
-        return torch.from_numpy(_knn_kdtree(c64.cpu().numpy(), k)).to(c.device)
-    raise ValueError(f"unknown kNN method {method!r} (auto | grid | kdtree | brute)")
-
-
-def _select_canonical(cand: np.ndarray, d2: np.ndarray, rows: np.ndarray, k: int, V: int,
-                      integral: bool) -> tuple[np.ndarray, np.ndarray]:
-    """From candidate neighbours (R, m) with exact squared distances, the k first by (d2, index),
-    self excluded, and whether that choice is provably global: it is when some candidate lies
-    strictly beyond the k-th distance (every non-candidate is at least that far) or when the
-    candidates are all V voxels."""
-    is_self = cand == rows[:, None]
-    if integral:
-        key = d2.astype(np.int64) * V + cand
-        key[is_self] = np.iinfo(np.int64).max
-        top = np.partition(key, k - 1, axis=1)[:, :k]
-        top.sort(axis=1)
-        idx, dk = top % V, top[:, k - 1] // V
-        far = np.where(is_self, -1, d2).max(1)
-    else:
-        d2 = np.where(is_self, np.inf, d2)
-        order = np.lexsort((cand, d2), axis=-1)[:, :k]
-        idx = np.take_along_axis(cand, order, 1)
-        dk = np.take_along_axis(d2, order[:, k - 1:k], 1)[:, 0]
-        far = np.where(is_self, -np.inf, d2).max(1)
-    ok = (far > dk) | (cand.shape[1] >= V)
-    return idx, ok
-
-
-def _knn_kdtree(c: np.ndarray, k: int) -> np.ndarray:
-    """CPU kNN: kd-tree candidates (k + 1 + margin per query), canonical selection, re-query of the
-    rare rows whose tie group at the k-th distance runs past the candidates with twice as many."""
-    V = c.shape[0]
-    integral = c.dtype.kind in "iu"
-    pts = np.ascontiguousarray(c, dtype=np.float64)
-    try:
-        from pykdtree.kdtree import KDTree
-
-        tree, fast = KDTree(pts), True
-    except ImportError:  # pragma: no cover - pykdtree is a dependency; scipy is the fallback
-        from scipy.spatial import cKDTree
-
-        tree, fast = cKDTree(pts), False
-
-    def query(rows: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
-        if fast:
-            d2, cand = tree.query(pts[rows], k=m, sqr_dists=True)
-        else:
-            d, cand = tree.query(pts[rows], k=m, workers=-1)
-            d2 = d * d
-        cand = cand.astype(np.int64)
-        if integral:  # exact: integer squared distances are exact in float64 at these magnitudes
-            d2 = np.rint(d2).astype(np.int64)
-        else:  # recompute in one fixed arithmetic so ties compare exactly
-            d2 = ((c[cand] - c[rows, None]) ** 2).sum(-1)
-        return cand, d2
-
-    out = np.empty((V, k), dtype=np.int64)
-    n_requery = 0
-    for s in tqdm(range(0, V, _KNN_ROWS), desc="kNN graph", unit="chunk", leave=False, disable=None):
-        rows = np.arange(s, min(V, s + _KNN_ROWS))
-        m = min(V, k + 1 + _KNN_MARGIN)
-        while rows.size:
-            cand, d2 = query(rows, m)
-            idx, ok = _select_canonical(cand, d2, rows, k, V, integral)
-            out[rows[ok]] = idx[ok]
-            rows = rows[~ok]
-            n_requery += rows.size
-            m = min(V, 2 * m)
-    if n_requery:
-        log.debug("kNN: %d re-queries for tie groups at the %d-th distance", n_requery, k)
-    return out
-
-
-def _knn_brute(c: torch.Tensor, k: int) -> torch.Tensor:
-    """Exact kNN by chunks of rows against all voxels (the CUDA path; also runs on CPU).
-
-    For each row: the k-th smallest squared distance dk, every voxel closer than dk, and of those at
-    exactly dk the ones with the smallest indices until there are k; then ordered by (d2, index)."""
-    V = c.shape[0]
-    cf = c.double()
-    out = torch.empty(V, k, dtype=torch.int64, device=c.device)
-    rows_per = max(1, _BRUTE_BYTES // (8 * V))
-    ar = torch.arange(V, device=c.device)
-    for s in range(0, V, rows_per):
-        e = min(V, s + rows_per)
-        d2 = torch.zeros(e - s, V, dtype=torch.float64, device=c.device)
-        for a in range(3):  # per axis: no (rows, V, 3) temporary
-            d2 += (cf[s:e, a, None] - cf[None, :, a]) ** 2
-        d2[torch.arange(e - s, device=c.device), ar[s:e]] = torch.inf
-        dk = torch.topk(d2, k, dim=1, largest=False, sorted=True).values[:, k - 1:k]
-        less = d2 < dk
-        tie = d2 == dk
-        need = k - less.sum(1, keepdim=True)
-        keep = less | (tie & (torch.cumsum(tie, 1) <= need))
-        cols = keep.nonzero()[:, 1].view(e - s, k)  # row-major: ascending index within each row
-        order = torch.sort(d2.gather(1, cols), dim=1, stable=True).indices
-        out[s:e] = cols.gather(1, order)
-    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -328,35 +177,7 @@ def _step_gather(f: torch.Tensor, idx: torch.Tensor, W: torch.Tensor) -> torch.T
 
 
 # ----------------------------------------------------------------------------------------------
-# classification: the reference and the fast formulation
-
-
-def unit_text(text_emb: torch.Tensor) -> torch.Tensor:
-    """Text embeddings scaled to unit length (P, C) float32."""
-    return F.normalize(torch.as_tensor(text_emb).float(), dim=-1)
-
-
-def text_scores(feat: torch.Tensor, text_emb: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
-    """S = F W_hat^T (V, P): dot products with the unit prompt embeddings, in row chunks. Per row,
-    argmax_c S equals argmax_c cos(f, w_c) (|f| is common to all classes)."""
-    feat = torch.as_tensor(feat)
-    w = unit_text(text_emb).to(feat.device)
-    if feat.ndim != 2 or w.ndim != 2 or feat.shape[1] != w.shape[1]:
-        raise ValueError(f"features (V, C) and text embeddings (P, C) must share C, "
-                         f"got {tuple(feat.shape)} and {tuple(w.shape)}")
-    out = torch.empty(feat.shape[0], w.shape[0], dtype=torch.float32, device=feat.device)
-    for s in range(0, feat.shape[0], chunk):
-        out[s:s + chunk] = feat[s:s + chunk].float() @ w.T
-    return out
-
-
-def cosine_scores(feat: torch.Tensor, text_emb: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
-    """cos(f_i, w_c) (V, P), in row chunks (a zero feature scores 0 with every prompt)."""
-    feat = torch.as_tensor(feat)
-    out = text_scores(feat, text_emb, chunk)
-    for s in range(0, feat.shape[0], chunk):
-        out[s:s + chunk] /= feat[s:s + chunk].float().norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return out
+# classification: the reference and the fast formulation (scores: geopurify.ops.scores)
 
 
 def pool_reference(feat: torch.Tensor, idx: torch.Tensor, W: torch.Tensor, text_emb: torch.Tensor,

@@ -31,7 +31,8 @@ import torch
 from geopurify.errors import InputError
 from geopurify.purify.infer import (_check_inputs, _settings, _student_embeddings, _voxelise, cached_knn_graph,
                                     nearest_seen, seen_voxels)
-from geopurify.purify.pooling import affinity_weights, text_scores, uniform_weights, unit_text
+from geopurify.ops.scores import classify_by_text, unit_text
+from geopurify.purify.pooling import affinity_weights, uniform_weights
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +251,7 @@ def build_session(scene, lifted, model, class_emb, class_names, cfg: dict, devic
     timings["weights_s"] = time.perf_counter() - t
     fill = nearest_seen(coords, seen_voxels(seen, inverse, V))
     te = unit_text(torch.as_tensor(class_emb).detach().cpu().float())
-    raw = text_scores(feat.cpu(), te).argmax(1).numpy().astype(np.int64)
+    raw = classify_by_text(feat.cpu(), te).numpy().astype(np.int64)
     info = {"scene": scene.name, "n_points": scene.n_points, "n_voxels": V, "k": k_eff, "tau": tau, "steps": steps,
             "student": model is not None, **{key: round(v, 4) for key, v in timings.items()}}
     log.info("%s: loaded for prompts: %d points / %d voxels, k %d, %s; voxelise %.2fs%s knn %.2fs weights %.2fs",

@@ -1,8 +1,4 @@
-"""The student affinity network: voxelisation, spconv CPU shims, the sparse residual stack.
+"""The student affinity network: spconv CPU shims, the sparse residual stack (voxels: geopurify.ops.voxel).
 
-`voxelize` / `voxel_mean` are cheap to import; the network pulls in spconv (slow import) only
-when `geopurify.student.network` is imported.
+The network pulls in spconv (slow import) only when `geopurify.student.network` is imported.
 """
-from geopurify.student.voxel import voxel_mean, voxelize
-
-__all__ = ["voxelize", "voxel_mean"]

@@ -22,7 +22,7 @@ from torch import nn
 
 from geopurify.errors import InputError
 from geopurify.student.spconv_compat import SubMConv3d, sparse_tensor
-from geopurify.student.voxel import voxel_mean
+from geopurify.ops.voxel import voxel_mean
 
 logger = logging.getLogger(__name__)
 

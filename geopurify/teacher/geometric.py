@@ -24,10 +24,10 @@ import logging
 import time
 
 import numpy as np
-from scipy.spatial import cKDTree
 from tqdm import tqdm
 
 from geopurify.data.scene import Scene
+from geopurify.ops.knn import PointTree
 from geopurify.teacher.base import Teacher, finish_embedding
 
 logger = logging.getLogger(__name__)
@@ -43,8 +43,7 @@ def knn(xyz: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """k nearest neighbours of every point, itself included (distance-sorted): (dist, idx) (N, k).
     Scenes with fewer than k points repeat the last neighbour."""
     n = xyz.shape[0]
-    dist, idx = cKDTree(xyz).query(xyz, k=min(k, n), workers=1)
-    dist, idx = dist.reshape(n, -1), idx.reshape(n, -1)
+    dist, idx = PointTree(xyz).query(xyz, k=min(k, n))
     if idx.shape[1] < k:
         pad = k - idx.shape[1]
         dist = np.concatenate([dist, np.repeat(dist[:, -1:], pad, 1)], 1)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from geopurify.io import atomic_path
+from geopurify.ops.project import in_bounds
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +188,7 @@ def zbuffer_splat(xyz: np.ndarray, view: Mapping, size: tuple[int, int], point_p
         uu, vv = (u[:, None] + du).ravel(), (v[:, None] + dv).ravel()
         zz = np.repeat(z[front].astype(np.float32), du.size)
         ii = np.repeat(front + s, du.size)
-        ok = (uu >= 0) & (uu < w) & (vv >= 0) & (vv < h)
+        ok = in_bounds(uu, vv, (h, w))
         pix, zz, ii = vv[ok] * w + uu[ok], zz[ok], ii[ok]
         order = np.lexsort((ii, zz, pix))  # by pixel, then depth, then index
         pix, zz, ii = pix[order], zz[order], ii[order]
@@ -206,7 +207,7 @@ def auto_point_px(xyz: np.ndarray, view: Mapping, size: tuple[int, int], max_px:
     The spacing is estimated as if the points covered half of the box their projection spans.
     """
     uv, z = project_view(xyz, view, size)
-    uv = uv[(z > 0) & (uv >= 0).all(1) & (uv[:, 0] < size[0]) & (uv[:, 1] < size[1])]
+    uv = uv[(z > 0) & in_bounds(uv[:, 0], uv[:, 1], (size[1], size[0]))]
     if len(uv) < 2:
         return 1
     area = float(np.prod(uv.max(0) - uv.min(0)))

@@ -31,11 +31,11 @@ ASK_LABEL = "Show heat map"
 
 def point_spacing(xyz: np.ndarray, n: int = 5000, seed: int = 0) -> float:
     """Median distance from a random sample of points to their nearest other point (metres)."""
-    from scipy.spatial import cKDTree
+    from geopurify.ops.knn import PointTree
 
     rng = np.random.default_rng(seed)
     sample = xyz[rng.choice(len(xyz), min(n, len(xyz)), replace=False)]
-    d, _ = cKDTree(xyz).query(sample, k=2)
+    d, _ = PointTree(xyz).query(sample, k=2)
     return float(np.median(d[:, 1])) if len(xyz) > 1 else 0.02
 
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from geopurify.data.scene import Scene
 from geopurify.errors import InputError
 from geopurify.vlm.base import VLM
-from geopurify.vlm.text import l2_normalize
+from geopurify.ops.scores import l2_normalize
 
 log = logging.getLogger(__name__)
 

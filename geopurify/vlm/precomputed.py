@@ -26,8 +26,9 @@ import torch
 
 from geopurify.data.scene import Scene
 from geopurify.errors import InputError
+from geopurify.ops.resize import resize_nearest
+from geopurify.ops.scores import l2_normalize
 from geopurify.vlm.base import VLM
-from geopurify.vlm.text import l2_normalize
 
 log = logging.getLogger(__name__)
 
@@ -184,13 +185,6 @@ def find_text_file(directory: str | Path) -> Path:
 
 # ----------------------------------------------------------------- per-view feature files
 
-def _resize_ids(a: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    """Nearest (pixel-centre) resize of the last two axes; the same cells lifting would sample."""
-    from geopurify.lift.lift import resize_nearest
-
-    return resize_nearest(a, hw)
-
-
 def mask_owner(masks: torch.Tensor, scores: torch.Tensor | None, n_masks: int, where) -> torch.Tensor:
     """(H, W) int64 owning mask per pixel, -1 where no mask owns it.
 
@@ -289,7 +283,7 @@ def read_view_features(path: str | Path, dim: int, image_hw: tuple[int, int], no
         if not torch.isfinite(fmap).all():
             raise InputError(path, "'feat' holds NaN/inf")
         if src_hw[0] * src_hw[1] > image_hw[0] * image_hw[1]:
-            fmap = _resize_ids(fmap, tuple(image_hw))
+            fmap = resize_nearest(fmap, tuple(image_hw))
         fmap = fmap.float()
         if normalize:
             fmap = l2_normalize(fmap, dim=0)
@@ -307,7 +301,7 @@ def read_view_features(path: str | Path, dim: int, image_hw: tuple[int, int], no
             raise InputError(path, "'masks' must be an (M, H, W) tensor or an (H, W) mask-id image")
         src_hw = tuple(masks.shape[-2:])
         if src_hw[0] * src_hw[1] > image_hw[0] * image_hw[1]:
-            masks = _resize_ids(masks, tuple(image_hw))
+            masks = resize_nearest(masks, tuple(image_hw))
         scores = obj.get("scores") if score_text is None else reference_mask_scores(emb, score_text, logit_scale)
         owner = mask_owner(masks, scores, emb.shape[0], path)
         fmap = paint_masks(l2_normalize(emb) if normalize else emb, owner)

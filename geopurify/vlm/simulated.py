@@ -9,7 +9,7 @@ every output made with it must say so. See docs/simulated_vlm.md for the knobs a
 
 Per view (frame), in order:
 1. a per-view label image: `Frame.label_image()` when the scene has one, else a z-buffer render of
-   the labelled points (`geopurify.lift.project.zbuffer`) with the frame's pose and intrinsics;
+   the labelled points (`geopurify.ops.project.zbuffer`) with the frame's pose and intrinsics;
    raw ids are mapped to the label set's classes; unlabelled pixels become "background";
 2. objects: instance ids from the scene, else connected regions of one class;
 3. (b) view-dependent confusions: with prob `confusion_prob` an object's class is swapped for a
@@ -32,8 +32,11 @@ from scipy import ndimage
 
 from geopurify.data.scene import Frame, Scene
 from geopurify.errors import InputError
+from geopurify.ops.project import rescale_intrinsic, zbuffer
+from geopurify.ops.resize import resize_nearest
 from geopurify.vlm.base import VLM
-from geopurify.vlm.text import DEFAULT_TEMPLATE, MiniLMTextEncoder, l2_normalize, prompts_for
+from geopurify.ops.scores import l2_normalize
+from geopurify.vlm.text import DEFAULT_TEMPLATE, MiniLMTextEncoder, prompts_for
 
 log = logging.getLogger(__name__)
 
@@ -57,27 +60,14 @@ def frame_image_hw(frame: Frame, image_hw: tuple[int, int]) -> tuple[int, int]:
     return int(image_hw[0]), int(image_hw[1])
 
 
-def resize_nearest(img: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of a label image (pixel centres map to pixel centres)."""
-    H0, W0 = img.shape[:2]
-    H, W = hw
-    if (H0, W0) == (H, W):
-        return img
-    r = (2 * np.arange(H) + 1) * H0 // (2 * H)
-    c = (2 * np.arange(W) + 1) * W0 // (2 * W)
-    return img[r[:, None], c[None, :]]
-
-
 def render_point_labels(scene: Scene, frame: Frame, image_hw: tuple[int, int], splat: int = 2,
                         labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Per-pixel raw label ids (0 = nothing) and instance ids (or None) of the points visible in a view.
 
-    Uses the lift package's z-buffer of the points themselves, at `image_hw`, with the frame's
-    intrinsics scaled from its own image size. `labels`: per-point raw ids to render instead of
+    Uses the z-buffer of the points themselves (`geopurify.ops.project.zbuffer`, as lifting's
+    occlusion test), at `image_hw`, with the frame's intrinsics scaled from its own image size. `labels`: per-point raw ids to render instead of
     `scene.labels` (e.g. the scene's labels in another raw id space).
     """
-    from geopurify.lift.project import rescale_intrinsic, zbuffer
-
     labels = scene.labels if labels is None else labels
     if labels is None:
         raise InputError(scene.path or scene.name,

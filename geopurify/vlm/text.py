@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import torch
 
 from geopurify.errors import InputError
+from geopurify.ops.scores import l2_normalize
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +38,6 @@ def prompts_for(label_set_or_names, template: str = DEFAULT_TEMPLATE) -> list[st
     if hasattr(label_set_or_names, "prompts"):  # a LabelSet may phrase some names differently
         return list(label_set_or_names.prompts(template))
     return [template.format(n) for n in names]
-
-
-def l2_normalize(x: torch.Tensor, dim: int = -1, eps: float = 1e-12) -> torch.Tensor:
-    """`x / |x|` along `dim` (zero vectors stay zero)."""
-    return x / x.norm(dim=dim, keepdim=True).clamp_min(eps)
 
 
 def text_embeddings(vlm, label_set_or_names, template: str = DEFAULT_TEMPLATE) -> torch.Tensor:

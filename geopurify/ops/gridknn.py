@@ -271,7 +271,7 @@ def _ready() -> None:
         t = time.perf_counter()
         _READY = True
         tiny = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], np.int64)
-        knn_grid(tiny, 1, threads=1)  # the argument types of every call: compiles or loads the kernels
+        _knn_grid(tiny, 1, None, 1)  # the argument types of every call: compiles or loads the kernels
         log.debug("grid kNN kernels ready in %.2f s", time.perf_counter() - t)
 
 
@@ -279,10 +279,14 @@ def knn_grid(c: np.ndarray, k: int, s: int | None = None, threads: int | None = 
     """Canonical k nearest neighbours (self excluded, ordered by (squared distance, index)) of
     integer coordinates c (V, 3) >= 0 with extents below _MAX_EXTENT -> (V, k) int64.
     s: cell side (default: cell_side); threads: default torch's intra-op thread count."""
-    import torch
-
     if not _READY:
         _ready()
+    return _knn_grid(c, k, s, threads)
+
+
+def _knn_grid(c: np.ndarray, k: int, s: int | None, threads: int | None) -> np.ndarray:
+    import torch
+
     c = np.ascontiguousarray(c, dtype=np.int64)
     V = c.shape[0]
     if c.ndim != 2 or c.shape[1] != 3 or c.min() < 0 or c.max() >= _MAX_EXTENT:

@@ -1,5 +1,8 @@
 """Pinhole projection of points into posed views, visibility masks and a point z-buffer.
 
+`in_bounds` is the one image mask every projection in the package uses (here, the Matterport view
+selection, the renderer).
+
 Conventions (docs/architecture.md): `pose` is camera-to-world (4, 4) in the points' world
 frame, OpenCV camera axes (x right, y down, z forward); `K` is the 3x3 pinhole matrix of the
 image the pixels refer to. A point projects to the pixel (col, row) = round(u, v) (pixel centres
@@ -79,6 +82,13 @@ def project(xyz: torch.Tensor, pose, K) -> tuple[torch.Tensor, torch.Tensor]:
     return uv, z
 
 
+def in_bounds(col, row, hw: tuple[int, int], border: int = 0):
+    """Which pixel coordinates (col, row) lie inside an (H, W) image less `border` pixels on every side
+    (a negative border reaches past the edges); torch tensors or numpy arrays."""
+    H, W = hw
+    return (col >= border) & (row >= border) & (col < W - border) & (row < H - border)
+
+
 def in_image(uv: torch.Tensor, z: torch.Tensor, hw: tuple[int, int], border: int = 10
              ) -> tuple[torch.Tensor, torch.Tensor]:
     """Which projections land inside the image minus `border` pixels, in front of the camera.
@@ -86,10 +96,8 @@ def in_image(uv: torch.Tensor, z: torch.Tensor, hw: tuple[int, int], border: int
     Returns (mask bool (..., N), pix int64 (..., N, 2) = rounded (col, row); pix is 0 where the
     mask is False so it can index an image safely).
     """
-    H, W = hw
     pix = torch.round(uv)
-    col, row = pix[..., 0], pix[..., 1]
-    mask = (z > 0) & (col >= border) & (row >= border) & (col < W - border) & (row < H - border)
+    mask = (z > 0) & in_bounds(pix[..., 0], pix[..., 1], hw, border)
     pix = torch.where(mask[..., None], pix, torch.zeros_like(pix)).long()
     return mask, pix
 
@@ -129,7 +137,7 @@ def zbuffer(xyz: torch.Tensor, pose, K, hw: tuple[int, int], splat: int = 2,
     for s in range(0, n, chunk):
         u, v, z = _project_soa(xyz[s:s + chunk].t(), P)  # (V, n_c) each
         col, row = torch.round(u), torch.round(v)
-        ok = (z > 0) & (col >= -splat) & (row >= -splat) & (col < W + splat) & (row < H + splat)
+        ok = (z > 0) & in_bounds(col, row, hw, -splat)
         vi, pi = ok.nonzero(as_tuple=True)
         if vi.numel() == 0:
             continue
@@ -140,7 +148,7 @@ def zbuffer(xyz: torch.Tensor, pose, K, hw: tuple[int, int], splat: int = 2,
         base = vi * (H * W)
         for dy, dx in offsets:
             rr, cc = r + dy, c + dx
-            inside = (rr >= 0) & (rr < H) & (cc >= 0) & (cc < W)
+            inside = in_bounds(cc, rr, hw)
             flat = base + rr * W + cc
             keys.scatter_reduce_(0, flat[inside], key[inside], reduce="amin")
     empty = keys == _EMPTY_KEY
@@ -188,7 +196,7 @@ def visible(xyz: torch.Tensor, pose, K, hw: tuple[int, int], border: int = 10, t
         pts_t = xyz[s:s + chunk].t()
         u, v, z = (a[0] for a in _project_soa(pts_t, P))
         col, row = torch.round(u), torch.round(v)
-        mask = (z > 0) & (col >= border) & (row >= border) & (col < W - border) & (row < H - border)
+        mask = (z > 0) & in_bounds(col, row, hw, border)
         sel = mask.nonzero().squeeze(1)
         col, row, z = col[sel].long(), row[sel].long(), z[sel]
         if P_d is None:
@@ -196,7 +204,7 @@ def visible(xyz: torch.Tensor, pose, K, hw: tuple[int, int], border: int = 10, t
         else:  # the depth camera sees the point at another pixel
             ud, vd, z = (a[0] for a in _project_soa(pts_t[:, sel], P_d))
             cd, rd = torch.round(ud), torch.round(vd)
-            ok = (cd >= 0) & (rd >= 0) & (cd < W) & (rd < H)
+            ok = in_bounds(cd, rd, hw)
             d_at = torch.where(ok, depth[rd.long().clamp(0, H - 1), cd.long().clamp(0, W - 1)], torch.zeros_like(z))
         keep = depth_test(z, d_at, thr)
         idx_out.append(sel[keep] + s)
