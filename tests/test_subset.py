@@ -118,7 +118,7 @@ def test_select_subset_cli_writes_the_scene_list(tmp_path, capsys):
     from geopurify.cli import main
     from geopurify.data.labels import get_label_set
     from geopurify.data.readers import list_scenes
-    from geopurify.data.splits import read_scene_list
+    from geopurify.data.layout import read_scene_list
     from geopurify.data.writers import write_scene
 
     # NYU40 ids 1 wall, 2 floor, 3 cabinet, 4 bed, 5 chair, 6 sofa, 7 table, 33 toilet, 34 sink; 22 ceiling is ignored

@@ -68,7 +68,7 @@ class MPView:
 
 def read_conf(path: str | Path) -> list[MPView]:
     """Parse an undistorted_camera_parameters/<house>.conf file into views (poses in OpenCV axes)."""
-    from geopurify.data.readers import pose_problem, read_text_lines
+    from geopurify.data.layout import pose_problem, read_text_lines
 
     path = Path(path)
     lines = read_text_lines(path, "camera parameter file")
@@ -114,7 +114,7 @@ def read_conf(path: str | Path) -> list[MPView]:
 def conf_source(path: str | Path) -> str:
     """meta.json `source` of a house's regions: "matterport", unless the .conf opens with a comment
     naming a synthetic stand-in (`geopurify synth --format matterport-raw`), which is carried on."""
-    from geopurify.data.readers import read_text_lines
+    from geopurify.data.layout import read_text_lines
 
     for line in read_text_lines(Path(path), "camera parameter file"):
         text = line.strip()

@@ -312,7 +312,7 @@ def export_sens(path: str | Path, scene_dir: str | Path, frame_step: int = 1, pr
     intrinsic/{intrinsic,extrinsic}_{color,depth}.txt. Frames whose pose is not a finite rigid
     transform (ScanNet's -inf for lost tracking) are skipped and counted. Returns a summary dict.
     """
-    from geopurify.data import readers as R
+    from geopurify.data import layout as L
     from geopurify.data.writers import format_matrix, write_frame
     from geopurify.io import write_text
 
@@ -328,14 +328,14 @@ def export_sens(path: str | Path, scene_dir: str | Path, frame_step: int = 1, pr
     k_color = header.intrinsic_color.astype(np.float64)
     k_depth = header.intrinsic_depth.astype(np.float64)
     for name, m in (("color", header.extrinsic_color), ("depth", header.extrinsic_depth)):
-        write_text(scene_dir / R.INTRINSIC_DIR / f"extrinsic_{name}.txt", format_matrix(m.astype(np.float64)))
+        write_text(scene_dir / L.INTRINSIC_DIR / f"extrinsic_{name}.txt", format_matrix(m.astype(np.float64)))
     chosen = range(0, header.n_frames, int(frame_step))
     written, bad = [], []
     frames = iter_sens_frames(header, chosen)
     for fr in tqdm(frames, total=len(chosen), desc=f"frames {header.path.stem}", unit="frame", disable=not progress,
                    leave=False):
         pose = fr.camera_to_world.astype(np.float64)
-        problem = R.pose_problem(pose)
+        problem = L.pose_problem(pose)
         if problem:
             bad.append(fr.index)
             (log.warning if len(bad) <= _WARN_POSES else log.debug)("%s: frame %d skipped: %s",
@@ -348,7 +348,7 @@ def export_sens(path: str | Path, scene_dir: str | Path, frame_step: int = 1, pr
         depth = decode_depth(header, fr)
         write_frame(scene_dir, fr.index, pose, k_color, depth=depth.astype(np.float64) / header.depth_shift,
                     depth_scale=header.depth_shift, depth_intrinsic=k_depth)
-        cpath = scene_dir / R.COLOR_DIR / f"{fr.index}{ext}"
+        cpath = scene_dir / L.COLOR_DIR / f"{fr.index}{ext}"
         if header.color_compression == "raw":
             from geopurify.data.images import write_color
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from geopurify.data.readers import list_scenes, read_scene_list  # noqa: F401 (read_scene_list re-exported)
+from geopurify.data.readers import list_scenes
 from geopurify.errors import InputError
 
 log = logging.getLogger(__name__)

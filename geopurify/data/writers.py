@@ -1,4 +1,4 @@
-"""Scene writers: the on-disk layout `geopurify.data.readers.load_scene` reads (docs/data.md).
+"""Scene writers: the on-disk layout `geopurify.data.readers.load_scene` reads (docs/data.md, geopurify.data.layout).
 
 Every file is written atomically (`geopurify.io`). Poses are given camera-to-world in the scene's
 world frame; if the directory already holds an axis alignment A, the pose file stores
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from geopurify.data import readers as R
+from geopurify.data import layout as L
 from geopurify.data.images import write_color, write_depth, write_label_image
 from geopurify.data.normals import NORMAL_SOURCES
 from geopurify.io import save_npy, write_json, write_text
@@ -38,7 +38,7 @@ def _as_4x4_intrinsic(k: np.ndarray, what: str) -> np.ndarray:
 
 
 def _update_meta(scene_dir: Path, updates: dict) -> None:
-    path = scene_dir / R.META_FILE
+    path = scene_dir / L.META_FILE
     meta = json.loads(path.read_text()) if path.is_file() else {}
     new = {**meta, **updates}
     if new != meta or not path.is_file():
@@ -68,18 +68,18 @@ def write_scene(scene_dir: str | Path, xyz: np.ndarray, rgb: np.ndarray, labels:
         raise ValueError("rgb must be in 0..255")
     scene_dir.mkdir(parents=True, exist_ok=True)
     pts = np.concatenate([xyz.astype(np.float32), rgb.astype(np.float32)], axis=1)
-    save_npy(scene_dir / R.POINTS_FILE, pts)
+    save_npy(scene_dir / L.POINTS_FILE, pts)
     if normals is not None:
         normals = np.asarray(normals)
         if normals.shape != (n, 3) or normals.dtype.kind != "f" or not np.isfinite(normals).all():
             raise ValueError(f"normals must be finite ({n}, 3) floats, got {normals.shape} {normals.dtype}")
         if normals_source not in NORMAL_SOURCES:
             raise ValueError(f"normals_source must be one of {NORMAL_SOURCES}, got {normals_source!r}")
-        save_npy(scene_dir / R.NORMALS_FILE, normals.astype(np.float32))
-    elif (scene_dir / R.NORMALS_FILE).exists():
-        log.info("%s: removing stale %s", scene_dir, R.NORMALS_FILE)
-        (scene_dir / R.NORMALS_FILE).unlink()
-    for fname, arr, what in ((R.LABELS_FILE, labels, "labels"), (R.INSTANCES_FILE, instances, "instances")):
+        save_npy(scene_dir / L.NORMALS_FILE, normals.astype(np.float32))
+    elif (scene_dir / L.NORMALS_FILE).exists():
+        log.info("%s: removing stale %s", scene_dir, L.NORMALS_FILE)
+        (scene_dir / L.NORMALS_FILE).unlink()
+    for fname, arr, what in ((L.LABELS_FILE, labels, "labels"), (L.INSTANCES_FILE, instances, "instances")):
         path = scene_dir / fname
         if arr is None:
             if path.exists():
@@ -113,53 +113,53 @@ def write_frame(scene_dir: str | Path, key: str | int, pose: np.ndarray, intrins
     if not _KEY_RE.fullmatch(key) or key.startswith("intrinsic"):
         raise ValueError(f"frame key {key!r} must be a plain file stem (letters, digits, _ . -)")
     pose = np.asarray(pose, dtype=np.float64)
-    problem = R.pose_problem(pose) if pose.shape == (4, 4) else f"pose must be 4x4, got {pose.shape}"
+    problem = L.pose_problem(pose) if pose.shape == (4, 4) else f"pose must be 4x4, got {pose.shape}"
     if problem:
         raise ValueError(problem)
-    if color_ext not in R.COLOR_EXTS:
-        raise ValueError(f"color_ext must be one of {R.COLOR_EXTS}")
-    meta_path = scene_dir / R.META_FILE
+    if color_ext not in L.COLOR_EXTS:
+        raise ValueError(f"color_ext must be one of {L.COLOR_EXTS}")
+    meta_path = scene_dir / L.META_FILE
     old_scale = json.loads(meta_path.read_text()).get("depth_scale") if meta_path.is_file() else None
     if depth is not None and old_scale is not None and float(old_scale) != float(depth_scale):
         raise ValueError(f"{meta_path} records depth_scale {old_scale}; cannot write a frame at scale {depth_scale}")
-    axis, _ = R.read_axis_alignment(scene_dir) if scene_dir.is_dir() else (None, None)
+    axis, _ = L.read_axis_alignment(scene_dir) if scene_dir.is_dir() else (None, None)
     if axis is not None:
         pose = np.linalg.inv(axis) @ pose
-    write_text(scene_dir / R.POSE_DIR / f"{key}.txt", format_matrix(pose))
+    write_text(scene_dir / L.POSE_DIR / f"{key}.txt", format_matrix(pose))
 
-    intr = scene_dir / R.INTRINSIC_DIR
-    for k, shared, own in ((intrinsic, R.COLOR_INTRINSIC, f"{key}.txt"),
-                           (depth_intrinsic, R.DEPTH_INTRINSIC, f"{key}_depth.txt")):
+    intr = scene_dir / L.INTRINSIC_DIR
+    for k, shared, own in ((intrinsic, L.COLOR_INTRINSIC, f"{key}.txt"),
+                           (depth_intrinsic, L.DEPTH_INTRINSIC, f"{key}_depth.txt")):
         if k is None:
             continue
         k4 = _as_4x4_intrinsic(k, "intrinsic")
         if not (intr / shared).is_file():
             write_text(intr / shared, format_matrix(k4))
-        elif not np.allclose(R.read_matrix(intr / shared)[:3, :3], k4[:3, :3], rtol=0, atol=1e-9):
+        elif not np.allclose(L.read_matrix(intr / shared)[:3, :3], k4[:3, :3], rtol=0, atol=1e-9):
             write_text(intr / own, format_matrix(k4))
         elif (intr / own).is_file():  # now equal to the scene's: drop a stale per-frame file
             (intr / own).unlink()
 
     if color is not None:
-        for ext in R.COLOR_EXTS:  # one colour file per key
-            other = scene_dir / R.COLOR_DIR / f"{key}{ext}"
+        for ext in L.COLOR_EXTS:  # one colour file per key
+            other = scene_dir / L.COLOR_DIR / f"{key}{ext}"
             if ext != color_ext and other.exists():
                 other.unlink()
-        write_color(scene_dir / R.COLOR_DIR / f"{key}{color_ext}", color)
+        write_color(scene_dir / L.COLOR_DIR / f"{key}{color_ext}", color)
     if depth is not None:
-        write_depth(scene_dir / R.DEPTH_DIR / f"{key}.png", depth, depth_scale)
+        write_depth(scene_dir / L.DEPTH_DIR / f"{key}.png", depth, depth_scale)
         if old_scale is None:
             _update_meta(scene_dir, {"depth_scale": float(depth_scale)})
     if label_image is not None:
-        write_label_image(scene_dir / R.LABEL_DIR / f"{key}.png", label_image)
+        write_label_image(scene_dir / L.LABEL_DIR / f"{key}.png", label_image)
 
 
 def write_axis_alignment(scene_dir: str | Path, matrix: np.ndarray) -> None:
     """Write axis_align_matrix.txt (4x4, original -> world). Write it before any frame: poses
     already on disk are in the frame the earlier alignment (or none) defined."""
     m = np.asarray(matrix, dtype=np.float64)
-    problem = R.pose_problem(m) if m.shape == (4, 4) else f"must be 4x4, got {m.shape}"
+    problem = L.pose_problem(m) if m.shape == (4, 4) else f"must be 4x4, got {m.shape}"
     if problem:
         raise ValueError("axis alignment " + problem.replace("pose ", ""))
-    write_text(Path(scene_dir) / R.AXIS_FILE, format_matrix(m))
+    write_text(Path(scene_dir) / L.AXIS_FILE, format_matrix(m))
 
