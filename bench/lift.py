@@ -7,7 +7,7 @@ from the view's feature map, a per-point sum and counter, and a division after t
 Both sides get the same scene, the same views, the same depth images and the same feature maps,
 computed once beforehand so the VLM's cost is in neither time.
 
-Default scene: a procedural room (geopurify.data.synth; an offline stand-in for a ScanNet scan)
+Default scene: a procedural room (geopurify.standins.rooms; an offline stand-in for a ScanNet scan)
 seen by the simulated VLM (a stand-in too). `--scene DIR` benchmarks a scene on disk instead.
 
     python bench/lift.py [--scene DIR [--frame-step K]] [--points 100000] [--frames 50] [--seed 0] [--repeat 3]
@@ -107,7 +107,7 @@ class PreloadedFrame(Frame):
 
 def _procedural_scene(points: int, frames: int, seed: int, workdir: Path) -> Scene:
     from geopurify.data.readers import load_scene
-    from geopurify.data.synth import make_room, write_room
+    from geopurify.standins.rooms import make_room, write_room
 
     room = make_room(seed, n_points=points, n_frames=frames)
     write_room(room, workdir / "room")

@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from geopurify.data.synth import make_room, scene_seed, write_room
-from geopurify.data.synth_raw import DEFAULT_FRAMES, DEFAULT_VERTICES, write_scannet_scan
+from geopurify.standins.rooms import make_room, scene_seed, write_room
+from geopurify.standins.rooms.scannet_raw import DEFAULT_FRAMES, DEFAULT_VERTICES, write_scannet_scan
 
 
 def timed(fn):

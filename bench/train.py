@@ -13,7 +13,7 @@ Peak memory: resource.getrusage max RSS on the CPU (tracemalloc does not see tor
 our iterations and again after the reference; torch.cuda.max_memory_allocated on a GPU, where
 the paper preset (512 wide, 4 blocks) is timed as well.
 
-Default scene: a procedural room (geopurify.data.synth; an OFFLINE STAND-IN for a ScanNet scan)
+Default scene: a procedural room (geopurify.standins.rooms; an OFFLINE STAND-IN for a ScanNet scan)
 with the simulated VLM (stand-in) and the geometric teacher (stand-in for Sonata), generated
 once under --work. `--scene DIR` benchmarks a scene on disk instead.
 
@@ -78,7 +78,7 @@ def reference_sample_pairs(teacher: torch.Tensor, xyz: np.ndarray, n_anchors: in
 
 def make_scene(work: Path, points: int) -> Path:
     """A procedural room of `points` points with 10 views (generated once; a stand-in for a scan)."""
-    from geopurify.data.synth import synthesize
+    from geopurify.standins.rooms import synthesize
 
     return synthesize(work / f"rooms_{points}", 1, 0, n_points=points, n_frames=10, progress=False)[0]
 

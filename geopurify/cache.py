@@ -81,14 +81,14 @@ def vlm_files(scene, cfg: dict) -> list[Path]:
     if name == "clip" and root:
         files += _dir_files(Path(root))
     if name == "openscene" and root:
-        from geopurify.lift.external import openscene_files
+        from geopurify.lift.openscene import openscene_files
 
         try:
             files += openscene_files(root, scene.name)
         except InputError:
             pass  # lifting reports the missing files
     if name == "external":
-        from geopurify.vlm.precomputed import external_feature_path
+        from geopurify.vlm.external import external_feature_path
 
         try:
             files += [external_feature_path(scene, i, root or None) for i in range(len(scene.frames))]
@@ -98,7 +98,7 @@ def vlm_files(scene, cfg: dict) -> list[Path]:
         if text:
             files += _text_files(text)
         elif root:
-            from geopurify.vlm.precomputed import find_text_file
+            from geopurify.vlm.prompts import find_text_file
 
             try:
                 files += _text_files(find_text_file(root))

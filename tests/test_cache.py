@@ -18,7 +18,7 @@ from geopurify.errors import InputError
 from geopurify.io import file_fingerprint
 from geopurify.lift.lift import lift_scene
 from geopurify.vlm import build_vlm
-from geopurify.vlm.precomputed import save_view_features
+from geopurify.vlm.external import save_view_features
 
 PROMPTS = ["a wall in a scene", "a chair in a scene"]
 

@@ -225,7 +225,7 @@ def test_bare_point_clouds_get_pca_normals():
 
 def test_procedural_rooms_store_their_analytic_normals(tmp_path):
     from geopurify.data.readers import load_scene
-    from geopurify.data.synth import make_room, write_room
+    from geopurify.standins.rooms import make_room, write_room
 
     room = make_room(3, n_points=3000, n_frames=0)
     write_room(room, tmp_path / "room")
@@ -269,7 +269,7 @@ def test_cache_keys_follow_the_normals(tmp_path):
     from geopurify.cache import teacher_cache_path
     from geopurify.data.scene import Scene
     from geopurify.data.normals import mesh_normals
-    from geopurify.teacher.geometric import GeometricTeacher
+    from geopurify.standins.geometric_teacher import GeometricTeacher
 
     v, f, _, _ = room_mesh()
 

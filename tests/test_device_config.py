@@ -104,7 +104,7 @@ def test_evaluation_puts_features_and_text_on_one_device(tmp_path, monkeypatch):
     same mismatch shows on a machine without a GPU: every product must see features and text on it."""
     import geopurify.cache as cache
     import geopurify.evaluate.split as split
-    import geopurify.purify.pooling as pooling
+    import geopurify.ops.scores as scores
     from geopurify.data.writers import write_scene
     from geopurify.lift.lift import LiftResult
 
@@ -123,7 +123,7 @@ def test_evaluation_puts_features_and_text_on_one_device(tmp_path, monkeypatch):
         return torch.zeros(feat.shape[0], text_emb.shape[0])
 
     monkeypatch.setattr(cache, "cached_lift", fake_cached_lift)
-    monkeypatch.setattr(pooling, "text_scores", spy_text_scores)
+    monkeypatch.setattr(scores, "text_scores", spy_text_scores)
     report = split.evaluate_scenes(defaults(), [tmp_path / "s"], None, tmp_path / "out", tmp_path / "cache",
                                    device="meta", methods=("raw",), vlm=_FakeVLM(), reuse=False)
     meta = torch.device("meta")

@@ -27,7 +27,7 @@ from PIL import Image
 from geopurify.cli import main
 from geopurify.config import load_config
 from geopurify.data.ply import write_ply
-from geopurify.data.synth import make_room, write_room
+from geopurify.standins.rooms import make_room, write_room
 from geopurify.lift.lift import LiftResult, load_lifted, save_lifted
 
 REPO = Path(__file__).resolve().parents[1]

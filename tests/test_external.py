@@ -18,11 +18,12 @@ from geopurify.data.readers import load_scene
 from geopurify.data.scene import Scene
 from geopurify.data.writers import write_frame, write_scene
 from geopurify.errors import InputError
-from geopurify.lift.external import (OpenSceneVLM, lift_from_openscene, load_openscene_features, openscene_files,
+from geopurify.lift.openscene import (OpenSceneVLM, lift_from_openscene, load_openscene_features, openscene_files,
                                      read_openscene_file)
 from geopurify.lift.lift import lift_scene
-from geopurify.vlm.precomputed import (ExternalVLM, PrecomputedVLM, build_from_files, load_prompt_embeddings,
-                                       mask_owner, read_view_features, save_view_features, text_source)
+from geopurify.vlm import build_vlm
+from geopurify.vlm.external import ExternalVLM, mask_owner, read_view_features, save_view_features
+from geopurify.vlm.prompts import PrecomputedVLM, load_prompt_embeddings, text_source
 from geopurify.vlm.text import text_embeddings
 
 REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "scannet" / "scene0000_00"
@@ -261,7 +262,7 @@ def test_openscene_vlm_from_config(tmp_path):
     prompts = ["a wall in a scene", "a chair in a scene"]
     _write_prompt_pt(tmp_path / "text_embeddings.pt", prompts, torch.randn(2, c, generator=g))
     cfg = load_config(None, {"lift": {"vlm": "openscene", "vlm_path": str(tmp_path)}})
-    vlm = build_from_files(cfg)
+    vlm = build_vlm(cfg)
     assert isinstance(vlm, OpenSceneVLM) and vlm.dim == c and vlm.lifts_points
     assert vlm.encode_text(prompts[::-1]).shape == (2, c)
     scene = Scene("room", xyz, np.zeros((n, 3), np.uint8))
@@ -269,9 +270,9 @@ def test_openscene_vlm_from_config(tmp_path):
     with pytest.raises(InputError):
         vlm.frame_features(scene, 0, (8, 8))
     with pytest.raises(InputError):
-        build_from_files(load_config(None, {"lift": {"vlm": "openscene", "vlm_path": str(tmp_path / "nope")}}))
+        build_vlm(load_config(None, {"lift": {"vlm": "openscene", "vlm_path": str(tmp_path / "nope")}}))
     with pytest.raises(InputError):
-        build_from_files(load_config(None, {"lift": {"vlm": "openscene"}}))
+        build_vlm(load_config(None, {"lift": {"vlm": "openscene"}}))
 
 
 # ------------------------------------------------------------------ per-view external features
@@ -449,7 +450,7 @@ def test_external_feature_root_layout_and_errors(tmp_path):
     # config route: vlm_path = feature root, text embeddings inside it
     torch.save(torch.load(text), root / "text_embeddings.pt")
     cfg = load_config(None, {"lift": {"vlm": "external", "vlm_path": str(root)}})
-    assert isinstance(build_from_files(cfg), ExternalVLM)
+    assert isinstance(build_vlm(cfg), ExternalVLM)
     with pytest.raises(InputError):  # scene-relative default: <scene>/features/ does not exist
         ExternalVLM(text).frame_features(scene, 0, (H, W))
     bad = root / "tiny" / "0.pt"
@@ -474,7 +475,7 @@ def test_external_feature_root_layout_and_errors(tmp_path):
     with pytest.raises(InputError):
         vlm.frame_features(scene, 0, (H, W))
     with pytest.raises(InputError):
-        build_from_files(load_config(None, {"lift": {"vlm": "external"}}))  # no text side at all
+        build_vlm(load_config(None, {"lift": {"vlm": "external"}}))  # no text side at all
 
 
 def test_background_prompt_scores_masks_as_the_reference_and_is_never_a_label(tmp_path):
@@ -483,7 +484,7 @@ def test_background_prompt_scores_masks_as_the_reference_and_is_never_a_label(tm
     background-like mask then loses the pixels it covered, and no label can be the background."""
     from geopurify.cache import lift_settings
     from geopurify.vlm import build_vlm
-    from geopurify.vlm.precomputed import reference_mask_scores
+    from geopurify.vlm.external import reference_mask_scores
 
     d = _tiny_scene(tmp_path)
     labels = get_label_set("scannet20")

@@ -611,7 +611,7 @@ def test_lifted_files_record_their_views_and_z_buffered_count(tmp_path):
 def test_lift_cli_prints_the_views(tmp_path, capsys):
     """`geopurify lift` says which raw frames it lifted and how many used the z-buffer."""
     from geopurify.cli import main
-    from geopurify.data.synth import make_room, write_room
+    from geopurify.standins.rooms import make_room, write_room
 
     write_room(make_room(5, n_points=2000, n_frames=6, image_hw=(60, 80)), tmp_path / "room")
     cfg = tmp_path / "c.yaml"

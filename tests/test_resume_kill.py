@@ -25,7 +25,7 @@ import torch
 import yaml
 
 from geopurify.cli import main
-from geopurify.data.synth import make_room, write_room
+from geopurify.standins.rooms import make_room, write_room
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",

@@ -189,7 +189,7 @@ def test_select_subset_counts_scannet200_classes(tmp_path):
 def test_simulated_vlm_renders_the_label_sets_space(tmp_path):
     """The simulated VLM's ground truth for scannet200 comes from the raw ids whichever labels the
     caller loaded (NYU40 ids read as raw ids would silently be other classes)."""
-    from geopurify.vlm.simulated import SimulatedVLM, render_point_labels
+    from geopurify.standins.simulated_vlm import SimulatedVLM, render_point_labels
 
     groups = [{"objectId": i, "label": lab, "segments": list(range(7 * i, 210, 35))}
               for i, lab in enumerate(["wall", "chair", "floor", "office chair", "kitchen cabinets"])]
@@ -227,7 +227,7 @@ def test_build_teacher_passes_the_device(tmp_path, monkeypatch):
     from geopurify.config import defaults
     from geopurify.teacher import build_teacher
     from geopurify.teacher import sonata as S
-    from geopurify.teacher.geometric import GeometricTeacher
+    from geopurify.standins.geometric_teacher import GeometricTeacher
 
     seen = []
     real = S.load_sonata

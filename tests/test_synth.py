@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
-from geopurify.data import synth
+from geopurify.standins import rooms as synth
 from geopurify.data.cameras import intrinsic_matrix, look_at, virtual_frames
-from geopurify.data.synth import N_SHELL, backproject, make_room, render_surfaces, synthesize
+from geopurify.standins.rooms import N_SHELL, backproject, make_room, render_surfaces, synthesize
 from geopurify.errors import InputError
 
 HW = (96, 128)
@@ -106,7 +106,7 @@ def test_primitives_do_not_intersect_and_stay_in_the_room():
         assert (lo >= -1e-9).all() and (hi <= r.size + 1e-9).all(), seed
         assert (hi - lo > 0).all(), seed
         for pose in r.poses:  # cameras stand in free space, inside the room
-            assert synth._camera_free(r, pose[:3, 3])
+            assert synth.camera_free(r, pose[:3, 3])
 
 
 def test_point_labels_cover_several_classes_and_instances_have_one_label():

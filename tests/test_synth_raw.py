@@ -130,8 +130,8 @@ def test_write_mesh_ply_round_trips_with_face_properties(tmp_path):
 
 
 def test_room_mesh_is_a_closed_coloured_mesh_at_the_budget():
-    from geopurify.data.synth import room_layout
-    from geopurify.data.synth_mesh import room_mesh
+    from geopurify.standins.rooms import room_layout
+    from geopurify.standins.rooms.mesh import room_mesh
 
     room, _ = room_layout(11)
     m = room_mesh(room, 20_000)
@@ -278,7 +278,7 @@ def test_split_files_cover_the_scans(scannet_raw):
 
 
 def test_write_splits_gives_every_split_a_name(tmp_path):
-    from geopurify.data.synth_raw import write_splits
+    from geopurify.standins.rooms.scannet_raw import write_splits
 
     for n in (3, 4, 10, 40):
         names = [f"h{i}" for i in range(n)]
@@ -323,7 +323,7 @@ def test_prepare_keeps_real_scans_sourced_scannet(tmp_path):
 
 
 def test_scans_are_deterministic(tmp_path):
-    from geopurify.data.synth_raw import write_scannet_scan
+    from geopurify.standins.rooms.scannet_raw import write_scannet_scan
 
     infos = [write_scannet_scan(tmp_path / d, seed=s, n_vertices=2000, n_frames=3, name="scene9000_00")
              for d, s in (("a", 5), ("b", 5), ("c", 6))]
@@ -336,9 +336,9 @@ def test_scans_are_deterministic(tmp_path):
 
 def test_default_scale_is_the_documented_real_scale():
     """The defaults the README documents: ~120k mesh vertices (100-150k) and 300 raw frames with a few lost."""
-    from geopurify.data import synth_raw as S
-    from geopurify.data.synth import room_layout
-    from geopurify.data.synth_mesh import room_mesh
+    from geopurify.standins.rooms import scannet_raw as S
+    from geopurify.standins.rooms import room_layout
+    from geopurify.standins.rooms.mesh import room_mesh
 
     assert (S.DEFAULT_VERTICES, S.DEFAULT_FRAMES) == (120_000, 300)
     readme = " ".join((Path(__file__).resolve().parents[1] / "README.md").read_text().split())
@@ -377,7 +377,7 @@ def test_rerun_with_other_parameters_is_refused(scannet_raw, capsys):
 
 
 def test_interrupted_run_resumes_keeping_finished_scans(tmp_path, monkeypatch):
-    from geopurify.data import synth_raw as S
+    from geopurify.standins.rooms import scannet_raw as S
 
     real, calls = S.write_scannet_scan, []
 
@@ -425,9 +425,9 @@ def test_matterport_region_depth_and_labels_agree(matterport_raw):
     from geopurify.data.images import read_depth
     from geopurify.data.labels import get_label_set
     from geopurify.data.matterport import read_conf, read_region
-    from geopurify.data.synth import room_layout, scene_seed
-    from geopurify.data.synth_matterport import IMAGE_HW
-    from geopurify.data.synth_mesh import room_mesh
+    from geopurify.standins.rooms import room_layout, scene_seed
+    from geopurify.standins.rooms.matterport_raw import IMAGE_HW
+    from geopurify.standins.rooms.mesh import room_mesh
 
     house = matterport_raw / "v1" / "scans" / "SYNTH000000"
     region = read_region(house / "region_segmentations" / "region0.ply")

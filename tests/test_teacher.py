@@ -15,8 +15,8 @@ from geopurify.config import defaults
 from geopurify.data.scene import Scene
 from geopurify.errors import InputError
 from geopurify.teacher import Teacher, build_teacher
-from geopurify.teacher import geometric as geo
-from geopurify.teacher.geometric import GeometricTeacher
+from geopurify.standins import geometric_teacher as geo
+from geopurify.standins.geometric_teacher import GeometricTeacher
 
 S00 = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "scannet" / "scene0000_00"
 needs_scannet = pytest.mark.skipif(not S00.is_dir(), reason="../shared/data/scannet not present")

@@ -36,7 +36,7 @@ def free_port() -> int:
 def room(tmp_path_factory):
     """A small procedural room (6 frames) and a checkpoint of a random tiny student whose stored
     config points the lift cache at this directory."""
-    from geopurify.data.synth import make_room, write_room
+    from geopurify.standins.rooms import make_room, write_room
     from geopurify.distill.checkpoint import save_checkpoint
     from geopurify.student.network import build_student
 

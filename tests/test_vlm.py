@@ -19,7 +19,7 @@ from geopurify.data.scene import Frame, Scene
 from geopurify.errors import InputError
 from geopurify.ops.resize import resize_nearest
 from geopurify.vlm import build_vlm, text_embeddings
-from geopurify.vlm.simulated import (SimulatedVLM, close_class_probs, corrupt_classes, features_from_fractions,
+from geopurify.standins.simulated_vlm import (SimulatedVLM, close_class_probs, corrupt_classes, features_from_fractions,
                                      object_map, patch_fractions)
 from geopurify.vlm.text import MiniLMTextEncoder, prompts_for
 
@@ -240,7 +240,7 @@ def test_resize_nearest_keeps_labels():
 # ---------------------------------------------------------------- the backend
 
 def test_simulated_is_labelled_as_such(encoder, labels20, caplog):
-    with caplog.at_level(logging.INFO, logger="geopurify.vlm.simulated"):
+    with caplog.at_level(logging.INFO, logger="geopurify.standins.simulated_vlm"):
         vlm = SimulatedVLM(sim_cfg(), label_set=labels20, text_encoder=encoder)
     assert vlm.simulated is True and vlm.name == "simulated-vlm (stand-in)" and vlm.dim == 384
     assert "SIMULATED" in vlm.describe()
@@ -403,7 +403,7 @@ def test_build_vlm(tmp_path):
 def test_procedural_room_label_images_from_disk(encoder, labels20, tmp_path):
     """A procedural room written in the on-disk layout: label PNGs are read, resized and mapped."""
     from geopurify.data.readers import load_scene
-    from geopurify.data.synth import make_room, write_room
+    from geopurify.standins.rooms import make_room, write_room
 
     write_room(make_room(0, n_points=20_000, n_frames=2), tmp_path / "room")
     scene = load_scene(tmp_path / "room")

@@ -217,7 +217,7 @@ def test_lift_cli_with_tiny_clip(ckpt, where, tmp_path, capsys):
     from pathlib import Path
 
     from geopurify.cli import main
-    from geopurify.data.synth import make_room, write_room
+    from geopurify.standins.rooms import make_room, write_room
     from geopurify.lift.lift import load_lifted
 
     if where == "procedural room":

@@ -8,7 +8,9 @@
 (points, NYU40 labels, instances, posed RGB-D frames, label images, meta.json {"source":
 "synthetic (procedural room)"}); scenes already complete in DIR are skipped; scene i depends only
 on (S, i). `--format scannet-raw` / `matterport-raw` write the same kind of rooms in ScanNet v2's /
-Matterport3D's release layout (geopurify.data.synth_raw / synth_matterport), for `geopurify prepare`.
+Matterport3D's release layout (geopurify.standins.rooms.scannet_raw / matterport_raw), for
+`geopurify prepare`. The writers are reached through the registry `WRITERS`, as the pipeline reaches
+every stand-in.
 """
 from __future__ import annotations
 
@@ -17,10 +19,17 @@ import time
 from pathlib import Path
 
 from geopurify.errors import InputError
+from geopurify.registry import Registry, resolve
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("scenes", "scannet-raw", "matterport-raw")
+# --format -> the stand-in writer (geopurify.standins.rooms), imported when asked for
+WRITERS = Registry("--format", "format", {
+    "scenes": "geopurify.standins.rooms.export:synthesize",
+    "scannet-raw": "geopurify.standins.rooms.scannet_raw:synthesize_scannet_raw",
+    "matterport-raw": "geopurify.standins.rooms.matterport_raw:synthesize_matterport_raw",
+})
+FORMATS = WRITERS.names
 
 
 def add_parser(sub) -> None:
@@ -70,32 +79,32 @@ def _check(args) -> None:
             raise InputError(None, problem)
 
 
+def _given(**options) -> dict:
+    """The options given on the command line; the writer's defaults stand for the others."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
 def run(args) -> int:
     _check(args)
     t = time.perf_counter()
+    write = WRITERS.get(args.format)
     if args.format == "scenes":
-        from geopurify.data.synth import SOURCE, synthesize
-
-        print(f"geopurify synth: {args.scenes} procedural rooms -- SYNTHETIC STAND-IN data ({SOURCE}), not ScanNet")
-        paths = synthesize(args.out, args.scenes, args.seed, n_points=args.points or 100_000,
-                           n_frames=50 if args.frames is None else args.frames,
-                           image_hw=(args.height or 480, args.width or 640))
+        source = resolve("geopurify.standins.rooms.primitives:SOURCE")
+        print(f"geopurify synth: {args.scenes} procedural rooms -- SYNTHETIC STAND-IN data ({source}), not ScanNet")
+        paths = write(args.out, args.scenes, args.seed, n_points=args.points or 100_000,
+                      n_frames=50 if args.frames is None else args.frames,
+                      image_hw=(args.height or 480, args.width or 640))
         what = "synthetic rooms"
     elif args.format == "scannet-raw":
-        from geopurify.data import synth_raw as S
-
         print(f"geopurify synth: {args.scenes} procedural rooms in ScanNet v2's release layout -- SYNTHETIC "
               "STAND-IN data, not ScanNet scans")
-        paths = S.synthesize_scannet_raw(args.out, args.scenes, args.seed, n_vertices=args.points or S.DEFAULT_VERTICES,
-                                         n_frames=args.frames or S.DEFAULT_FRAMES)
+        paths = write(args.out, args.scenes, args.seed, **_given(n_vertices=args.points, n_frames=args.frames))
         what = f"synthetic ScanNet-format scans (prepare with: geopurify prepare scannet --root {args.out / 'scans'})"
     else:
-        from geopurify.data import synth_matterport as M
-
         print(f"geopurify synth: {args.scenes} procedural houses in Matterport3D's release layout -- SYNTHETIC "
               "STAND-IN data, not Matterport3D")
-        paths = M.synthesize_matterport_raw(args.out, args.scenes, args.seed, n_rooms=args.rooms or M.DEFAULT_ROOMS,
-                                            n_vertices=args.points or M.DEFAULT_VERTICES, panoramas=args.panoramas)
+        paths = write(args.out, args.scenes, args.seed, panoramas=args.panoramas,
+                      **_given(n_rooms=args.rooms, n_vertices=args.points))
         what = (f"synthetic Matterport3D-format houses (prepare with: geopurify prepare matterport --root "
                 f"{args.out / 'v1' / 'scans'})")
     dt = time.perf_counter() - t

@@ -2,7 +2,7 @@
 
 `virtual_frames` poses cameras in a scene that has no frames (e.g. a point cloud alone), so that
 a 2D model can still be simulated on views of it. These are VIRTUAL cameras, an offline stand-in
-for a real scan trajectory: they carry no images. The procedural rooms (`geopurify.data.synth`)
+for a real scan trajectory: they carry no images. The procedural rooms (`geopurify.standins.rooms`)
 use the same orbit for their rendered trajectories.
 
 Conventions (docs/architecture.md): poses are 4x4 camera-to-world, OpenCV camera axes (x right,

@@ -18,7 +18,7 @@ ScanNet marks frames with lost tracking by a -inf camera_to_world.
 
 `write_sens` is the exact inverse of `read_sens_header` + `iter_sens_frames` (streaming frames to
 disk, `encode_color` / `encode_depth` the inverse of `decode_color` / `decode_depth`); the
-procedural ScanNet-format scans (geopurify.data.synth_raw) are written with it.
+procedural ScanNet-format scans (geopurify.standins.rooms.scannet_raw) are written with it.
 
 `export_sens` writes every k-th frame as SensReader does (color/<i>.jpg, depth/<i>.png,
 pose/<i>.txt, intrinsic/{intrinsic,extrinsic}_{color,depth}.txt) through geopurify.data.writers,

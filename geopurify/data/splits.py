@@ -2,9 +2,10 @@
 
 `resolve_scenes(cfg, "train" | "val")` reads `data.root` and the split's list file
 (`data.train_list` / `data.val_list`: one scene name per line, `#` comments and blank lines
-ignored; null = every scene under root). With `data.dataset: synthetic` the procedural stand-in
-rooms are generated first when missing: train = the first `synthetic.n_train` rooms, val = the
-next `synthetic.n_val`, all seeded from `synthetic.seed`.
+ignored; null = every scene under root). A data set named in the registry `GENERATED` is written
+first when missing: `data.dataset: synthetic`, the procedural stand-in rooms
+(geopurify.standins.rooms.export.synthetic_rooms): train = the first `synthetic.n_train` rooms,
+val = the next `synthetic.n_val`, all seeded from `synthetic.seed`.
 """
 from __future__ import annotations
 
@@ -13,24 +14,17 @@ from pathlib import Path
 
 from geopurify.data.readers import list_scenes
 from geopurify.errors import InputError
+from geopurify.registry import Registry
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
 
-
-def _synthetic_rooms(cfg: dict) -> list[Path]:
-    """Paths of all n_train + n_val procedural rooms under data.root, generating missing ones."""
-    from geopurify.data.synth import synthesize
-
-    s = cfg["synthetic"]
-    root = Path(cfg["data"]["root"])
-    n = int(s["n_train"]) + int(s["n_val"])
-    if int(s["n_train"]) < 1 or int(s["n_val"]) < 0:
-        raise InputError(None, f"synthetic.n_train must be >= 1 and n_val >= 0, got {s['n_train']} / {s['n_val']}")
-    log.info("data: %d PROCEDURAL STAND-IN rooms (synthetic, not ScanNet) under %s, seed %d",
-             n, root, s["seed"])
-    return [Path(p) for p in synthesize(root, n, s["seed"], n_points=s["points"], n_frames=s["frames"])]
+# data.dataset -> a function(cfg) writing the whole data set under data.root (when missing) and
+# returning its scene directories, train scenes first: the generated (stand-in) data sets
+GENERATED = Registry("data.dataset", "generated data set", {
+    "synthetic": "geopurify.standins.rooms.export:synthetic_rooms",
+})
 
 
 def resolve_scenes(cfg: dict, split: str) -> list[Path]:
@@ -40,8 +34,8 @@ def resolve_scenes(cfg: dict, split: str) -> list[Path]:
     data = cfg["data"]
     root = Path(data["root"])
     list_file = data[f"{split}_list"]
-    if data["dataset"] == "synthetic":
-        rooms = _synthetic_rooms(cfg)
+    if data["dataset"] in GENERATED:
+        rooms = [Path(p) for p in GENERATED.get(data["dataset"])(cfg)]
         n_train = int(cfg["synthetic"]["n_train"])
         default = rooms[:n_train] if split == "train" else rooms[n_train:]
     else:

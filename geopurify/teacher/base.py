@@ -25,6 +25,15 @@ class Teacher(ABC):
         """(N, dim) float32 CPU tensor, rows L2-normalised, no autograd history; row i is
         scene.xyz[i]. Deterministic for a given scene."""
 
+    @classmethod
+    def from_config(cls, cfg: dict, device: str = "cpu") -> Teacher:
+        """The teacher a config asks for (`build_teacher`). A network teacher: its checkpoint
+        `teacher.ckpt` on `device`, with the config's input switches (`teacher.color_scale`,
+        `teacher.missing_normals`); a teacher without them overrides this."""
+        tcfg = cfg.get("teacher") or {}
+        return cls(tcfg.get("ckpt"), device=str(device), color_scale=tcfg.get("color_scale", "sonata"),
+                   missing_normals=tcfg.get("missing_normals", "zero"))
+
     def describe(self) -> str:
         if self.stand_in and "stand-in" not in self.name.lower():
             return f"{self.name} (stand-in)"

@@ -30,6 +30,11 @@ class VLM(ABC):
         pixel scaled to (h, w). Features should be L2-normalised per pixel.
         """
 
+    @classmethod
+    def from_config(cls, cfg: dict, device: str = "cpu", label_set=None) -> VLM:
+        """The backend built from a full config (`build_vlm`, registry `BACKENDS`); each backend says how."""
+        raise NotImplementedError(f"{cls.__name__} is not built from a config")
+
     def describe(self) -> str:
         """The backend's name for logs and reports; a stand-in always reads as SIMULATED."""
         return f"{self.name} [SIMULATED]" if self.simulated else self.name

@@ -155,3 +155,15 @@ class ClipVLM(VLM):
         img = frame.color()
         grid = clip_input_grid(img.shape[:2], self.short_side, self.patch)
         return self.dense_features(normalize_image(img, grid, self.patch, self.mean, self.std))
+
+    @classmethod
+    def from_config(cls, cfg: dict, device: str = "cpu", label_set=None):
+        """The `clip` backend of a config (the registry entry of lift.vlm): lift.vlm_path, a local CLIP
+        checkpoint directory (transformers format)."""
+        path = cfg["lift"].get("vlm_path")
+        if not path:
+            raise InputError("config lift.vlm_path", "the clip backend needs lift.vlm_path: a local CLIP "
+                                                     "checkpoint directory (transformers format)")
+        if not Path(path).is_dir():
+            raise InputError(path, "CLIP checkpoint directory not found (lift.vlm_path)")
+        return cls(path, device=device)

@@ -1,6 +1,6 @@
 """Procedural rooms written in ScanNet v2's release layout: an OFFLINE STAND-IN for a ScanNet download.
 
-`geopurify synth --format scannet-raw` writes, per room (geopurify.data.synth), what a ScanNet v2
+`geopurify synth --format scannet-raw` writes, per room (geopurify.standins.rooms), what a ScanNet v2
 download holds for a scan, so the whole recipe (`geopurify prepare scannet` onwards) can be rehearsed
 on real formats at real scale before the download finishes:
 
@@ -14,7 +14,7 @@ on real formats at real scale before the download finishes:
     DIR/SYNTHETIC_STAND-IN.json                             what wrote the directory, with its parameters
 
 Scenes are named scene9000_00, scene9001_00, ... (ScanNet's own ids stop at 0806, so the names never
-clash with real scans). The mesh is `synth_mesh.room_mesh`; everything the scan stores is in its
+clash with real scans). The mesh is `mesh.room_mesh`; everything the scan stores is in its
 ORIGINAL frame, the room frame moved by the inverse of a seeded axis alignment A (a rotation about
 z by 10..80 degrees plus k x 90, and a translation), and `<scene>.txt` carries A as `axisAlignment`,
 so the alignment step of `prepare` really matters. `sceneType` says the scan is a synthetic
@@ -41,7 +41,8 @@ import numpy as np
 from tqdm import tqdm
 
 from geopurify.data.cameras import EYE_HEIGHT, intrinsic_matrix, look_at
-from geopurify.data.synth import Room, _camera_free, room_layout, scene_seed
+from geopurify.standins.rooms.export import scene_seed
+from geopurify.standins.rooms.layout import Room, camera_free, room_layout
 from geopurify.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -153,7 +154,7 @@ def handheld_trajectory(room: Room, n: int, rng: np.random.Generator) -> np.ndar
         return np.array([*(centre + scale * ring[k]), z[k]])
 
     scales = (1.0, 0.8, 0.6, 0.4, 0.2, 0.0)
-    need = np.array([next((c for c in scales if _camera_free(room, eye(k, c))), 0.0) for k in range(n)])
+    need = np.array([next((c for c in scales if camera_free(room, eye(k, c))), 0.0) for k in range(n)])
     w = max(2, n // 40)
     need = np.min([np.roll(need, d) for d in range(-w, w + 1)], axis=0)  # then smoothing stays below it
     scale = _smooth_circular(need, w / 2, w)
@@ -265,7 +266,7 @@ def write_scannet_scan(scan: str | Path, seed: int, n_vertices: int = DEFAULT_VE
     must look like scene####_##) into directory `scan`; returns a summary (counts, lost-tracking
     frames, seconds)."""
     from geopurify.data.sens import write_sens
-    from geopurify.data.synth_mesh import room_mesh
+    from geopurify.standins.rooms.mesh import room_mesh
     from geopurify.io import write_text
 
     t0 = time.perf_counter()

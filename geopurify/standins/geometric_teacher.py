@@ -203,3 +203,8 @@ class GeometricTeacher(Teacher):
         logger.info("%s: %s, %d points -> %d-d in %.1f s", NAME, scene.name, feat.shape[0], feat.shape[1],
                     time.perf_counter() - t0)
         return feat
+
+    @classmethod
+    def from_config(cls, cfg: dict, device: str = "cpu"):
+        """The `geometric` teacher of a config (the registry entry of teacher.name; numpy on the CPU)."""
+        return cls()

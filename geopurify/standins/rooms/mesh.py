@@ -2,14 +2,14 @@
 
 A released scan's mesh (ScanNet's `*_vh_clean_2.ply`, a Matterport3D region) is a triangle mesh of
 the surfaces the scanner saw, with vertices a few centimetres apart. `room_mesh` builds the
-equivalent for a procedural room (geopurify.data.synth): every face of the room shell and of every
+equivalent for a procedural room (geopurify.standins.rooms): every face of the room shell and of every
 box is a regular grid of vertices, every cylinder a tessellated side and two capped discs, all at
 one spacing chosen so the vertex count meets a budget; triangles buried in another solid (a
 cabinet's back against the wall, the floor under it; judged at the triangle's centroid) are
 dropped, and vertices no triangle uses go with them. Triangles wind counter-clockwise around the
 normal of the visible side.
 
-Per vertex: the room's shading (`synth.shade`, the colour the rendered frames show), NYU40 label,
+Per vertex: the room's shading (`render.shade`, the colour the rendered frames show), NYU40 label,
 instance id, and an over-segmentation id: segments are square patches of about PATCH = 0.4 m of
 one surface (so they never cross objects), named like ScanNet's segIndices by a vertex of theirs
 (the smallest index).
@@ -22,7 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from geopurify.data.synth import Room, _surface_patches, shade, visible_mask
+from geopurify.standins.rooms.layout import Room
+from geopurify.standins.rooms.render import shade
+from geopurify.standins.rooms.surfaces import surface_patches, visible_mask
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,7 @@ class RoomMesh:
     xyz: np.ndarray  # (V, 3) float64
     normals: np.ndarray  # (V, 3) float32, unit, on the visible side
     faces: np.ndarray  # (F, 3) int64, counter-clockwise around the normal
-    sid: np.ndarray  # (V,) int64 surface id (synth.Room)
+    sid: np.ndarray  # (V,) int64 surface id (layout.Room)
     rgb: np.ndarray  # (V, 3) uint8
     labels: np.ndarray  # (V,) int32 NYU40
     instances: np.ndarray  # (V,) int32
@@ -105,7 +107,7 @@ def _cylinder(lo, hi, h: float):
 
 def _tessellate(room: Room, h: float):
     """All surfaces at spacing h: xyz, normals, faces, surface ids and global patch keys (nothing dropped)."""
-    rects, cyls = _surface_patches(room)
+    rects, cyls = surface_patches(room)
     parts = [(s, *_rect(o, e1, e2, n, h)) for s, o, e1, e2, n in rects]
     parts += [(s, *p) for s, lo, hi in cyls for p in _cylinder(lo, hi, h)]
     xyz, nrm, faces, sid, key, off = [], [], [], [], [], 0
@@ -128,7 +130,7 @@ def _visible_part(room: Room, h: float):
 
 
 def _total_area(room: Room) -> float:
-    rects, cyls = _surface_patches(room)
+    rects, cyls = surface_patches(room)
     area = sum(float(np.linalg.norm(np.cross(e1, e2))) for _, _, e1, e2, _ in rects)
     for _, lo, hi in cyls:
         r = (hi[0] - lo[0]) / 2

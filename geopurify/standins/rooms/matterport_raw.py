@@ -11,9 +11,9 @@ and a real `.conf`; see docs/real_data.md):
     DIR/v1/scans/<house>/house_segmentations/<house>.ply
     DIR/matterport_{train,val,test}.txt, DIR/SYNTHETIC_STAND-IN.json
 
-A house is `rooms` procedural rooms (geopurify.data.synth) side by side, each one region, in a
+A house is `rooms` procedural rooms (geopurify.standins.rooms) side by side, each one region, in a
 house frame moved by a seeded rotation about z and translation. Region meshes are
-`synth_mesh.room_mesh` with vertex x y z nx ny nz tx ty red green blue and per-face material_id
+`mesh.room_mesh` with vertex x y z nx ny nz tx ty red green blue and per-face material_id
 (over-segmentation patch), segment_id (object instance) and category_id (row `index` of
 Matterport's category_mapping.tsv: the object's own raw category when its nyu40id matches the
 room's NYU40 label, else the most frequent category of that NYU40 class). The house PLY is the
@@ -39,8 +39,9 @@ from tqdm import tqdm
 
 from geopurify.data.cameras import look_at
 from geopurify.data.matterport import DEPTH_SCALE, MP_TO_CV
-from geopurify.data.synth import Room, _camera_free, room_layout, scene_seed
-from geopurify.data.synth_raw import DEFAULT_VERTICES, check_marker, write_splits
+from geopurify.standins.rooms.export import scene_seed
+from geopurify.standins.rooms.layout import Room, camera_free, room_layout
+from geopurify.standins.rooms.scannet_raw import DEFAULT_VERTICES, check_marker, write_splits
 from geopurify.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ def panorama_centres(room: Room, n: int | None, rng: np.random.Generator) -> np.
     height = rng.uniform(1.35, 1.55)
     gx, gy = (np.linspace(0.5, s - 0.5, max(2, int(s / 0.25))) for s in room.size[:2])
     cand = np.array([[x, y, height] for x in gx for y in gy])
-    free = cand[[_camera_free(room, c) for c in cand]]
+    free = cand[[camera_free(room, c) for c in cand]]
     if not len(free):
         log.warning("%s: no spot 0.35 m clear of furniture; panoramas stand at the room centre", room.name)
         free = np.array([[*(room.size[:2] / 2), height]])
@@ -173,7 +174,7 @@ def write_house(house_dir: str | Path, seed: int, n_rooms: int = DEFAULT_ROOMS, 
     returns a summary (regions, vertices, images, seconds)."""
     from geopurify.data.images import write_color, write_depth
     from geopurify.data.ply import write_mesh_ply
-    from geopurify.data.synth_mesh import room_mesh
+    from geopurify.standins.rooms.mesh import room_mesh
     from geopurify.io import write_text
 
     t0 = time.perf_counter()

@@ -1,27 +1,17 @@
-"""VLM backends whose outputs were computed elsewhere and are read from files.
+"""Per-view features of any external 2D model (X-Decoder, LSeg, SAM + CLIP, ...) read from files.
 
-- Prompt embeddings (`load_prompt_embeddings`, `PrecomputedVLM`): the text side of a VLM as a
-  file of (P, C) embeddings plus the P prompts they encode, for models that cannot run here
-  (OpenSeg, LSeg, X-Decoder text encoders). Accepted layouts:
-    * `<name>.pt` holding {"prompts": [str, ...], "embeddings": float tensor (P, C)};
-    * `<name>.pt` holding a float tensor (P, C), or `<name>.npy` holding a float array (P, C),
-      each with a sidecar `<name>.txt`: one prompt per line, line i for row i.
-  `text_source(path)` also accepts a local CLIP checkpoint directory (geopurify.vlm.clip).
-- Per-view features (`ExternalVLM`, docs/external_features.md): one file per frame,
-  `<scene>/features/<k>.pt` (or `<root>/<scene>/<k>.pt`), holding either a feature map
-  {"feat": (C, h, w)} or X-Decoder-style masks {"mask_embeddings": (M, C), "masks": ...,
-  "scores": (M,) optional}. `frame_features` turns either into a (C, h, w) map, so the project's
-  own projection and fusion (geopurify.lift.lift.lift_scene) lift them.
-
-Nothing here is a stand-in: features and embeddings are whatever the files hold
-(`simulated = False`).
+One file per frame, `<scene>/features/<k>.pt` (or `<root>/<scene>/<k>.pt`, docs/external_features.md),
+holding either a feature map {"feat": (C, h, w)} or X-Decoder-style masks {"mask_embeddings": (M, C),
+"masks": ..., "scores": (M,) optional}. `ExternalVLM.frame_features` turns either into a (C, h, w)
+map, so the project's own projection and fusion (geopurify.lift.multiview) lift them; the text side
+is a prompt-embedding file or a CLIP directory (geopurify.vlm.prompts). Nothing here is a
+stand-in: features and embeddings are whatever the files hold (`simulated = False`).
 """
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from geopurify.data.scene import Scene
@@ -29,161 +19,10 @@ from geopurify.errors import InputError
 from geopurify.ops.resize import resize_nearest
 from geopurify.ops.scores import l2_normalize
 from geopurify.vlm.base import VLM
+from geopurify.vlm.prompts import _torch_load, find_text_file, text_source
 
 log = logging.getLogger(__name__)
 
-TEXT_FILE_NAMES = ("text_embeddings.pt", "text_embeddings.npy")  # looked up inside a feature directory
-
-
-def _torch_load(path: Path, what: str):
-    """torch.load with weights_only (no code runs); any failure -> InputError naming the file."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise InputError(path, f"{what} not found") from None
-    except Exception as e:  # torch raises many types for truncated / foreign files
-        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
-        raise InputError(path, f"not a readable {what} ({type(e).__name__}{': ' + first if first else ''})") from None
-
-
-def _read_sidecar(path: Path) -> list[str]:
-    """Prompts from `<stem>.txt` next to `path`, one per line (trailing blank lines ignored)."""
-    side = path.with_suffix(".txt")
-    if not side.is_file():
-        raise InputError(path, f"embeddings without prompts: expected the prompt list in {side.name} "
-                               "(one prompt per line) or a .pt dict {'prompts', 'embeddings'}")
-    try:
-        lines = side.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(side, f"unreadable prompt list ({type(e).__name__})") from None
-    while lines and not lines[-1].strip():
-        lines.pop()
-    blank = [i + 1 for i, s in enumerate(lines) if not s.strip()]
-    if blank:
-        raise InputError(side, f"line {blank[0]} is empty; every line must hold one prompt")
-    return [s.strip() for s in lines]
-
-
-def load_prompt_embeddings(path: str | Path) -> tuple[list[str], torch.Tensor]:
-    """(prompts, embeddings (P, C) float32) from a prompt-embedding file (module docstring).
-
-    Raises InputError(path, problem) for a missing / unreadable file, a wrong layout, a row count
-    that differs from the prompt count, repeated prompts, NaN/inf or all-zero rows.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "prompt embedding file not found")
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
-            raise InputError(path, f"not a readable .npy array ({type(e).__name__})") from None
-        if not np.issubdtype(arr.dtype, np.floating):
-            raise InputError(path, f"embeddings must be floats, got {arr.dtype}")
-        emb, prompts = torch.from_numpy(np.ascontiguousarray(arr)), _read_sidecar(path)
-    elif suffix in (".pt", ".pth"):
-        obj = _torch_load(path, "prompt embedding file")
-        if isinstance(obj, dict):
-            missing = [k for k in ("prompts", "embeddings") if k not in obj]
-            if missing:
-                raise InputError(path, f"prompt embedding dict lacks {missing[0]!r} (needs 'prompts' and 'embeddings')")
-            prompts, emb = obj["prompts"], obj["embeddings"]
-            if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, str) for p in prompts):
-                raise InputError(path, "'prompts' must be a list of strings")
-            prompts = [p.strip() for p in prompts]
-        elif torch.is_tensor(obj):
-            emb, prompts = obj, _read_sidecar(path)
-        else:
-            raise InputError(path, f"expected a dict {{'prompts', 'embeddings'}} or a (P, C) tensor, got {type(obj).__name__}")
-        if not torch.is_tensor(emb):
-            raise InputError(path, f"'embeddings' must be a tensor, got {type(emb).__name__}")
-    else:
-        raise InputError(path, f"unsupported prompt embedding file type {suffix!r} (use .pt or .npy)")
-    if emb.dim() != 2 or not emb.is_floating_point():
-        raise InputError(path, f"embeddings must be a float (P, C) array, got {emb.dtype} {tuple(emb.shape)}")
-    if emb.shape[0] != len(prompts):
-        raise InputError(path, f"{emb.shape[0]} embedding rows for {len(prompts)} prompts")
-    if emb.shape[0] == 0 or emb.shape[1] == 0:
-        raise InputError(path, f"no embeddings (shape {tuple(emb.shape)})")
-    seen: set[str] = set()
-    for p in prompts:
-        if not p:
-            raise InputError(path, "empty prompt in the prompt list")
-        if p in seen:
-            raise InputError(path, f"prompt {p!r} appears more than once")
-        seen.add(p)
-    emb = emb.float()
-    if not torch.isfinite(emb).all():
-        raise InputError(path, "embeddings hold NaN/inf")
-    zero = (emb.norm(dim=1) == 0).nonzero().flatten()
-    if zero.numel():
-        raise InputError(path, f"embedding of prompt {prompts[int(zero[0])]!r} is all zeros")
-    return list(prompts), emb.contiguous()
-
-
-class PrecomputedVLM(VLM):
-    """Text side from a prompt-embedding file; there is no 2D model behind it.
-
-    `encode_text` looks every prompt up in the file (exact match after stripping surrounding
-    whitespace) and returns its L2-normalised row; a prompt not in the file raises InputError.
-    `frame_features` always raises: per-view features must come from files (`ExternalVLM`) or
-    per-point features from OpenScene's release (geopurify.lift.external).
-    """
-
-    simulated = False
-
-    def __init__(self, path: str | Path, name: str | None = None):
-        self.path = Path(path)
-        self.prompts, emb = load_prompt_embeddings(self.path)
-        self.embeddings = l2_normalize(emb)
-        self.dim = int(emb.shape[1])
-        self._row = {p: i for i, p in enumerate(self.prompts)}
-        self.name = name or f"precomputed text ({self.path.name})"
-        log.info("prompt embeddings from %s: %d prompts, %d-d", self.path, len(self.prompts), self.dim)
-
-    def encode_text(self, prompts: list[str]) -> torch.Tensor:
-        """(P, dim) float32 unit rows of the file, in the order asked."""
-        keys = [str(p).strip() for p in prompts]
-        missing = [p for p in keys if p not in self._row]
-        if missing:
-            have = ", ".join(repr(p) for p in self.prompts[:3])
-            raise InputError(self.path, f"{len(missing)} prompt(s) not in the file, e.g. {missing[0]!r} "
-                                        f"(it holds {len(self.prompts)} prompts: {have}{', ...' if len(self.prompts) > 3 else ''})")
-        idx = torch.tensor([self._row[p] for p in keys], dtype=torch.int64)
-        return self.embeddings[idx].clone()
-
-    def frame_features(self, scene: Scene, frame_index: int, image_hw: tuple[int, int]) -> torch.Tensor:
-        raise InputError(self.path, "holds precomputed text embeddings only; there is no 2D model to compute "
-                                    "per-view features (use per-view feature files with lift.vlm = external, or "
-                                    "OpenScene point features with lift.vlm = openscene)")
-
-
-def text_source(path: str | Path, device: str = "cpu") -> VLM:
-    """The text side named by `path`: a prompt-embedding file (PrecomputedVLM) or a local CLIP
-    checkpoint directory (ClipVLM, whose `encode_text` runs the real text encoder)."""
-    path = Path(path)
-    if path.is_dir():
-        if (path / "config.json").is_file():
-            from geopurify.vlm.clip import ClipVLM
-
-            return ClipVLM(path, device=device)
-        raise InputError(path, "is a directory but not a CLIP checkpoint (no config.json); give a prompt "
-                               "embedding file (.pt / .npy + .txt) or a transformers CLIP directory")
-    return PrecomputedVLM(path)
-
-
-def find_text_file(directory: str | Path) -> Path:
-    """The prompt-embedding file kept inside a feature directory (`TEXT_FILE_NAMES`, in that order)."""
-    directory = Path(directory)
-    for name in TEXT_FILE_NAMES:
-        if (directory / name).is_file():
-            return directory / name
-    raise InputError(directory, f"no prompt embeddings found (looked for {' and '.join(TEXT_FILE_NAMES)}); "
-                                "give them with lift.text_path (a .pt / .npy file or a CLIP checkpoint directory)")
-
-
-# ----------------------------------------------------------------- per-view feature files
 
 def mask_owner(masks: torch.Tensor, scores: torch.Tensor | None, n_masks: int, where) -> torch.Tensor:
     """(H, W) int64 owning mask per pixel, -1 where no mask owns it.
@@ -404,27 +243,14 @@ class ExternalVLM(VLM):
                                   normalize=self.normalize, color_hw=color_hw, score_text=self.mask_text,
                                   logit_scale=self.mask_logit_scale)
 
-
-def build_from_files(cfg: dict, device: str = "cpu") -> VLM:
-    """The file-backed backend named by cfg["lift"]["vlm"]: "openscene" or "external".
-
-    lift.vlm_path: the OpenScene feature directory ({scene}_{n}.pt files) / the external feature
-    root (<root>/<scene>/<k>.pt; null = <scene>/features/). Text side: lift.text_path when the
-    config has it, else text_embeddings.pt / .npy inside lift.vlm_path.
-    """
-    lift = cfg["lift"]
-    name, root = lift["vlm"], lift.get("vlm_path")
-    text = lift.get("text_path")
-    if name == "openscene":
-        from geopurify.lift.external import OpenSceneVLM
-
-        if not root:
-            raise InputError("config lift.vlm_path", "the openscene backend needs lift.vlm_path: the directory of "
-                                                     "OpenScene's {scene}_{n}.pt point-feature files")
-        if not Path(root).is_dir():
-            raise InputError(root, "OpenScene feature directory not found (lift.vlm_path)")
-        return OpenSceneVLM(text or find_text_file(root), root, device=device)
-    if name == "external":
+    @classmethod
+    def from_config(cls, cfg: dict, device: str = "cpu", label_set=None):
+        """The `external` backend of a config (the registry entry of lift.vlm). lift.vlm_path: the feature
+        root (<root>/<scene>/<k>.pt; null = <scene>/features/). Text side: lift.text_path when the
+        config has it, else text_embeddings.pt / .npy inside lift.vlm_path. With
+        lift.background_prompt, masks are scored the reference's way over the label set's prompts."""
+        lift = cfg["lift"]
+        root, text = lift.get("vlm_path"), lift.get("text_path")
         if root and not Path(root).is_dir():
             raise InputError(root, "external feature directory not found (lift.vlm_path)")
         if not text:
@@ -433,7 +259,7 @@ def build_from_files(cfg: dict, device: str = "cpu") -> VLM:
                                                           "lift.text_path, or lift.vlm_path to a directory holding "
                                                           "text_embeddings.pt")
             text = find_text_file(root)
-        vlm = ExternalVLM(text, feature_root=root or None, device=device)
+        vlm = cls(text, feature_root=root or None, device=device)
         background = lift.get("background_prompt")
         if background is not None:
             from geopurify.data.labels import get_label_set
@@ -444,4 +270,3 @@ def build_from_files(cfg: dict, device: str = "cpu") -> VLM:
             classes = prompts_for(get_label_set(cfg["data"]["label_set"]), lift["prompt_template"])
             vlm.score_masks_with(classes, background, float(lift["consensus_logit_scale"]))
         return vlm
-    raise InputError("config lift.vlm", f"{name!r} is not a file-backed backend (openscene | external)")

@@ -316,3 +316,8 @@ class SimulatedVLM(VLM):
         view = self.view_classes(scene, frame_index, image_hw, rng)
         frac = patch_fractions(view.shown, self.n_classes + 1, self.sim["patch"])
         return features_from_fractions(frac, self.table, float(self.sim["noise_std"]), rng)
+
+    @classmethod
+    def from_config(cls, cfg: dict, device: str = "cpu", label_set=None):
+        """The `simulated` backend of a config (the registry entry of lift.vlm; CPU whatever the device)."""
+        return cls(cfg, label_set=label_set)

@@ -17,8 +17,9 @@ file order, the same points `points_xyzrgb.npy` holds.
 `load_openscene_features` turns such files into a `LiftResult` (seen = mask, unseen points take
 their nearest seen point's feature, as `lift_scene` does); `lift_from_openscene(scene, dir)` is
 the call lifting code makes when `lift.vlm == "openscene"`. `OpenSceneVLM` is the matching VLM
-object: its text side is a prompt-embedding file or a CLIP checkpoint, and it has no per-view
-features (they were fused by OpenScene already).
+object: its text side is a prompt-embedding file or a CLIP checkpoint (geopurify.vlm.prompts),
+and it has no per-view features (they were fused by OpenScene already). It lives with lifting
+because what it gives is lifted features; the VLM registry names it (`lift.vlm: openscene`).
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from geopurify.errors import InputError
 from geopurify.lift.fusion import nearest_fill
 from geopurify.lift.lift import LiftResult
 from geopurify.vlm.base import VLM
+from geopurify.vlm.prompts import find_text_file, text_source
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +196,7 @@ def lift_from_openscene(scene, feature_dir: str | Path, dim: int | None = None, 
 class OpenSceneVLM(VLM):
     """The VLM side of OpenScene's released point features: text embeddings only.
 
-    `text`: a prompt-embedding file or a CLIP checkpoint directory (geopurify.vlm.precomputed.
+    `text`: a prompt-embedding file or a CLIP checkpoint directory (geopurify.vlm.prompts.
     text_source; OpenSeg features pair with CLIP ViT-L/14@336px text, LSeg with ViT-B/32), or a
     VLM. `lift(scene)` reads the scene's files from `feature_dir`; `frame_features` raises, since
     the features were fused over views by OpenScene already.
@@ -204,8 +206,6 @@ class OpenSceneVLM(VLM):
     lifts_points = True  # lifting code: call `lift(scene)` instead of projecting frames
 
     def __init__(self, text, feature_dir: str | Path, device: str = "cpu"):
-        from geopurify.vlm.precomputed import text_source
-
         self.text = text if isinstance(text, VLM) else text_source(text, device=device)
         self.dim = int(self.text.dim)
         self.feature_dir = Path(feature_dir)
@@ -216,9 +216,22 @@ class OpenSceneVLM(VLM):
 
     def frame_features(self, scene, frame_index: int, image_hw: tuple[int, int]) -> torch.Tensor:
         raise InputError(self.feature_dir, "OpenScene features are per point, already fused over views; lift with "
-                                           "geopurify.lift.external.lift_from_openscene (lift.vlm = openscene)")
+                                           "geopurify.lift.openscene.lift_from_openscene (lift.vlm = openscene)")
 
     def lift(self, scene) -> LiftResult:
         res = lift_from_openscene(scene, self.feature_dir, dim=self.dim)
         res.info["vlm"] = self.name
         return res
+
+    @classmethod
+    def from_config(cls, cfg: dict, device: str = "cpu", label_set=None):
+        """The `openscene` backend of a config (the registry entry of lift.vlm): lift.vlm_path is the
+        directory of OpenScene's {scene}_{n}.pt files; text side lift.text_path, else the
+        text_embeddings.pt / .npy inside that directory."""
+        root, text = cfg["lift"].get("vlm_path"), cfg["lift"].get("text_path")
+        if not root:
+            raise InputError("config lift.vlm_path", "the openscene backend needs lift.vlm_path: the directory of "
+                                                     "OpenScene's {scene}_{n}.pt point-feature files")
+        if not Path(root).is_dir():
+            raise InputError(root, "OpenScene feature directory not found (lift.vlm_path)")
+        return cls(text or find_text_file(root), root, device=device)
