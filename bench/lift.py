@@ -30,7 +30,7 @@ import torch
 
 from geopurify.config import load_config
 from geopurify.data.scene import Frame, Scene
-from geopurify.lift.lift import lift_scene, view_geometry
+from geopurify.lift.multiview import lift_scene, view_geometry
 from geopurify.vlm.base import VLM
 
 log = logging.getLogger("bench.lift")

@@ -265,7 +265,7 @@ def mem_child(n_points: int, channels: int, classes: int, seed: int) -> None:
     torch.manual_seed(seed)
     model = build_student(cfg["student"], channels + 6)
     t, c = time.perf_counter(), _cpu()
-    res = purify_scene(scene, lifted, model, text, cfg, path="fast")
+    res = purify_scene(scene, lifted, model, text, cfg, pooling="scores")
     wall, cpu = time.perf_counter() - t, _cpu() - c
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB -> GiB
     print(json.dumps({"n_points": n_points, "n_voxels": res.info["n_voxels"], "peak_rss_gb": round(peak, 3),

@@ -4,8 +4,8 @@
 this order (later wins): defaults.yaml < the file's `base:` chain < the file < `overrides` (a
 command's own flags, e.g. --vlm) < `sets` (`--set KEY=VALUE` strings). A file may say
 `base: <other config>` (a path relative to the file itself, or absolute) and then holds only
-what differs from that config; bases may have bases of their own. An unknown key, a value of
-the wrong type, unreadable YAML, a missing base or a base cycle raises InputError naming the
+what differs from that config; bases may have bases of their own. An unknown key (a renamed one
+names its new name), a value of the wrong type, unreadable YAML, a missing base or a base cycle raises InputError naming the
 file (or the `--set KEY=VALUE` item) and the key.
 """
 from __future__ import annotations
@@ -20,6 +20,8 @@ import yaml
 from geopurify.errors import InputError
 
 _FREE_DICTS = {("distill", "lr_mult")}  # dict-valued keys whose inner keys are user-chosen
+# keys that were renamed: an old config naming one gets the new name in its error, not just "unknown"
+RENAMED = {("purify", "path"): "purify.pooling (fast -> scores, reference -> features)"}
 
 
 def defaults() -> dict:
@@ -64,6 +66,8 @@ def merge(base: dict, override: dict, where: str | Path | None = None, prefix: t
         path = prefix + (key,)
         dotted = ".".join(map(str, path))
         if key not in base:
+            if path in RENAMED:
+                raise InputError(where, f"config key '{dotted}' is now {RENAMED[path]}")
             raise InputError(where, f"unknown config key '{dotted}'")
         default = base[key]
         if not _type_ok(default, value):

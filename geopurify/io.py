@@ -1,4 +1,5 @@
-"""Atomic output: every file is written to a temporary sibling, then renamed into place.
+"""Atomic output: every file is written to a temporary sibling, then renamed into place; and the one
+guarded torch file reader (`load_torch_file`).
 
 A killed run therefore never leaves a file that looks complete. The temporary file is hidden
 and named `.<name>.tmp-<host>-<pid>-<random><suffix>`; one left behind by a killed process (same
@@ -19,6 +20,8 @@ from pathlib import Path
 from collections.abc import Iterator
 
 import numpy as np
+
+from geopurify.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +104,24 @@ def save_torch(path: str | Path, obj) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
+
+
+def load_torch_file(path: str | Path, what: str, problem: str | None = None):
+    """torch.load of `path` on the CPU with weights_only (no code in the file runs), for every torch
+    file the package reads. A missing file -> InputError(path, "<what> not found"); one torch cannot
+    read (truncated, corrupt, foreign, pickled code; torch raises many types) -> InputError(path,
+    "<problem> (<error type>: <its first line>)"), `problem` defaulting to "not a readable <what>"."""
+    import torch
+
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise InputError(path, f"{what} not found") from None
+    except Exception as e:  # noqa: BLE001 - any failure to read is a bad file
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+        raise InputError(path, f"{problem or f'not a readable {what}'} ({type(e).__name__}"
+                               f"{': ' + first if first else ''})") from None
 
 
 FINGERPRINT_HEAD = 1 << 16  # bytes of each file hashed by `file_fingerprint`

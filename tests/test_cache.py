@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from geopurify.cache import cached_lift, cached_teacher, lift_cache_path, teacher_cache_path
+from geopurify.lift.cache import cached_lift, lift_cache_path
+from geopurify.teacher.cache import cached_teacher, teacher_cache_path
 from geopurify.config import load_config
 from geopurify.data.readers import load_scene
 from geopurify.data.scene import Scene
 from geopurify.data.writers import write_frame, write_scene
 from geopurify.errors import InputError
 from geopurify.io import file_fingerprint
-from geopurify.lift.lift import lift_scene
+from geopurify.lift.multiview import lift_scene
 from geopurify.vlm import build_vlm
 from geopurify.vlm.external import save_view_features
 

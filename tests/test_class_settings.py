@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from geopurify.cache import cached_lift
+from geopurify.lift.cache import cached_lift
 from geopurify.cli import main
 from geopurify.config import load_config
 from geopurify.data.labels import describe_setting, get_label_set
@@ -18,7 +18,7 @@ from geopurify.data.readers import load_scene_for
 from geopurify.data.splits import resolve_scenes
 from geopurify.ops.scores import classify_by_text
 from geopurify.evaluate.split import class_settings, evaluate_scenes, prompt_columns
-from geopurify.lift.lift import save_lifted
+from geopurify.lift.result import save_lifted
 from geopurify.purify.infer import knn_mean_scene
 from geopurify.vlm import build_vlm, text_embeddings
 

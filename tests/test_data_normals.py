@@ -266,7 +266,7 @@ def test_normals_file_problems_name_the_file(tmp_path):
 
 def test_cache_keys_follow_the_normals(tmp_path):
     """Teacher features depend on the normals: other normals, another cache file."""
-    from geopurify.cache import teacher_cache_path
+    from geopurify.teacher.cache import teacher_cache_path
     from geopurify.data.scene import Scene
     from geopurify.data.normals import mesh_normals
     from geopurify.standins.geometric_teacher import GeometricTeacher

@@ -53,7 +53,7 @@ def test_resolve_device_refuses_what_is_not_there(monkeypatch, spec, count, prob
 
 
 def test_to_device_moves_every_tensor_field():
-    from geopurify.lift.lift import LiftResult
+    from geopurify.lift.result import LiftResult
 
     res = LiftResult(torch.ones(3, 2), torch.ones(3, dtype=torch.bool), torch.ones(3, dtype=torch.int64), {"a": 1})
     moved = to_device(res, "meta")
@@ -102,11 +102,9 @@ def test_evaluation_puts_features_and_text_on_one_device(tmp_path, monkeypatch):
     but left the lifted features on the CPU, so the raw scores multiplied a CPU by a CUDA tensor; and the
     lifting inside evaluation always ran on the CPU. Here the 'device' is torch's meta device, so the
     same mismatch shows on a machine without a GPU: every product must see features and text on it."""
-    import geopurify.cache as cache
     import geopurify.evaluate.split as split
-    import geopurify.ops.scores as scores
     from geopurify.data.writers import write_scene
-    from geopurify.lift.lift import LiftResult
+    from geopurify.lift.result import LiftResult
 
     rng = np.random.default_rng(0)
     write_scene(tmp_path / "s", rng.uniform(0, 1, (40, 3)), np.full((40, 3), 128, np.uint8),
@@ -122,8 +120,8 @@ def test_evaluation_puts_features_and_text_on_one_device(tmp_path, monkeypatch):
         products.append((feat.device, text_emb.device))
         return torch.zeros(feat.shape[0], text_emb.shape[0])
 
-    monkeypatch.setattr(cache, "cached_lift", fake_cached_lift)
-    monkeypatch.setattr(scores, "text_scores", spy_text_scores)
+    monkeypatch.setattr(split, "cached_lift", fake_cached_lift)
+    monkeypatch.setattr(split, "text_scores", spy_text_scores)
     report = split.evaluate_scenes(defaults(), [tmp_path / "s"], None, tmp_path / "out", tmp_path / "cache",
                                    device="meta", methods=("raw",), vlm=_FakeVLM(), reuse=False)
     meta = torch.device("meta")

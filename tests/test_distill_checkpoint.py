@@ -123,7 +123,7 @@ class _CountingTeacher:
 
 
 def test_teacher_cache_round_trip_and_repair(tmp_path, caplog):
-    from geopurify.cache import cached_teacher, teacher_cache_path
+    from geopurify.teacher.cache import cached_teacher, teacher_cache_path
 
     rng = np.random.default_rng(0)
     scene = Scene("s", rng.uniform(0, 1, (200, 3)).astype(np.float32), rng.integers(0, 255, (200, 3), dtype=np.uint8))
@@ -187,7 +187,7 @@ class _ColourVLM(VLM):
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data (real ScanNet scene)")
 def test_lift_cache_on_a_real_scan(tmp_path, caplog):
-    from geopurify.cache import cached_lift, lift_cache_path
+    from geopurify.lift.cache import cached_lift, lift_cache_path
     from geopurify.data.readers import load_scene
 
     scene = load_scene(SHARED)

@@ -28,7 +28,7 @@ from geopurify.cli import main
 from geopurify.config import load_config
 from geopurify.data.ply import write_ply
 from geopurify.standins.rooms import make_room, write_room
-from geopurify.lift.lift import LiftResult, load_lifted, save_lifted
+from geopurify.lift.result import LiftResult, load_lifted, save_lifted
 
 REPO = Path(__file__).resolve().parents[1]
 N_POINTS, N_FRAMES, HW = 1500, 4, (48, 64)

@@ -20,7 +20,7 @@ from geopurify.data.writers import write_frame, write_scene
 from geopurify.errors import InputError
 from geopurify.lift.openscene import (OpenSceneVLM, lift_from_openscene, load_openscene_features, openscene_files,
                                      read_openscene_file)
-from geopurify.lift.lift import lift_scene
+from geopurify.lift.multiview import lift_scene
 from geopurify.vlm import build_vlm
 from geopurify.vlm.external import ExternalVLM, mask_owner, read_view_features, save_view_features
 from geopurify.vlm.prompts import PrecomputedVLM, load_prompt_embeddings, text_source
@@ -482,7 +482,7 @@ def test_background_prompt_scores_masks_as_the_reference_and_is_never_a_label(tm
     """lift.background_prompt: mask confidences recomputed as the reference's X-Decoder fusion does
     (softmax over the label set's prompts + "background", background column dropped, max); a
     background-like mask then loses the pixels it covered, and no label can be the background."""
-    from geopurify.cache import lift_settings
+    from geopurify.lift.cache import lift_settings
     from geopurify.vlm import build_vlm
     from geopurify.vlm.external import reference_mask_scores
 

@@ -25,7 +25,7 @@ from geopurify.data.images import image_header, read_color, read_depth, read_lab
 from geopurify.data.ply import read_ply, write_ply
 from geopurify.data.readers import load_scene, pose_problem, read_axis_alignment, read_intrinsic, read_matrix
 from geopurify.errors import InputError, one_line
-from geopurify.lift.lift import LiftResult, load_lifted, save_lifted
+from geopurify.lift.result import LiftResult, load_lifted, save_lifted
 
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

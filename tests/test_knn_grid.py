@@ -175,7 +175,7 @@ def test_purify_scene_labels_identical_with_grid_and_kdtree(monkeypatch):
     for method in ("kdtree", "grid"):
         infer._GRAPH_CACHE.clear()
         monkeypatch.setattr(infer, "knn_graph", functools.partial(knn.knn_graph, method=method))
-        out[method] = purify_scene(scene, lifted, model, text, cfg, path="fast")
+        out[method] = purify_scene(scene, lifted, model, text, cfg, pooling="scores")
     infer._GRAPH_CACHE.clear()
     a, b = out["kdtree"], out["grid"]
     assert a.info["k"] == 96 and a.coords.shape[0] > 10_000

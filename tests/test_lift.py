@@ -20,7 +20,8 @@ from geopurify.config import load_config
 from geopurify.data.scene import Frame, Scene
 from geopurify.errors import InputError
 from geopurify.lift.fusion import MeanFusion, TopKFusion, consensus_classes, nearest_fill
-from geopurify.lift.lift import LiftResult, lift_scene, load_lifted, save_lifted
+from geopurify.lift.multiview import lift_scene
+from geopurify.lift.result import LiftResult, load_lifted, save_lifted
 from geopurify.ops.resize import map_index, resize_nearest
 from geopurify.ops.project import depth_test, in_image, project, rescale_intrinsic, visible, zbuffer
 from geopurify.vlm.base import VLM

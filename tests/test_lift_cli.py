@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from geopurify.cli import main
-from geopurify.lift.lift import load_lifted
+from geopurify.lift.result import load_lifted
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "scannet"
 SCENE0, SCENE1 = DATA / "scene0000_00", DATA / "scene0000_01"

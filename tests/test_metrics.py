@@ -223,7 +223,7 @@ def test_eval_cli_lifted_features_simulated(tmp_path):
     from geopurify.cli import main
     from geopurify.config import defaults
     from geopurify.data.labels import get_label_set
-    from geopurify.lift.lift import LiftResult, save_lifted
+    from geopurify.lift.result import LiftResult, save_lifted
     from geopurify.vlm import build_vlm, text_embeddings
 
     label_set = get_label_set("scannet20")

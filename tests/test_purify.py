@@ -195,8 +195,8 @@ def crop_case(real_points):
 @needs_data
 def test_purify_scene_paths_agree_and_fill_unseen(crop_case):
     scene, lifted, text, cfg, model = crop_case
-    fast = purify_scene(scene, lifted, model, text, cfg, path="fast")
-    ref = purify_scene(scene, lifted, model, text, cfg, path="reference")
+    fast = purify_scene(scene, lifted, model, text, cfg, pooling="scores")
+    ref = purify_scene(scene, lifted, model, text, cfg, pooling="features")
     N = scene.n_points
     assert fast.labels.shape == (N,) and fast.labels.dtype == np.int64
     assert (fast.labels == ref.labels).mean() >= 0.999
@@ -240,14 +240,14 @@ def test_knn_mean_scene_is_uniform_pooling(crop_case):
 @needs_data
 def test_query_scores(crop_case):
     scene, lifted, text, cfg, model = crop_case
-    fast = purify_scene(scene, lifted, model, text, cfg, path="fast")
+    fast = purify_scene(scene, lifted, model, text, cfg, pooling="scores")
     q = query_scores(fast, text)
     assert q.shape == (scene.n_points, len(text))
     np.testing.assert_allclose(q, fast.voxel_scores[fast.inverse].numpy(), rtol=1e-4, atol=1e-5)
     assert (q.argmax(1) == fast.labels).mean() >= 0.999
-    ref = purify_scene(scene, lifted, model, text, cfg, path="reference")
+    ref = purify_scene(scene, lifted, model, text, cfg, pooling="features")
     new = torch.randn(lifted.feat.shape[1], generator=torch.Generator().manual_seed(8))
-    rel = query_scores(ref, new)  # reference path: the cosine of the purified feature with the prompt
+    rel = query_scores(ref, new)  # pooled features: the cosine of the purified feature with the prompt
     feats = purified_features(scene, lifted, model, cfg)
     cos = (F.normalize(feats, dim=1) @ F.normalize(new, dim=0)).numpy()
     np.testing.assert_allclose(rel, cos, atol=1e-4)
@@ -265,9 +265,9 @@ def test_bad_inputs_raise_input_error():
     with pytest.raises(InputError, match="different VLMs"):
         knn_mean_scene(scene, SimpleNamespace(feat=torch.randn(50, 6), seen=torch.ones(50, dtype=torch.bool)),
                        text, cfg)
-    with pytest.raises(InputError, match="purify.path"):
+    with pytest.raises(InputError, match="purify.pooling"):
         knn_mean_scene(scene, SimpleNamespace(feat=torch.randn(50, 8), seen=torch.ones(50, dtype=torch.bool)),
-                       text, cfg, path="slow")
+                       text, cfg, pooling="slow")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -320,8 +320,8 @@ def test_graph_cache_and_single_voxel_scene():
     assert (res.labels == want).all()
 
 
-@pytest.mark.parametrize("path", ["fast", "reference"])
-def test_unseen_policy_reference_fills_only_all_zero_voxels(path):
+@pytest.mark.parametrize("pooling", ["scores", "features"])
+def test_unseen_policy_reference_fills_only_all_zero_voxels(pooling):
     """purify.unseen: nearest_seen relabels every voxel without a seen point from the nearest seen one;
     reference (the reference code) leaves those voxels their own pooled label and relabels only voxels
     whose pooled features are all zero (here an isolated cluster whose lifted features are zero)."""
@@ -344,7 +344,7 @@ def test_unseen_policy_reference_fills_only_all_zero_voxels(path):
     out = {}
     for policy in ("nearest_seen", "reference"):
         cfg = load_config(None, {"purify": {"k": 8, "steps": 4, "unseen": policy}})
-        out[policy] = knn_mean_scene(scene, lifted, text, cfg, path=path)
+        out[policy] = knn_mean_scene(scene, lifted, text, cfg, pooling=pooling)
     ref, ns = out["reference"], out["nearest_seen"]
     V = ref.coords.shape[0]
     assert V == len(vox)

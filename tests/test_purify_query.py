@@ -77,8 +77,8 @@ def test_step_labels_equal_purify_scene_and_knn_mean(case):
     scene, lifted, text, cfg, model, session = case
     for T in (0, 3, 6):
         cfg_t = load_config(None, {"purify": {"k": 24, "steps": T}})
-        pur = purify_scene(scene, lifted, model, text, cfg_t, path="fast")
-        knn = knn_mean_scene(scene, lifted, text, cfg_t, path="fast")
+        pur = purify_scene(scene, lifted, model, text, cfg_t, pooling="scores")
+        knn = knn_mean_scene(scene, lifted, text, cfg_t, pooling="scores")
         assert (session.labels("purified", T) == pur.labels).mean() >= 0.999
         assert (session.labels("knn_mean", T) == knn.labels).mean() >= 0.999
     np.testing.assert_array_equal(session.raw_labels, pur.raw_labels)

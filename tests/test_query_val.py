@@ -139,7 +139,7 @@ def test_lift_val_query_train_on_cuda(trained, tmp_path):
     """`--device cuda` on every command: lift, val, query and train run and agree with the CPU."""
     import shutil
 
-    from geopurify.lift.lift import load_lifted
+    from geopurify.lift.result import load_lifted
 
     tmp, cfg_path, exp = trained
     scene_dir = tmp / "rooms" / "synth_0001"

@@ -380,7 +380,7 @@ def test_teacher_shapes_determinism_and_seed(tmp_path):
 def test_teacher_input_switches(tmp_path):
     """teacher.missing_normals: a bare point cloud (PCA normals only) gives Sonata zero normals by
     default; teacher.color_scale: reference feeds colours / 255 twice. Both key the cache."""
-    from geopurify.cache import teacher_key
+    from geopurify.teacher.cache import teacher_key
 
     path = save_ckpt(tmp_path / "sonata.pth", small_model())
     xyz, rgb, nrm = surfaces(1200)

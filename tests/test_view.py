@@ -64,7 +64,7 @@ def state(room):
 
 def test_prompts_reuse_the_one_load(room, monkeypatch):
     """Asking prompts, moving T and clicking never re-lifts nor re-runs the student."""
-    import geopurify.lift.lift as lift_mod
+    import geopurify.lift.cache as lift_mod  # the module whose lift_scene a load calls
     from geopurify.student.network import AffinityNet
     from geopurify.viz.view_state import ViewState
 
@@ -159,7 +159,7 @@ def test_exports(state, tmp_path):
 
 
 def test_features_only_has_no_purified_colouring(room, state):
-    from geopurify.cache import lift_cache_path
+    from geopurify.lift.cache import lift_cache_path
     from geopurify.viz.view_state import ViewState
 
     lift_file = lift_cache_path(state.scene, state.loaded.cfg, room / "cache")

@@ -218,7 +218,7 @@ def test_lift_cli_with_tiny_clip(ckpt, where, tmp_path, capsys):
 
     from geopurify.cli import main
     from geopurify.standins.rooms import make_room, write_room
-    from geopurify.lift.lift import load_lifted
+    from geopurify.lift.result import load_lifted
 
     if where == "procedural room":
         scene_dir = tmp_path / "room"

@@ -16,7 +16,7 @@ from geopurify.data.cameras import virtual_frames
 from geopurify.data.labels import get_label_set
 from geopurify.data.readers import load_scene
 from geopurify.evaluate.metrics import confusion, format_table, metrics
-from geopurify.lift.lift import lift_scene
+from geopurify.lift.multiview import lift_scene
 from geopurify.vlm import build_vlm, text_embeddings
 
 SCENE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "scannet" / "scene0000_01"

@@ -5,7 +5,7 @@
 
 --pred DIR holds `<scene>.pred.npy` (int (N,) class indices of the label set; -1 = no prediction,
 counted as an error of the point's true class);
---features DIR holds `<scene>.lift.pt` (geopurify.lift.lift.save_lifted): each point is classified by
+--features DIR holds `<scene>.lift.pt` (geopurify.lift.result.save_lifted): each point is classified by
 the highest cosine with the text embeddings of the label set's prompts, from the VLM named by the
 config (or --vlm). Confusion counts are summed over all scenes (geopurify.evaluate.metrics).
 
@@ -72,7 +72,7 @@ def predict_from_features(path: Path, n_points: int, text_embs: dict) -> tuple[d
     cosine with that setting's text embeddings (`text_embs`: setting name -> (P, C)), computed on the
     device the text embeddings are on (the features are moved there)."""
     from geopurify.ops.scores import classify_by_text
-    from geopurify.lift.lift import load_lifted
+    from geopurify.lift.result import load_lifted
 
     lifted = load_lifted(path, n_points=n_points)
     dim = next(iter(text_embs.values())).shape[1]

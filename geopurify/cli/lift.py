@@ -47,7 +47,8 @@ def outputs_for(scenes: list[Path], out: Path) -> list[Path]:
 
 def run(args) -> int:
     from geopurify.data.readers import load_scene
-    from geopurify.lift.lift import lift_scene, save_lifted, views_summary
+    from geopurify.lift.multiview import lift_scene
+    from geopurify.lift.result import save_lifted, views_summary
     from geopurify.vlm import build_vlm
 
     cfg = config_of(args, {"lift": {"vlm": args.vlm, "vlm_path": args.vlm_path, "text_path": args.text_path,

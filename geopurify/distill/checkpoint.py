@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from geopurify.errors import InputError
-from geopurify.io import save_torch
+from geopurify.io import load_torch_file, save_torch
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +40,7 @@ def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch.load raises many types (RuntimeError, UnpicklingError, EOFError, ...)
-        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
-        raise InputError(path, f"unreadable checkpoint (truncated or corrupt): {type(e).__name__}"
-                               + (f": {first}" if first else "")) from None
+    ckpt = load_torch_file(path, "checkpoint", problem="unreadable checkpoint (truncated or corrupt)")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise InputError(path, "not a GeoPurify student checkpoint (no 'format: geopurify-student' tag)")
     missing = [k for k in REQUIRED if k not in ckpt]

@@ -44,6 +44,7 @@ from geopurify.distill.loss import info_nce
 from geopurify.distill.sampling import Pairs, check_sizes, n_anchors_for, sample_pairs
 from geopurify.errors import InputError
 from geopurify.io import write_text
+from geopurify.schema import check
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +238,8 @@ class SceneBatch:
 def prepare_scene(path: Path, cfg: dict, vlm, teacher, cache_dir: Path, device: str) -> SceneBatch:
     """Load a scene and build the student input and teacher targets (features from the caches;
     `vlm` as for `cached_lift`: a backend or a zero-argument callable giving one)."""
-    from geopurify.cache import cached_lift, cached_teacher
+    from geopurify.lift.cache import cached_lift
+    from geopurify.teacher.cache import cached_teacher
     from geopurify.data.readers import load_scene
     from geopurify.student.network import student_input
     from geopurify.ops.voxel import voxelize
@@ -410,22 +412,9 @@ def _check_resume_config(ckpt: dict, cfg: dict, in_channels: int, path: Path) ->
 
 
 def check_settings(cfg: dict) -> None:
-    """InputError naming the key for a training setting out of its range (the config checks only
-    types); without it these crash mid-run or train silently on NaN / empty losses."""
-    d, vs = cfg["distill"], cfg["student"]["voxel_size"]
-    rules = [("student.voxel_size", vs, vs > 0, "> 0"), ("distill.max_anchors", d["max_anchors"], d["max_anchors"] >= 1, ">= 1"),
-             ("distill.anchor_div", d["anchor_div"], d["anchor_div"] >= 1, ">= 1"),
-             ("distill.tau", d["tau"], d["tau"] > 0, "> 0"), ("distill.lr", d["lr"], d["lr"] > 0, "> 0"),
-             ("distill.weight_decay", d["weight_decay"], d["weight_decay"] >= 0, ">= 0"),
-             ("distill.warmup_epochs", d["warmup_epochs"], d["warmup_epochs"] >= 0, ">= 0"),
-             ("distill.n_macro", d["n_macro"], d["n_macro"] >= 0, ">= 0"),
-             ("distill.n_micro", d["n_micro"], d["n_micro"] >= 0 and d["n_macro"] + d["n_micro"] >= 1,
-              ">= 0, with n_macro + n_micro >= 1 (InfoNCE needs negatives)")]
-    for key, value, ok, want in rules:
-        if not (ok and np.isfinite(value)):
-            raise InputError(None, f"config key '{key}' must be {want}, got {value!r}")
-    if d["student_input"] not in ("scene", "sampled"):
-        raise InputError(None, f"config key 'distill.student_input' must be scene or sampled, got {d['student_input']!r}")
+    """InputError naming the key for a training setting out of its range (geopurify.schema); without
+    it these crash mid-run or train silently on NaN / empty losses."""
+    check(cfg, "distill", "student.voxel_size")
 
 
 def train(cfg: dict, exp_dir: str | Path, resume: bool = False, device: str | torch.device | None = "auto") -> Path:
@@ -451,8 +440,6 @@ def train(cfg: dict, exp_dir: str | Path, resume: bool = False, device: str | to
     model_dir = exp_dir / MODEL_DIR
     log_path = exp_dir / LOG_FILE
     cache_dir = Path(cfg["data"]["cache_dir"]) if cfg["data"]["cache_dir"] else exp_dir / "cache"
-    if int(d["epochs"]) < 1 or int(d["ckpt_every"]) < 1:
-        raise InputError(None, f"distill.epochs and distill.ckpt_every must be >= 1, got {d['epochs']} / {d['ckpt_every']}")
     check_settings(cfg)
 
     # scenes (rank 0 first: it may generate procedural rooms) and the frozen feature sources

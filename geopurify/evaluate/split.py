@@ -15,6 +15,8 @@ Lifting itself (consensus fusion, the simulated VLM) uses the primary setting's 
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from pathlib import Path
@@ -23,11 +25,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from geopurify.data.fingerprint import scene_fingerprint
 from geopurify.data.labels import describe_setting, get_label_set
 from geopurify.data.readers import load_scene_for
+from geopurify.device import to_device
 from geopurify.errors import InputError
 from geopurify.evaluate.metrics import confusion, format_table, metrics
 from geopurify.io import save_npy, write_json, write_text
+from geopurify.lift.cache import cached_lift, lift_files_fingerprint, lift_settings
+from geopurify.ops.scores import l2_normalize, text_scores
+from geopurify.purify.infer import knn_mean_scene, purify_scene
+from geopurify.vlm import build_vlm
+from geopurify.vlm.text import prompts_for
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +54,6 @@ def class_settings(cfg: dict) -> list:
 
 def prompt_columns(label_sets, template: str) -> tuple[list[str], dict[str, list[int]]]:
     """(the union of the sets' prompts in first-seen order, per set the columns of its classes)."""
-    from geopurify.vlm.text import prompts_for
-
     union: dict[str, int] = {}
     cols = {}
     for ls in label_sets:
@@ -82,10 +89,6 @@ def predict_scene(scene, lifted, model, text_emb, cfg, device="cpu", methods=MET
 
     The one place evaluation moves its inputs: the lifted features and the text embeddings go to
     `device` together here, so no later product mixes devices (the model is already there)."""
-    from geopurify.device import to_device
-    from geopurify.purify.infer import knn_mean_scene, purify_scene
-    from geopurify.ops.scores import text_scores
-
     lifted, text_emb = to_device(lifted, device), to_device(text_emb, device)
     columns = columns or {"all": list(range(text_emb.shape[0]))}
     out: dict[str, dict[str, np.ndarray]] = {}
@@ -95,7 +98,7 @@ def predict_scene(scene, lifted, model, text_emb, cfg, device="cpu", methods=MET
         res = knn_mean_scene(scene, lifted, text_emb, cfg, device=device)
         out["knn_mean"] = _per_setting(res.voxel_scores, columns, res.inverse)
     if "purified" in methods:
-        res = purify_scene(scene, lifted, model, text_emb, cfg, device=device, path=cfg["purify"]["path"])
+        res = purify_scene(scene, lifted, model, text_emb, cfg, device=device, pooling=cfg["purify"]["pooling"])
         out["purified"] = _per_setting(res.voxel_scores, columns, res.inverse)
     return out
 
@@ -105,11 +108,6 @@ def prediction_key(scene, cfg: dict, model_digest: str, methods) -> str:
     fingerprint of every input file of the lifting (scene files, VLM / feature / prompt files), the
     student's weights (a digest of their values), the purification / student / label-set settings and
     the methods."""
-    import hashlib
-    import json
-
-    from geopurify.cache import lift_files_fingerprint, lift_settings, scene_fingerprint
-
     obj = {"scene": scene_fingerprint(scene), "lift": lift_settings(cfg), "files": lift_files_fingerprint(scene, cfg),
            "model": model_digest,
            "purify": cfg["purify"], "student": cfg["student"], "label_set": cfg["data"]["label_set"],
@@ -129,8 +127,6 @@ def _finished(pred_dir: Path, scene, key: str, methods, settings: list[str]) -> 
 
     The record `<scene>.done.json` is written after the scene's prediction files, so a run killed
     part-way leaves either a complete, matching scene or one that is predicted again."""
-    import json
-
     rec = pred_dir / f"{scene.name}.done.json"
     try:
         done = json.loads(rec.read_text())
@@ -161,10 +157,6 @@ def evaluate_scenes(cfg: dict, scene_paths: list[Path], model, out_dir: Path, ca
     "skipped_frames": {scene: frames left out as unusable}, "timings"}; the top-level metrics are
     those of the primary class setting, data.label_set.
     """
-    from geopurify.cache import cached_lift
-    from geopurify.vlm import build_vlm
-    from geopurify.ops.scores import l2_normalize
-
     out_dir = Path(out_dir)
     sets = class_settings(cfg)
     names = [ls.name for ls in sets]

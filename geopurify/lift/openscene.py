@@ -31,8 +31,9 @@ import numpy as np
 import torch
 
 from geopurify.errors import InputError
+from geopurify.io import load_torch_file
 from geopurify.lift.fusion import nearest_fill
-from geopurify.lift.lift import LiftResult
+from geopurify.lift.result import LiftResult
 from geopurify.vlm.base import VLM
 from geopurify.vlm.prompts import find_text_file, text_source
 
@@ -65,10 +66,7 @@ def read_openscene_file(path: str | Path, n_points: int | None = None, dim: int 
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "OpenScene feature file not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated / foreign files raise many types
-        raise InputError(path, f"not a readable OpenScene feature file ({type(e).__name__})") from None
+    obj = load_torch_file(path, "OpenScene feature file")
     if not isinstance(obj, dict) or "feat" not in obj or "mask_full" not in obj:
         keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
         raise InputError(path, f"OpenScene feature file must hold {{'feat', 'mask_full'}}, got {keys}")

@@ -7,6 +7,9 @@ T rounds of pooling, classify voxels, map back to points.
 - query_scores: relevance of new prompts after the fact, by pooling their score columns.
 - purified_features: per-point purified features (all channels pooled), for free-text queries.
 
+Pooling (`purify.pooling`, the `pooling` argument): `scores` pools the P class scores (fast), `features`
+pools all C lifted channels (the reference's formulation); both give the same labels.
+
 Unseen voxels (`purify.unseen`): with `nearest_seen` (the default) every voxel whose points were all
 unseen by the cameras (lifted.seen False) takes the label (and scores) of the nearest voxel holding a
 seen point; with `reference` (the reference code's rule) every voxel keeps its own pooled result (its
@@ -27,11 +30,10 @@ from geopurify.ops.knn import PointTree, knn_graph
 from geopurify.ops.scores import classify_by_text, text_scores
 from geopurify.ops.voxel import voxel_mean, voxelize
 from geopurify.purify.pooling import affinity_weights, pool, pool_reference, pool_scores, uniform_weights
+from geopurify.schema import check, check_value
 
 log = logging.getLogger(__name__)
 
-PATHS = ("fast", "reference")
-UNSEEN = ("nearest_seen", "reference")
 
 
 @dataclass
@@ -39,7 +41,7 @@ class PurifyResult:
     """Labels of one scene and everything needed to ask it new prompts.
 
     Point-level outputs are numpy, voxel-level ones torch (on the device purification ran on).
-    `voxel_scores`: fast path F(T).w_c/|w_c| (same argmax as the cosine), reference path the cosine.
+    `voxel_scores`: pooled scores F(T).w_c/|w_c| (same argmax as the cosine), pooled features the cosine.
     """
 
     labels: np.ndarray  # (N,) int64 class per point after pooling and unseen fill
@@ -53,7 +55,7 @@ class PurifyResult:
     weights: torch.Tensor | None = None  # (V, k) row-stochastic pooling weights
     voxel_feat: torch.Tensor | None = None  # (V, C) unpooled voxel means of the lifted features
     fill: torch.Tensor | None = None  # (V,) voxel whose result each voxel takes (itself when seen)
-    pooled_norm: torch.Tensor | None = None  # (V,) |F(T)_i|, reference path only
+    pooled_norm: torch.Tensor | None = None  # (V,) |F(T)_i|, pooled features only
     steps: int = 0
     info: dict = field(default_factory=dict)
 
@@ -62,25 +64,14 @@ def _where(scene) -> str:
     return str(scene.path) if getattr(scene, "path", None) is not None else scene.name
 
 
-def _settings(cfg: dict, path: str | None) -> tuple[int, float, int, str, float]:
-    """(k, tau, steps, path, voxel_size) from the config, checked (purify.unseen too)."""
+def _settings(cfg: dict, pooling: str | None) -> tuple[int, float, int, str, float]:
+    """(k, tau, steps, pooling, voxel_size) from the config (`pooling` overrides purify.pooling),
+    checked against their ranges (geopurify.schema; purify.unseen too)."""
+    check(cfg, "purify", "student.voxel_size")
     pc = cfg["purify"]
-    if pc["unseen"] not in UNSEEN:
-        raise InputError(None, f"config key 'purify.unseen' must be nearest_seen or reference, got {pc['unseen']!r}")
-    k, tau, steps = pc["k"], pc["tau"], pc["steps"]
-    path = pc["path"] if path is None else path
-    if not isinstance(k, int) or k < 1:
-        raise InputError(None, f"config key 'purify.k' must be an integer >= 1, got {k!r}")
-    if not tau > 0:
-        raise InputError(None, f"config key 'purify.tau' must be > 0, got {tau!r}")
-    if not isinstance(steps, int) or steps < 0:
-        raise InputError(None, f"config key 'purify.steps' must be an integer >= 0, got {steps!r}")
-    if path not in PATHS:
-        raise InputError(None, f"config key 'purify.path' must be fast or reference, got {path!r}")
-    vs = cfg["student"]["voxel_size"]
-    if not vs > 0:
-        raise InputError(None, f"config key 'student.voxel_size' must be > 0, got {vs!r}")
-    return k, float(tau), steps, path, float(vs)
+    pooling = pc["pooling"] if pooling is None else pooling
+    check_value("purify.pooling", pooling)
+    return pc["k"], float(pc["tau"]), pc["steps"], pooling, float(cfg["student"]["voxel_size"])
 
 
 def _check_inputs(scene, lifted, text_emb, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -164,10 +155,10 @@ def _voxelise(scene, voxel_size: float):
     return voxelize(torch.from_numpy(np.ascontiguousarray(scene.xyz, dtype=np.float32)), voxel_size)
 
 
-def _pool_voxels(coords, inverse, feat_v, seen, emb, text_emb, cfg, device, path, timings,
+def _pool_voxels(coords, inverse, feat_v, seen, emb, text_emb, cfg, device, pooling, timings,
                  weights_name: str, scene_name: str, n_points: int) -> PurifyResult:
     """Shared tail: kNN graph, weights (student affinities or uniform), pooling, fill, points."""
-    k, tau, steps, path, _ = _settings(cfg, path)
+    k, tau, steps, pooling, _ = _settings(cfg, pooling)
     V = coords.shape[0]
     dev = torch.device(device)
     k_eff = min(k, V - 1)
@@ -185,7 +176,7 @@ def _pool_voxels(coords, inverse, feat_v, seen, emb, text_emb, cfg, device, path
     t = time.perf_counter()
     feat_v, text = feat_v.float(), text_emb  # on `dev` already (_check_inputs)
     norms = None
-    if path == "fast":
+    if pooling == "scores":
         labels_v, scores = pool_scores(feat_v, idx, W, text, steps)
     else:
         labels_v, scores, norms = pool_reference(feat_v, idx, W, text, steps)
@@ -199,11 +190,11 @@ def _pool_voxels(coords, inverse, feat_v, seen, emb, text_emb, cfg, device, path
     inv = inverse.to(dev)
     labels = labels_v[inv].cpu().numpy().astype(np.int64)
     info = {"scene": scene_name, "n_points": n_points, "n_voxels": V, "k": k_eff, "tau": tau, "steps": steps,
-            "path": path, "weights": weights_name, "unseen_voxels": int((~seen_v).sum()), "device": str(dev),
+            "pooling": pooling, "weights": weights_name, "unseen_voxels": int((~seen_v).sum()), "device": str(dev),
             "unseen_policy": cfg["purify"]["unseen"], "filled_voxels": int((~src_v).sum()),
             **{key: round(v, 4) for key, v in timings.items()}}
-    log.info("%s: %s pooling (%s path), %d points / %d voxels, k %d, T %d, %d unseen voxels, %d filled (%s); "
-             "knn %.2fs weights %.2fs pool %.2fs", scene_name, weights_name, path, n_points, V, k_eff, steps,
+    log.info("%s: %s pooling (of %s), %d points / %d voxels, k %d, T %d, %d unseen voxels, %d filled (%s); "
+             "knn %.2fs weights %.2fs pool %.2fs", scene_name, weights_name, pooling, n_points, V, k_eff, steps,
              info["unseen_voxels"], info["filled_voxels"], info["unseen_policy"], timings["knn_s"],
              timings["weights_s"], timings["pool_s"])
     return PurifyResult(labels=labels, voxel_scores=scores, raw_labels=np.zeros(0, np.int64), inverse=inverse,
@@ -229,17 +220,17 @@ def _raw_labels(feat: torch.Tensor, text_emb: torch.Tensor) -> np.ndarray:
 
 
 def purify_scene(scene, lifted, model, text_emb: torch.Tensor, cfg: dict, device: str = "cpu",
-                 path: str | None = None) -> PurifyResult:
+                 pooling: str | None = None) -> PurifyResult:
     """GeoPurify inference on one scene.
 
     scene: geopurify.data.scene.Scene; lifted: LiftResult (.feat (N, C), .seen (N,)); model: the
     student AffinityNet (forward(feats (V, C+6), coords (V, 3)) -> (V, E) unit); text_emb (P, C);
-    cfg: full config (sections `purify`, `student`); path: "fast" (pool class scores) or
-    "reference" (pool all channels), default cfg["purify"]["path"]. Both give the same labels.
+    cfg: full config (sections `purify`, `student`); pooling: "scores" (pool the class scores) or
+    "features" (pool all channels), default cfg["purify"]["pooling"]. Both give the same labels.
     """
     from geopurify.student.network import student_input
 
-    *_, path, voxel_size = _settings(cfg, path)
+    *_, pooling, voxel_size = _settings(cfg, pooling)
     feat, seen, text_emb = _check_inputs(scene, lifted, text_emb, device)
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -251,24 +242,24 @@ def purify_scene(scene, lifted, model, text_emb: torch.Tensor, cfg: dict, device
     emb = _student_embeddings(model, x, coords, device)
     timings["student_s"] = time.perf_counter() - t
     C = feat.shape[1]
-    res = _pool_voxels(coords, inverse, x[:, :C], seen, emb, text_emb, cfg, device, path, timings,
+    res = _pool_voxels(coords, inverse, x[:, :C], seen, emb, text_emb, cfg, device, pooling, timings,
                        "student affinities", scene.name, scene.n_points)
     res.raw_labels = _raw_labels(feat, text_emb)
     return res
 
 
 def knn_mean_scene(scene, lifted, text_emb: torch.Tensor, cfg: dict, device: str = "cpu",
-                   path: str | None = None) -> PurifyResult:
+                   pooling: str | None = None) -> PurifyResult:
     """Baseline: the same K and T as purify_scene but uniform weights 1/K (plain kNN-mean smoothing,
     no student). `.labels` are its per-point predictions."""
-    *_, path, voxel_size = _settings(cfg, path)
+    *_, pooling, voxel_size = _settings(cfg, pooling)
     feat, seen, text_emb = _check_inputs(scene, lifted, text_emb, device)
     timings: dict[str, float] = {}
     t = time.perf_counter()
     coords, inverse = _voxelise(scene, voxel_size)
     feat_v = voxel_mean(feat, inverse, coords.shape[0]).float()
     timings["voxelise_s"] = time.perf_counter() - t
-    res = _pool_voxels(coords, inverse, feat_v, seen, None, text_emb, cfg, device, path, timings,
+    res = _pool_voxels(coords, inverse, feat_v, seen, None, text_emb, cfg, device, pooling, timings,
                        "uniform (kNN-mean baseline)", scene.name, scene.n_points)
     res.raw_labels = _raw_labels(feat, text_emb)
     return res
@@ -278,9 +269,9 @@ def query_scores(result: PurifyResult, text_emb_new: torch.Tensor) -> np.ndarray
     """Relevance of new prompts for every point, from the same graph and weights: the score column
     S = F w/|w| of each prompt is pooled on demand (T steps over P' = 1.. channels).
 
-    text_emb_new (C,) -> (N,), or (Q, C) -> (N, Q) float32. With the reference path (pooled-feature
-    norms known) the value is the cosine of the purified feature with the prompt; with the fast path
-    it is that cosine times |F(T)_i| (same ranking of prompts at a point, not of points)."""
+    text_emb_new (C,) -> (N,), or (Q, C) -> (N, Q) float32. With pooled features (their norms known)
+    the value is the cosine of the purified feature with the prompt; with pooled scores it is that
+    cosine times |F(T)_i| (same ranking of prompts at a point, not of points)."""
     if result.voxel_feat is None or result.idx is None:
         raise ValueError("this PurifyResult holds no graph (was it built by purify_scene / knn_mean_scene?)")
     te = torch.as_tensor(text_emb_new).float()

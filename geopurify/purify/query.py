@@ -13,7 +13,7 @@ costs nothing once computed.
 Which quantity: pooling is linear, so s(T) = F(T) w^ exactly (F(T) = A^T F, the purified features):
 the relevance shown is the purified feature's dot product with the unit prompt embedding,
     s(T)_i = |F(T)_i| cos(F(T)_i, w),
-the same per-class score whose argmax gives the purified labels (METHOD.md section 5, fast path).
+the same per-class score whose argmax gives the purified labels (METHOD.md section 5, pooled scores).
 It ranks prompts at a point exactly as the cosine does; across points it also weighs by |F(T)_i|,
 which pooling shrinks where a neighbourhood's features disagree. The cosine itself would need all
 C channels pooled for every T. Points whose voxel holds no seen point take the nearest seen voxel's
@@ -303,12 +303,12 @@ def load_session(scene_dir, ckpt=None, features=None, config=None, vlm: str | No
     `fallback_cache_dir`) and optionally a student checkpoint, and build the session. Config, later
     wins: `config` if given, else the defaults with the checkpoint's stored config; `vlm` /
     `vlm_path` (lift.vlm / lift.vlm_path); `sets` (`--set KEY=VALUE` strings)."""
-    from geopurify.cache import cached_lift
+    from geopurify.lift.cache import cached_lift
     from geopurify.config import apply_sets, load_config, merge
     from geopurify.data.labels import get_label_set
     from geopurify.data.readers import load_scene
     from geopurify.distill.checkpoint import check_compatible, load_student
-    from geopurify.lift.lift import load_lifted
+    from geopurify.lift.result import load_lifted
     from geopurify.vlm import build_vlm, text_embeddings
 
     if ckpt is None and features is None:

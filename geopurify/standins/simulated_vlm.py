@@ -31,11 +31,13 @@ import torch
 from scipy import ndimage
 
 from geopurify.data.scene import Frame, Scene
+from geopurify.config import defaults
 from geopurify.errors import InputError
 from geopurify.ops.project import rescale_intrinsic, zbuffer
 from geopurify.ops.resize import resize_nearest
 from geopurify.vlm.base import VLM
 from geopurify.ops.scores import l2_normalize
+from geopurify.schema import check
 from geopurify.vlm.text import DEFAULT_TEMPLATE, MiniLMTextEncoder, prompts_for
 
 log = logging.getLogger(__name__)
@@ -194,27 +196,6 @@ class SimView:
     obj_shown: np.ndarray  # (M,) class each object is shown as
 
 
-def _check_sim_cfg(s: dict) -> dict:
-    where = "config vlm_sim"
-    out = {"patch": s.get("patch", 8), "confusion_prob": s.get("confusion_prob", 0.15),
-           "confusion_temp": s.get("confusion_temp", 0.05), "mask_error_prob": s.get("mask_error_prob", 0.05),
-           "noise_std": s.get("noise_std", 0.02), "seed": s.get("seed", 0)}
-    if not isinstance(out["patch"], int) or out["patch"] < 1:
-        raise InputError(where, f"patch must be an integer >= 1, got {out['patch']!r}")
-    for k in ("confusion_prob", "mask_error_prob"):
-        if not 0.0 <= float(out[k]) <= 1.0:
-            raise InputError(where, f"{k} must be in [0, 1], got {out[k]!r}")
-    if out["confusion_prob"] + out["mask_error_prob"] > 1.0:
-        raise InputError(where, "confusion_prob + mask_error_prob must be <= 1")
-    if not float(out["confusion_temp"]) > 0:
-        raise InputError(where, f"confusion_temp must be > 0, got {out['confusion_temp']!r}")
-    if not float(out["noise_std"]) >= 0:
-        raise InputError(where, f"noise_std must be >= 0, got {out['noise_std']!r}")
-    if not isinstance(out["seed"], int):
-        raise InputError(where, f"seed must be an integer, got {out['seed']!r}")
-    return out
-
-
 class SimulatedVLM(VLM):
     """SIMULATED vision-language model (offline stand-in): degraded label-derived features in
     the all-MiniLM-L6-v2 text space. See the module docstring and docs/simulated_vlm.md.
@@ -227,11 +208,9 @@ class SimulatedVLM(VLM):
     simulated = True
 
     def __init__(self, cfg: dict | None = None, label_set=None, text_encoder: MiniLMTextEncoder | None = None):
-        if cfg is None:
-            from geopurify.config import defaults
-
-            cfg = defaults()
-        self.sim = _check_sim_cfg(cfg.get("vlm_sim", {}))
+        cfg = defaults() if cfg is None else cfg
+        self.sim = {**defaults()["vlm_sim"], **cfg.get("vlm_sim", {})}  # keys the config lacks: their defaults
+        check({"vlm_sim": self.sim}, "vlm_sim")
         if label_set is None:
             from geopurify.data.labels import get_label_set
 

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from geopurify.errors import InputError
+from geopurify.io import load_torch_file
 
 log = logging.getLogger(__name__)
 
@@ -158,10 +159,7 @@ def read_official_checkpoint(path: str | Path) -> tuple[dict, dict]:
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "checkpoint not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated / corrupt / pickled code: one line for the user
-        raise InputError(path, f"unreadable checkpoint ({type(e).__name__})") from None
+    obj = load_torch_file(path, "checkpoint", problem="unreadable checkpoint")
     epoch = obj.get("epoch") if isinstance(obj, dict) and isinstance(obj.get("epoch"), int) else None
     return unwrap_state_dict(obj, path), {"epoch": epoch}
 

@@ -39,6 +39,8 @@ import torch.nn.functional as F
 
 from geopurify.data.scene import Scene
 from geopurify.errors import InputError
+from geopurify.io import load_torch_file
+from geopurify.schema import check_value
 from geopurify.teacher.base import Teacher, finish_embedding
 from geopurify.teacher.ptv3 import PTv3Encoder, n_parameters, upcast
 
@@ -175,10 +177,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
             raise InputError(cfg_path, f"config.json for {path.name} missing or invalid ({_first_line(e)})") from None
         ckpt = {"config": config, "state_dict": state}
     else:
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - torch raises many types for corrupt files
-            raise InputError(path, f"not a readable PyTorch checkpoint ({type(e).__name__}: {_first_line(e)})") from None
+        ckpt = load_torch_file(path, "PyTorch checkpoint")
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("config"), dict) \
             or not isinstance(ckpt.get("state_dict"), dict):
         got = sorted(ckpt)[:6] if isinstance(ckpt, dict) else type(ckpt).__name__
@@ -236,10 +235,8 @@ class SonataTeacher(Teacher):
     def __init__(self, ckpt: str | Path | None, device: str = "cpu", up_cast_level: int = UP_CAST_LEVEL,
                  grid_size: float = GRID_SIZE, seed: int = 0, progress: bool = True, color_scale: str = "sonata",
                  missing_normals: str = "zero"):
-        for key, value, allowed in (("color_scale", color_scale, COLOR_SCALES),
-                                    ("missing_normals", missing_normals, MISSING_NORMALS)):
-            if value not in allowed:
-                raise InputError(None, f"config key 'teacher.{key}' must be one of {', '.join(allowed)}, got {value!r}")
+        check_value("teacher.color_scale", color_scale)
+        check_value("teacher.missing_normals", missing_normals)
         if ckpt is None or str(ckpt) == "":
             raise InputError(None, "teacher.name is 'sonata' but teacher.ckpt is not set: give the path of the "
                                    "official facebook/sonata checkpoint (sonata.pth)")

@@ -16,10 +16,11 @@ import torch
 
 from geopurify.data.scene import Scene
 from geopurify.errors import InputError
+from geopurify.io import load_torch_file
 from geopurify.ops.resize import resize_nearest
 from geopurify.ops.scores import l2_normalize
 from geopurify.vlm.base import VLM
-from geopurify.vlm.prompts import _torch_load, find_text_file, text_source
+from geopurify.vlm.prompts import find_text_file, text_source
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def read_view_features(path: str | Path, dim: int, image_hw: tuple[int, int], no
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "external feature file not found (one <k>.pt per frame; docs/external_features.md)")
-    obj = _torch_load(path, "external feature file")
+    obj = load_torch_file(path, "external feature file")
     if not isinstance(obj, dict):
         raise InputError(path, f"external feature file must hold a dict, got {type(obj).__name__}")
     has_masks = "mask_embeddings" in obj and "masks" in obj

@@ -21,23 +21,13 @@ import torch
 
 from geopurify.data.scene import Scene
 from geopurify.errors import InputError
+from geopurify.io import load_torch_file
 from geopurify.ops.scores import l2_normalize
 from geopurify.vlm.base import VLM
 
 log = logging.getLogger(__name__)
 
 TEXT_FILE_NAMES = ("text_embeddings.pt", "text_embeddings.npy")  # looked up inside a feature directory
-
-
-def _torch_load(path: Path, what: str):
-    """torch.load with weights_only (no code runs); any failure -> InputError naming the file."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise InputError(path, f"{what} not found") from None
-    except Exception as e:  # torch raises many types for truncated / foreign files
-        first = str(e).strip().splitlines()[0][:120] if str(e).strip() else ""
-        raise InputError(path, f"not a readable {what} ({type(e).__name__}{': ' + first if first else ''})") from None
 
 
 def _read_sidecar(path: Path) -> list[str]:
@@ -77,7 +67,7 @@ def load_prompt_embeddings(path: str | Path) -> tuple[list[str], torch.Tensor]:
             raise InputError(path, f"embeddings must be floats, got {arr.dtype}")
         emb, prompts = torch.from_numpy(np.ascontiguousarray(arr)), _read_sidecar(path)
     elif suffix in (".pt", ".pth"):
-        obj = _torch_load(path, "prompt embedding file")
+        obj = load_torch_file(path, "prompt embedding file")
         if isinstance(obj, dict):
             missing = [k for k in ("prompts", "embeddings") if k not in obj]
             if missing:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from geopurify.errors import InputError
+from geopurify.schema import check
 from geopurify.standins.rooms.layout import Room, make_room
 from geopurify.standins.rooms.primitives import DEPTH_SCALE, SOURCE
 
@@ -105,11 +106,10 @@ def synthesize(out_dir: str | Path, n_scenes: int, seed: int, n_points: int = 10
 def synthetic_rooms(cfg: dict) -> list[Path]:
     """Paths of all `synthetic.n_train` + `n_val` procedural rooms under data.root, generating missing
     ones (the registry entry of `data.dataset: synthetic`, geopurify.data.splits)."""
+    check(cfg, "synthetic.n_train", "synthetic.n_val")
     s = cfg["synthetic"]
     root = Path(cfg["data"]["root"])
     n = int(s["n_train"]) + int(s["n_val"])
-    if int(s["n_train"]) < 1 or int(s["n_val"]) < 0:
-        raise InputError(None, f"synthetic.n_train must be >= 1 and n_val >= 0, got {s['n_train']} / {s['n_val']}")
     logger.info("data: %d PROCEDURAL STAND-IN rooms (synthetic, not ScanNet) under %s, seed %d", n, root, s["seed"])
     return synthesize(root, n, s["seed"], n_points=s["points"], n_frames=s["frames"])
 

@@ -1,4 +1,4 @@
-"""Lift 2D VLM feature maps onto a scene's points (METHOD.md section 1).
+"""Multi-view lifting: 2D VLM feature maps onto a scene's points (METHOD.md section 1).
 
 For each posed frame: the VLM's feature map for the image resized to `lift.image_size`, the
 points projected with the intrinsics rescaled to that size, kept when inside the image minus the
@@ -6,16 +6,16 @@ border, in front of the camera and not occluded (against the frame's depth image
 same size, or against a z-buffer of the points when the frame has no depth), then the feature
 map sampled (nearest) at each kept pixel and fused over views (mean or consensus).
 
-Lifted feature files (`*.lift.pt`, docs/architecture.md) are written by `save_lifted` and read
-back, validated, by `load_lifted`. They record the views (`frames`: frame names, i.e. raw frame
-ids on ScanNet, in lifting order) and how many of them had no depth image and were occlusion-
-tested against the points' z-buffer (`z_buffered`).
+The result is a `LiftResult` (geopurify.lift.result, which also writes and reads `*.lift.pt`
+files); its info records the views (`frames`: frame names, i.e. raw frame ids on ScanNet, in
+lifting order) and how many of them had no depth image and were occlusion-tested against the
+points' z-buffer (`z_buffered`).
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,23 +25,12 @@ from tqdm import tqdm
 from geopurify.data.scene import Frame, Scene
 from geopurify.errors import InputError
 from geopurify.lift.fusion import MeanFusion, TopKFusion, consensus_classes, nearest_fill
+from geopurify.lift.result import LiftResult
 from geopurify.ops.project import rescale_intrinsic, visible
 from geopurify.ops.resize import map_index, resize_nearest
+from geopurify.schema import check
 
 log = logging.getLogger(__name__)
-
-FUSIONS = ("mean", "consensus")
-
-
-@dataclass
-class LiftResult:
-    """Fused per-point features; unseen points already hold their nearest seen point's feature."""
-
-    feat: torch.Tensor  # (N, C) float32
-    seen: torch.Tensor  # (N,) bool: seen by at least one view
-    n_views: torch.Tensor  # (N,) int: number of views that saw the point
-    info: dict = field(default_factory=dict)  # vlm, simulated, fusion, scene, ...
-
 
 def _header_hw(path: Path | None) -> tuple[int, int] | None:
     if path is None:
@@ -101,24 +90,6 @@ def _feature_table(fmap: torch.Tensor, dim: int, where) -> torch.Tensor:
     return fmap.reshape(dim, -1).t().contiguous().float()
 
 
-# lift settings that must be numbers above a bound: (key, minimum, strictly above it?, integer?)
-_BOUNDS = (("border", 0, False, True), ("occlusion_thr", 0, True, False), ("zbuffer_splat", 0, False, True),
-           ("chunk_points", 1, False, True), ("group_mb", 0, False, True), ("consensus_topk", 1, False, True),
-           ("consensus_logit_scale", 0, True, False))
-
-
-def _check_settings(lc: dict, needs_virtual: bool) -> None:
-    """InputError for a `lift` setting out of its range (the config checks only types)."""
-    keys = _BOUNDS + ((("virtual_frames", 1, False, True),) if needs_virtual else ())
-    for key, lo, strict, integer in keys:
-        v = lc[key]
-        ok = (isinstance(v, int) if integer else isinstance(v, (int, float))) and not isinstance(v, bool)
-        ok = ok and np.isfinite(v) and (v > lo if strict else v >= lo)
-        if not ok:
-            kind = "an integer" if integer else "a number"
-            raise InputError(None, f"config key 'lift.{key}' must be {kind} {'>' if strict else '>='} {lo}, got {v!r}")
-
-
 def lift_scene(scene: Scene, vlm, cfg: dict, text_emb: torch.Tensor | None = None,
                device: str | torch.device = "cpu") -> LiftResult:
     """Fuse `vlm` feature maps of every frame of `scene` onto its points; see the module docstring.
@@ -136,15 +107,10 @@ def lift_scene(scene: Scene, vlm, cfg: dict, text_emb: torch.Tensor | None = Non
                  scene.name, vlm.describe())
         return LiftResult(res.feat.to(device), res.seen.to(device), res.n_views.to(device),
                           {**res.info, "device": str(device)})
+    check(cfg, "lift", skip=() if not scene.frames else ("lift.virtual_frames",))  # ranges: geopurify.schema
     lc = cfg["lift"]
     fusion = lc["fusion"]
-    if fusion not in FUSIONS:
-        raise InputError(None, f"lift.fusion must be one of {FUSIONS}, got {fusion!r}")
-    size = lc["image_size"]
-    if not (isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(x, int) and x > 0 for x in size)):
-        raise InputError(None, f"lift.image_size must be [W, H], two positive integers, got {size!r}")
-    _check_settings(lc, needs_virtual=not scene.frames)
-    W, H = size
+    W, H = lc["image_size"]
     hw = (H, W)
     scene_v, virtual = _frames_for(scene, vlm, cfg)
     n, dim = scene.n_points, int(vlm.dim)
@@ -223,98 +189,3 @@ def lift_scene(scene: Scene, vlm, cfg: dict, text_emb: torch.Tensor | None = Non
              f", {info['skipped_frames']} skipped" if info["skipped_frames"] else "",
              " [SIMULATED VLM]" if vlm.simulated else "")
     return LiftResult(feat, seen, n_views, info)
-
-
-def views_summary(info: dict, show: int = 6) -> str:
-    """'3 views (frames 0, 20, 40; 1 z-buffered)': the views a lift used, the middle of long lists elided."""
-    frames = info.get("frames")
-    if frames is None:
-        return f"{info.get('n_frames', 0)} views"
-    names = frames if len(frames) <= show else frames[:show - 2] + ["..."] + frames[-1:]
-    listed = f"frames {', '.join(names)}; " if frames else ""
-    return f"{len(frames)} views ({listed}{info.get('z_buffered', 0)} z-buffered)"
-
-
-def save_lifted(path: str | Path, result: LiftResult, meta: dict | None = None) -> None:
-    """Write a `*.lift.pt` file atomically: float16 features, seen mask, view counts and provenance.
-
-    `meta` (vlm, simulated, fusion, scene) overrides the same keys of `result.info`.
-    """
-    from geopurify.io import save_torch
-
-    info = {**result.info, **(meta or {})}
-    obj = {
-        "feat": result.feat.detach().to("cpu", torch.float16).contiguous(),
-        "seen": result.seen.detach().to("cpu", torch.bool).contiguous(),
-        "n_views": result.n_views.detach().cpu().clamp(max=torch.iinfo(torch.int16).max).to(torch.int16),
-        "vlm": str(info.get("vlm", "unknown")),
-        "simulated": bool(info.get("simulated", False)),
-        "fusion": str(info.get("fusion", "unknown")),
-        "scene": str(info.get("scene", "")),
-    }
-    if info.get("skipped_frames"):  # optional key, written only when frames were left out
-        obj["skipped_frames"] = int(info["skipped_frames"])
-    if info.get("device"):  # optional key: the device the features were lifted on
-        obj["device"] = str(info["device"])
-    if "frames" in info:  # the views lifted from (per-point backends have none)
-        obj["frames"] = [str(f) for f in info["frames"]]
-        obj["z_buffered"] = int(info.get("z_buffered", 0))
-    save_torch(path, obj)
-
-
-_KEYS = {"feat": torch.Tensor, "seen": torch.Tensor, "n_views": torch.Tensor, "vlm": str,
-         "simulated": bool, "fusion": str, "scene": str}
-
-
-def load_lifted(path: str | Path, n_points: int | None = None, dim: int | None = None) -> LiftResult:
-    """Read and validate a `*.lift.pt` file; features come back float32.
-
-    Raises InputError(path, problem) when the file is missing or unreadable, a key is missing or
-    has the wrong type, shapes disagree, the point count or feature dimension is not the
-    expected one, or features hold NaN/inf.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "lifted feature file not found")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for corrupt files
-        raise InputError(path, f"not a readable lifted feature file ({type(e).__name__})") from None
-    if not isinstance(obj, dict):
-        raise InputError(path, f"lifted feature file must hold a dict, got {type(obj).__name__}")
-    for key, typ in _KEYS.items():
-        if key not in obj:
-            raise InputError(path, f"lifted feature file lacks '{key}'")
-        if not isinstance(obj[key], typ):
-            raise InputError(path, f"'{key}' must be {typ.__name__}, got {type(obj[key]).__name__}")
-    feat, seen, n_views = obj["feat"], obj["seen"], obj["n_views"]
-    if feat.dim() != 2 or not feat.is_floating_point():
-        raise InputError(path, f"'feat' must be a float (N, C) tensor, got {feat.dtype} {tuple(feat.shape)}")
-    N, C = feat.shape
-    if seen.shape != (N,) or seen.dtype != torch.bool:
-        raise InputError(path, f"'seen' must be bool ({N},), got {seen.dtype} {tuple(seen.shape)}")
-    if n_views.shape != (N,) or n_views.is_floating_point():
-        raise InputError(path, f"'n_views' must be integer ({N},), got {n_views.dtype} {tuple(n_views.shape)}")
-    if n_points is not None and N != n_points:
-        raise InputError(path, f"lifted features have {N} points, the scene has {n_points}")
-    if dim is not None and C != dim:
-        raise InputError(path, f"lifted features are {C}-d, expected {dim}-d")
-    bad = ~torch.isfinite(feat).all(dim=1)
-    if bad.any():
-        raise InputError(path, f"{int(bad.sum())} points have NaN/inf features")
-    info = {k: obj[k] for k in ("vlm", "simulated", "fusion", "scene")}
-    if "skipped_frames" in obj:  # optional: present when frames were left out
-        skipped = obj["skipped_frames"]
-        if isinstance(skipped, bool) or not isinstance(skipped, int) or skipped < 0:
-            raise InputError(path, f"'skipped_frames' must be a non-negative int, got {skipped!r}")
-        info["skipped_frames"] = skipped
-    if isinstance(obj.get("device"), str):  # optional: where the features were lifted
-        info["device"] = obj["device"]
-    if "frames" in obj:  # optional (files written before views were recorded lack it)
-        frames, zbuf = obj["frames"], obj.get("z_buffered")
-        if not isinstance(frames, list) or not all(isinstance(f, str) for f in frames):
-            raise InputError(path, "'frames' must be a list of frame names")
-        if isinstance(zbuf, bool) or not isinstance(zbuf, int) or not 0 <= zbuf <= len(frames):
-            raise InputError(path, f"'z_buffered' must be an int in 0..{len(frames)} (the number of views), got {zbuf!r}")
-        info.update(frames=frames, z_buffered=zbuf, n_frames=len(frames))
-    return LiftResult(feat.float(), seen, n_views.to(torch.int64), info)
