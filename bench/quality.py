@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
     from geopurify.config import load_config
-    from geopurify.distill.checkpoint import load_student
+    from geopurify.student.checkpoint import load_student
     from geopurify.distill.engine import train
     from geopurify.evaluate.split import evaluate_scenes, summary_table
     from geopurify.io import write_json

@@ -1,7 +1,7 @@
 """Benchmark: one distillation iteration (pair sampling, student forward, InfoNCE, backward, AdamW)
 on a ~100k-point scene, and the pair sampling against the reference code's.
 
-Ours is `geopurify.distill.engine.train_step`, the code path training runs, on a scene prepared as
+Ours is `geopurify.distill.step.train_step`, the code path training runs, on a scene prepared as
 in every epoch after the first (features read from the cache, kept in RAM). The reference for the
 sampling step re-implements GeoPurify's `sample_contrastive_pairs_hybrid` (METHOD.md section 3):
 an exact kNN (K + 1, self dropped) for every point of the scene, then one dense (A, N) cosine
@@ -39,7 +39,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from geopurify.config import load_config  # noqa: E402
-from geopurify.distill.engine import SceneStore, build_optimizer, train_step  # noqa: E402
+from geopurify.distill.scenes import SceneStore  # noqa: E402
+from geopurify.distill.schedule import build_optimizer  # noqa: E402
+from geopurify.distill.step import train_step  # noqa: E402
 from geopurify.distill.sampling import n_anchors_for, sample_pairs  # noqa: E402
 from geopurify.student.network import build_student  # noqa: E402
 from geopurify.teacher import build_teacher  # noqa: E402

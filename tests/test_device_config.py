@@ -292,7 +292,7 @@ def test_checkpoint_meta_records_the_network_built(tmp_path, monkeypatch):
     config's (64 / 2) instead of what was built. The preset is shrunk here (8 wide, 1 block) so the
     test trains on a CPU in seconds; the code path is the paper preset's."""
     import geopurify.student.network as network
-    from geopurify.distill.checkpoint import load_checkpoint, load_student
+    from geopurify.student.checkpoint import load_checkpoint, load_student
     from geopurify.distill.engine import train
 
     monkeypatch.setitem(network.PRESETS, "paper", {"width": 8, "blocks": 1})
@@ -317,7 +317,7 @@ def test_load_student_reports_the_rebuilt_network_for_old_files(tmp_path):
     """A file written before the fix says width 64 / blocks 2 for a paper-preset student; loading it
     rebuilds the preset's network and reports that network, not the stale numbers."""
     import geopurify.student.network as network
-    from geopurify.distill.checkpoint import load_student, save_checkpoint
+    from geopurify.student.checkpoint import load_student, save_checkpoint
     from geopurify.student.network import build_student
 
     cfg = defaults()

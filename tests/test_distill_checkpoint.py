@@ -10,8 +10,8 @@ from geopurify.config import defaults
 from geopurify.data.scene import Scene
 from geopurify.data.layout import read_scene_list
 from geopurify.data.splits import resolve_scenes
-from geopurify.distill.checkpoint import load_checkpoint, load_student, save_checkpoint
-from geopurify.distill.engine import epoch_order, lr_factor, param_groups, slot_generator
+from geopurify.student.checkpoint import load_checkpoint, load_student, save_checkpoint
+from geopurify.distill.schedule import epoch_order, lr_factor, param_groups, slot_generator
 from geopurify.errors import InputError
 from geopurify.student.network import build_student
 from geopurify.vlm.base import VLM

@@ -16,8 +16,9 @@ import yaml
 
 from geopurify.config import load_config
 from geopurify.data.splits import resolve_scenes
-from geopurify.distill.checkpoint import load_checkpoint, load_student
-from geopurify.distill.engine import prepare_scene, train
+from geopurify.student.checkpoint import load_checkpoint, load_student
+from geopurify.distill.engine import train
+from geopurify.distill.scenes import prepare_scene
 from geopurify.distill.loss import info_nce, ranking_accuracy
 from geopurify.distill.sampling import sample_pairs
 from geopurify.errors import InputError
@@ -121,7 +122,7 @@ def test_recalibrate_batchnorm_gives_exact_statistics():
     per-scene batch statistics, whatever the momentum-lagged values were before."""
     import torch
 
-    from geopurify.distill.engine import recalibrate_batchnorm
+    from geopurify.distill.step import recalibrate_batchnorm
 
     torch.manual_seed(0)
 
@@ -154,7 +155,9 @@ def test_student_input_sampled_runs_the_student_on_the_sampled_voxels_only():
     sparse convolutions), and the loss is InfoNCE on exactly those sub-tensor embeddings."""
     import numpy as np
 
-    from geopurify.distill.engine import SceneBatch, check_settings, scene_loss
+    from geopurify.distill.engine import check_settings
+    from geopurify.distill.scenes import SceneBatch
+    from geopurify.distill.step import scene_loss
     from geopurify.distill.sampling import Pairs, n_anchors_for
     from geopurify.ops.voxel import voxelize
 

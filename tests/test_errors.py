@@ -293,7 +293,7 @@ def test_corrupt_feature_file(capsys, base, tmp_path):
 @pytest.fixture
 def val_setup(base, tmp_path) -> dict:
     """An experiment directory with a small valid student checkpoint and a val config over the room."""
-    from geopurify.distill.checkpoint import save_checkpoint
+    from geopurify.student.checkpoint import save_checkpoint
     from geopurify.student.network import build_student
 
     root = tmp_path / "data"

@@ -149,7 +149,7 @@ def test_loaded_official_checkpoint_reproduces_the_reference_forward(tmp_path, w
 
 
 def test_official_checkpoint_converts_to_a_student_checkpoint(tmp_path):
-    from geopurify.distill.checkpoint import load_student
+    from geopurify.student.checkpoint import load_student
 
     sd = official_state_dict(5, 4, 1, 3, seed=7)
     torch.save({"epoch": 34, "model_state_dict": sd}, tmp_path / "official.pth")

@@ -41,7 +41,7 @@ def trained(tmp_path_factory):
                        env=ENV, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (exp / "model" / "geopurify.pth").is_file()
-    from geopurify.distill.checkpoint import load_checkpoint
+    from geopurify.student.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(exp / "model" / "geopurify.pth")
     assert ckpt["config"]["lift"]["image_size"] == [160, 120] and ckpt["epoch"] == 2
@@ -180,6 +180,6 @@ def test_lift_val_query_train_on_cuda(trained, tmp_path):
 
     run(f"--exp_dir={tmp_path / 'train'}", f"--config={cfg_path}", "--device=cuda", "--set=distill.epochs=1",
         script="train.sh")
-    from geopurify.distill.checkpoint import load_checkpoint
+    from geopurify.student.checkpoint import load_checkpoint
 
     assert load_checkpoint(tmp_path / "train" / "model" / "geopurify.pth")["meta"]["device"] == "cuda:0"

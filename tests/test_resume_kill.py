@@ -132,7 +132,7 @@ def train_ref(rooms, train_cfg) -> Path:
 
 
 def test_train_killed_then_resumed(rooms, train_cfg, train_ref):
-    from geopurify.distill.checkpoint import load_checkpoint
+    from geopurify.student.checkpoint import load_checkpoint
 
     ref, run = train_ref, rooms["dir"] / "train_run"
     final = Path("model") / "geopurify.pth"

@@ -245,7 +245,7 @@ def test_build_teacher_passes_the_device(tmp_path, monkeypatch):
 
 
 def test_train_builds_the_teacher_on_its_device(tmp_path, monkeypatch):
-    import geopurify.teacher as T
+    import geopurify.distill.engine as engine  # the module whose build_teacher training calls
     from geopurify.config import defaults
     from geopurify.data.writers import write_scene
     from geopurify.distill.engine import train
@@ -261,7 +261,7 @@ def test_train_builds_the_teacher_on_its_device(tmp_path, monkeypatch):
     def fake_build(cfg, device="cpu"):
         raise Built(device)
 
-    monkeypatch.setattr(T, "build_teacher", fake_build)
+    monkeypatch.setattr(engine, "build_teacher", fake_build)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)  # resolve_device checks cuda:1 exists
     monkeypatch.setattr("torch.cuda.device_count", lambda: 2)

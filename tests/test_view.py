@@ -37,7 +37,7 @@ def room(tmp_path_factory):
     """A small procedural room (6 frames) and a checkpoint of a random tiny student whose stored
     config points the lift cache at this directory."""
     from geopurify.standins.rooms import make_room, write_room
-    from geopurify.distill.checkpoint import save_checkpoint
+    from geopurify.student.checkpoint import save_checkpoint
     from geopurify.student.network import build_student
 
     tmp = tmp_path_factory.mktemp("view")

@@ -72,7 +72,7 @@ def run(args) -> int:
     from geopurify.data.labels import get_label_set
     from geopurify.data.readers import load_scene
     from geopurify.data.splits import resolve_scenes
-    from geopurify.distill.checkpoint import load_student
+    from geopurify.student.checkpoint import load_student
     from geopurify.distill.engine import train
     from geopurify.evaluate.split import evaluate_scenes, summary_table
     from geopurify.io import write_json

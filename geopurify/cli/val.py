@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from geopurify.data.splits import resolve_scenes
-    from geopurify.distill.checkpoint import check_compatible, load_student
+    from geopurify.student.checkpoint import check_compatible, load_student
     from geopurify.evaluate.metrics import format_table
     from geopurify.evaluate.split import evaluate_scenes, summary_table
 

@@ -35,6 +35,7 @@ from geopurify.io import save_npy, write_json, write_text
 from geopurify.lift.cache import cached_lift, lift_files_fingerprint, lift_settings
 from geopurify.ops.scores import l2_normalize, text_scores
 from geopurify.purify.infer import knn_mean_scene, purify_scene
+from geopurify.student.checkpoint import weights_digest
 from geopurify.vlm import build_vlm
 from geopurify.vlm.text import prompts_for
 
@@ -171,8 +172,6 @@ def evaluate_scenes(cfg: dict, scene_paths: list[Path], model, out_dir: Path, ca
     timings = {"lift_s": 0.0, "predict_s": 0.0}
     digest = "none"
     if model is not None:
-        from geopurify.distill.engine import weights_digest
-
         model.eval().to(device)
         digest = weights_digest(model)
     pred_dir = out_dir / "pred"

@@ -307,7 +307,7 @@ def load_session(scene_dir, ckpt=None, features=None, config=None, vlm: str | No
     from geopurify.config import apply_sets, load_config, merge
     from geopurify.data.labels import get_label_set
     from geopurify.data.readers import load_scene
-    from geopurify.distill.checkpoint import check_compatible, load_student
+    from geopurify.student.checkpoint import check_compatible, load_student
     from geopurify.lift.result import load_lifted
     from geopurify.vlm import build_vlm, text_embeddings
 

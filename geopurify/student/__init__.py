@@ -1,4 +1,4 @@
-"""The student affinity network: spconv CPU shims, the sparse residual stack (voxels: geopurify.ops.voxel).
-
-The network pulls in spconv (slow import) only when `geopurify.student.network` is imported.
+"""The student affinity network: spconv CPU shims, the sparse residual stack (voxels: geopurify.ops.voxel),
+and its checkpoints: the format (save, load, rebuild, digest: `checkpoint`) and the official GeoPurify
+checkpoint's conversion into it (`official`).
 """

@@ -33,6 +33,8 @@ import torch
 
 from geopurify.errors import InputError
 from geopurify.io import load_torch_file
+from geopurify.student.checkpoint import save_checkpoint
+from geopurify.student.network import AffinityNet
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +169,6 @@ def read_official_checkpoint(path: str | Path) -> tuple[dict, dict]:
 def load_official_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
     """An AffinityNet in eval mode on `device` holding the official GeoPurify weights of `path`;
     in_channels / width / blocks / out_dim are read from the tensor shapes."""
-    from geopurify.student.network import AffinityNet
-
     sd, info = read_official_checkpoint(path)
     arch = infer_architecture(sd, path)
     converted = convert_official_state_dict(sd, path)
@@ -185,9 +185,7 @@ def load_official_checkpoint(path: str | Path, device: str | torch.device = "cpu
 
 def convert_official_checkpoint(src: str | Path, dst: str | Path, voxel_size: float = 0.02) -> Path:
     """Write the official checkpoint `src` as this project's student checkpoint `dst`
-    (geopurify.distill.checkpoint format), so `load_student` and the CLI can use it."""
-    from geopurify.distill.checkpoint import save_checkpoint
-
+    (geopurify.student.checkpoint format), so `load_student` and the CLI can use it."""
     sd, info = read_official_checkpoint(src)
     arch = infer_architecture(sd, src)
     converted = convert_official_state_dict(sd, src)

@@ -1,4 +1,6 @@
-"""Student checkpoints: atomic save, validated load, and rebuilding the student from a file.
+"""Student checkpoints, the one home of the format: atomic save, validated load, rebuilding the
+student from a file, and the weights' digest (the official GeoPurify checkpoint is converted into
+this format by geopurify.student.official).
 
 A checkpoint is a dict saved with torch.save and loaded with `weights_only=True` (no code runs
 on load). Training checkpoints (`epoch_XXX.pth`, `last.pth`) hold
@@ -13,6 +15,7 @@ so a file is self-describing; `load_student` reports the rebuilt module's own nu
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
@@ -20,6 +23,7 @@ import torch
 
 from geopurify.errors import InputError
 from geopurify.io import load_torch_file, save_torch
+from geopurify.student.network import build_student
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +76,6 @@ def state_dict_mismatch(expected: dict, got: dict) -> str | None:
 
 def build_from_checkpoint(ckpt: dict, path: str | Path):
     """The student described by ckpt's config and in_channels, holding ckpt's weights."""
-    from geopurify.student.network import build_student
-
     scfg = ckpt["config"].get("student") if isinstance(ckpt["config"], dict) else None
     if not isinstance(scfg, dict):
         raise InputError(path, "checkpoint config has no 'student' section")
@@ -119,3 +121,13 @@ def load_student(path: str | Path, device: str | torch.device = "cpu"):
     log.info("loaded student %s (epoch %s, teacher %s, vlm %s)", path, meta.get("epoch"),
              (meta.get("teacher") or {}).get("name"), (meta.get("vlm") or {}).get("name"))
     return model, meta
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """Hex digest of every parameter and buffer (bitwise): equal digests = identical weights. Training
+    logs it per rank (ranks must agree), evaluation keys its cached predictions by it."""
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
