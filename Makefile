@@ -20,12 +20,13 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/geopurify demo --out out/demo
 
 # First the import contracts (pyproject.toml [tool.importlinter], docs/architecture.md) and lint,
-# then the suite on two pytest-xdist workers, each with 1 thread: 2-thread CPU reductions differ in
+# then the suite on two pytest-xdist workers (whole test files per worker: a file's tests share fixtures
+# and run in order), each with 1 thread: 2-thread CPU reductions differ in
 # the last bits, and tests compare exactly.
 test: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/ruff check geopurify tests bench
-	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -n 2
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) out build *.egg-info

@@ -106,22 +106,26 @@ def save_torch(path: str | Path, obj) -> None:
             torch.save(obj, f)
 
 
-def load_torch_file(path: str | Path, what: str, problem: str | None = None):
+def load_torch_file(path: str | Path, what: str, problem: str | None = None, kind: type | None = None):
     """torch.load of `path` on the CPU with weights_only (no code in the file runs), for every torch
-    file the package reads. A missing file -> InputError(path, "<what> not found"); one torch cannot
-    read (truncated, corrupt, foreign, pickled code; torch raises many types) -> InputError(path,
-    "<problem> (<error type>: <its first line>)"), `problem` defaulting to "not a readable <what>"."""
+    file the package reads. A missing file (or a directory) -> InputError(path, "<what> not found");
+    one torch cannot read (truncated, corrupt, foreign, pickled code; torch raises many types) ->
+    InputError(path, "<problem> (<error type>: <its first line>)"), `problem` defaulting to "not a
+    readable <what>"; with `kind`, a file holding another type -> "<what> must hold a <kind>"."""
     import torch
 
     path = Path(path)
+    if not path.is_file():
+        raise InputError(path, f"{what} not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise InputError(path, f"{what} not found") from None
+        obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure to read is a bad file
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
         raise InputError(path, f"{problem or f'not a readable {what}'} ({type(e).__name__}"
                                f"{': ' + first if first else ''})") from None
+    if kind is not None and not isinstance(obj, kind):
+        raise InputError(path, f"{what} must hold a {kind.__name__}, got {type(obj).__name__}")
+    return obj
 
 
 FINGERPRINT_HEAD = 1 << 16  # bytes of each file hashed by `file_fingerprint`

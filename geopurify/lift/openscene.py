@@ -64,8 +64,6 @@ def read_openscene_file(path: str | Path, n_points: int | None = None, dim: int 
     other than `n_points`, a feature dimension other than `dim`, or NaN/inf features.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "OpenScene feature file not found")
     obj = load_torch_file(path, "OpenScene feature file")
     if not isinstance(obj, dict) or "feat" not in obj or "mask_full" not in obj:
         keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__

@@ -71,12 +71,7 @@ def load_lifted(path: str | Path, n_points: int | None = None, dim: int | None =
     has the wrong type, shapes disagree, the point count or feature dimension is not the
     expected one, or features hold NaN/inf.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "lifted feature file not found")
-    obj = load_torch_file(path, "lifted feature file")
-    if not isinstance(obj, dict):
-        raise InputError(path, f"lifted feature file must hold a dict, got {type(obj).__name__}")
+    obj = load_torch_file(path, "lifted feature file", kind=dict)
     for key, typ in _KEYS.items():
         if key not in obj:
             raise InputError(path, f"lifted feature file lacks '{key}'")

@@ -31,6 +31,7 @@ from geopurify.ops.scores import classify_by_text, text_scores
 from geopurify.ops.voxel import voxel_mean, voxelize
 from geopurify.purify.pooling import affinity_weights, pool, pool_reference, pool_scores, uniform_weights
 from geopurify.schema import check, check_value
+from geopurify.student.network import student_input
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,18 @@ def _voxelise(scene, voxel_size: float):
     return voxelize(torch.from_numpy(np.ascontiguousarray(scene.xyz, dtype=np.float32)), voxel_size)
 
 
+def _student_voxels(scene, feat: torch.Tensor, voxel_size: float, timings: dict | None = None):
+    """(coords, inverse, x): the scene's voxels and the student's input on them (voxel means of the
+    lifted features `feat`, colours and normals) on the features' device; the time in
+    timings["voxelise_s"] when given."""
+    t = time.perf_counter()
+    coords, inverse = _voxelise(scene, voxel_size)
+    x = student_input(feat, scene.rgb, scene.normals, inverse, coords.shape[0])
+    if timings is not None:
+        timings["voxelise_s"] = time.perf_counter() - t
+    return coords, inverse, x
+
+
 def _pool_voxels(coords, inverse, feat_v, seen, emb, text_emb, cfg, device, pooling, timings,
                  weights_name: str, scene_name: str, n_points: int) -> PurifyResult:
     """Shared tail: kNN graph, weights (student affinities or uniform), pooling, fill, points."""
@@ -228,16 +241,10 @@ def purify_scene(scene, lifted, model, text_emb: torch.Tensor, cfg: dict, device
     cfg: full config (sections `purify`, `student`); pooling: "scores" (pool the class scores) or
     "features" (pool all channels), default cfg["purify"]["pooling"]. Both give the same labels.
     """
-    from geopurify.student.network import student_input
-
     *_, pooling, voxel_size = _settings(cfg, pooling)
     feat, seen, text_emb = _check_inputs(scene, lifted, text_emb, device)
     timings: dict[str, float] = {}
-    t = time.perf_counter()
-    coords, inverse = _voxelise(scene, voxel_size)
-    V = coords.shape[0]
-    x = student_input(feat, scene.rgb, scene.normals, inverse, V)
-    timings["voxelise_s"] = time.perf_counter() - t
+    coords, inverse, x = _student_voxels(scene, feat, voxel_size, timings)
     t = time.perf_counter()
     emb = _student_embeddings(model, x, coords, device)
     timings["student_s"] = time.perf_counter() - t
@@ -290,13 +297,10 @@ def query_scores(result: PurifyResult, text_emb_new: torch.Tensor) -> np.ndarray
 def purified_features(scene, lifted, model, cfg: dict, device: str = "cpu") -> torch.Tensor:
     """Per-point purified features (N, C) float32 on the CPU: every lifted channel pooled over the
     student's affinities (the reference formulation), unseen voxels filled as `purify.unseen` says."""
-    from geopurify.student.network import student_input
-
     k, tau, steps, _, voxel_size = _settings(cfg, None)
     feat, seen, _ = _check_inputs(scene, lifted, None, device)
-    coords, inverse = _voxelise(scene, voxel_size)
+    coords, inverse, x = _student_voxels(scene, feat, voxel_size)  # on `device`, as feat
     V = coords.shape[0]
-    x = student_input(feat, scene.rgb, scene.normals, inverse, V)  # on `device`, as feat
     dev = torch.device(device)
     emb = _student_embeddings(model, x, coords, device)
     k_eff = min(k, V - 1)

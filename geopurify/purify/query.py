@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from geopurify.errors import InputError
-from geopurify.purify.infer import (_check_inputs, _settings, _student_embeddings, _voxelise, cached_knn_graph,
+from geopurify.purify.infer import (_check_inputs, _settings, _student_embeddings, _student_voxels, cached_knn_graph,
                                     nearest_seen, seen_voxels)
 from geopurify.ops.scores import classify_by_text, unit_text
 from geopurify.purify.pooling import affinity_weights, uniform_weights
@@ -221,18 +221,13 @@ def build_session(scene, lifted, model, class_emb, class_names, cfg: dict, devic
     """Load a scene for prompting: voxels, one student forward (when `model` is given), kNN graph,
     purified (student) and kNN-mean (uniform) pooling matrices, raw labels. Settings (k, tau, T,
     voxel size) from cfg["purify"] / cfg["student"]."""
-    from geopurify.student.network import student_input
-
     k, tau, steps, _, voxel_size = _settings(cfg, None)
     if steps > MAX_STEPS:
         raise InputError(None, f"config key 'purify.steps' is {steps}; the viewer and query keep at most {MAX_STEPS}")
     feat, seen, _ = _check_inputs(scene, lifted, None, device)  # features on `device`
     timings: dict[str, float] = {}
-    t = time.perf_counter()
-    coords, inverse = _voxelise(scene, voxel_size)
+    coords, inverse, x = _student_voxels(scene, feat, voxel_size, timings)
     V = coords.shape[0]
-    x = student_input(feat, scene.rgb, scene.normals, inverse, V)
-    timings["voxelise_s"] = time.perf_counter() - t
     emb = None
     if model is not None:
         t = time.perf_counter()

@@ -42,8 +42,6 @@ def save_checkpoint(path: str | Path, state: dict) -> Path:
 def load_checkpoint(path: str | Path) -> dict:
     """Read a checkpoint on the CPU. Missing, truncated, corrupt or foreign files -> InputError."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "checkpoint not found")
     ckpt = load_torch_file(path, "checkpoint", problem="unreadable checkpoint (truncated or corrupt)")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise InputError(path, "not a GeoPurify student checkpoint (no 'format: geopurify-student' tag)")

@@ -159,8 +159,6 @@ def convert_official_state_dict(sd: dict, where=None) -> dict[str, torch.Tensor]
 def read_official_checkpoint(path: str | Path) -> tuple[dict, dict]:
     """(official state_dict, {"epoch": int | None}) from a checkpoint file; InputError if unreadable."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "checkpoint not found")
     obj = load_torch_file(path, "checkpoint", problem="unreadable checkpoint")
     epoch = obj.get("epoch") if isinstance(obj, dict) and isinstance(obj.get("epoch"), int) else None
     return unwrap_state_dict(obj, path), {"epoch": epoch}

@@ -105,9 +105,7 @@ def read_view_features(path: str | Path, dim: int, image_hw: tuple[int, int], no
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "external feature file not found (one <k>.pt per frame; docs/external_features.md)")
-    obj = load_torch_file(path, "external feature file")
-    if not isinstance(obj, dict):
-        raise InputError(path, f"external feature file must hold a dict, got {type(obj).__name__}")
+    obj = load_torch_file(path, "external feature file", kind=dict)
     has_masks = "mask_embeddings" in obj and "masks" in obj
     if score_text is not None and not has_masks:
         raise InputError(path, "lift.background_prompt scores masks, but this file holds no 'mask_embeddings' + "
