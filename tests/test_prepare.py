@@ -200,7 +200,8 @@ def test_scannet_scan_prepares_axis_aligned(tmp_path):
     scan, A, aligned, rgb, labels, inst, (poses, colors, depths, kc, kd, _) = tiny_scan(tmp_path / "raw")
     done = P.prepare_scannet(tmp_path / "raw", tmp_path / "out", frame_step=1, progress=False)
     assert done == [tmp_path / "out" / "scene0007_00"]
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["scene0007_00"]  # staging area cleaned up
+    # staging area cleaned up; the split list of the official split scene0007_00 is in
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["scannetv2_train.txt", "scene0007_00"]
     sc = load_scene(done[0])
     np.testing.assert_allclose(sc.xyz, aligned, atol=2e-6)  # mesh vertices mapped by axisAlignment
     assert np.array_equal(sc.rgb, rgb) and np.array_equal(sc.labels, labels.astype(np.int32))
@@ -354,6 +355,43 @@ def test_split_lists():
     assert {"scene0000_00", "scene0000_01"} <= sets["train"]  # the shared test scans are training scans
     assert all(int(n[5:9]) >= 707 for n in sets["test"])  # the hidden-label test scans are 0707-0806
     assert P.scene_names("val") == P.scannet_split("val")
+
+
+def list_names(path: Path) -> list[str]:
+    return [n for n in (ln.split("#", 1)[0].strip() for ln in path.read_text().splitlines()) if n]
+
+
+def test_prepare_scannet_writes_split_lists(tmp_path, caplog):
+    """`prepare scannet` writes <out>/scannetv2_<split>.txt, the prepared scans of each split: the files
+    the README recipe's select-subset --list and config/geopurify_scannet.yaml's data.val_list read
+    (before, nothing wrote them: the recipe stopped at its second command). Official splits by default;
+    the download's own lists (beside scans/, as the stand-in writer puts them) when it has them, for
+    `--scenes val` too."""
+    from geopurify.data.readers import list_scenes
+
+    raw = tmp_path / "dl" / "scans"
+    for i, name in enumerate(["scene0011_00", "scene0000_00", "scene0007_00"]):  # val, train, train
+        tiny_scan(raw, name, seed=i, with_sens=False)
+    out = tmp_path / "data"
+    P.prepare_scannet(raw, out, progress=False)
+    assert list_names(out / "scannetv2_train.txt") == ["scene0000_00", "scene0007_00"]
+    assert list_names(out / "scannetv2_val.txt") == ["scene0011_00"]
+    assert "official" in (out / "scannetv2_val.txt").read_text().splitlines()[0]
+    assert not (out / "scannetv2_test.txt").exists()  # no prepared test scan: no list
+    assert [p.name for p in list_scenes(out, out / "scannetv2_val.txt")] == ["scene0011_00"]
+    assert "1 of its 312 scans are prepared" in caplog.text  # a partly prepared split is said so
+
+    (tmp_path / "dl" / "scannetv2_train.txt").write_text("scene0011_00\nscene0007_00\n")
+    (tmp_path / "dl" / "scannetv2_val.txt").write_text("scene0000_00\n")
+    P.prepare_scannet(raw, out, progress=False)  # all three skipped; the lists follow the download's
+    assert list_names(out / "scannetv2_train.txt") == ["scene0007_00", "scene0011_00"]
+    assert list_names(out / "scannetv2_val.txt") == ["scene0000_00"]
+    assert str(tmp_path / "dl") in (out / "scannetv2_val.txt").read_text().splitlines()[0]
+    done = P.prepare_scannet(raw, tmp_path / "val_only", scenes="val", progress=False)
+    assert [p.name for p in done] == ["scene0000_00"]
+    assert sorted(p.name for p in (tmp_path / "val_only").iterdir()) == ["scannetv2_val.txt", "scene0000_00"]
+    with pytest.raises(InputError, match="split 'test' has no list"):
+        P.prepare_scannet(raw, tmp_path / "t", scenes="test", progress=False)
 
 
 # ------------------------------------------------------------------------------------- Matterport
@@ -548,6 +586,24 @@ def test_matterport_missing_image_drops_the_view(tmp_path, caplog):
         d.unlink()
     with pytest.raises(InputError, match="none of the 2 images"):
         MP.prepare_matterport(house, tmp_path / "out2", progress=False)
+
+
+def test_prepare_matterport_writes_split_lists(tmp_path):
+    """`prepare matterport` writes <out>/matterport_<split>.txt: the prepared regions of each split's
+    houses (config/geopurify_matterport.yaml's data.val_list is matterport_test.txt; nothing wrote it
+    before). Official house lists by default; the download's own (beside v1/) when it has them."""
+    make_house(tmp_path / "mp")  # 17DRP5sb8fy: an official train house
+    MP.prepare_matterport(tmp_path / "mp", tmp_path / "o", progress=False)
+    assert list_names(tmp_path / "o" / "matterport_train.txt") == ["17DRP5sb8fy_region0", "17DRP5sb8fy_region1"]
+    assert not any((tmp_path / "o" / f"matterport_{s}.txt").exists() for s in ("val", "test"))
+
+    make_house(tmp_path / "dl" / "v1" / "scans")
+    (tmp_path / "dl" / "matterport_test.txt").write_text("17DRP5sb8fy\n")
+    MP.prepare_matterport(tmp_path / "dl" / "v1" / "scans", tmp_path / "o2", progress=False)
+    assert sorted(p.name for p in (tmp_path / "o2").glob("*.txt")) == ["matterport_test.txt"]
+    assert list_names(tmp_path / "o2" / "matterport_test.txt") == ["17DRP5sb8fy_region0", "17DRP5sb8fy_region1"]
+    assert [MP.region_house(n) for n in ("a_b_region12", "17DRP5sb8fy_region0", "scene0000_00", "x_regionA")] == \
+        ["a_b", "17DRP5sb8fy", None, None]
 
 
 def test_cli_matterport(tmp_path, capsys):

@@ -4,7 +4,8 @@
     geopurify prepare matterport --root v1/scans/ --out data/matterport [--houses test|LIST] [--views visible|bbox]
 
 One output directory per scan / region, built in <out>/.geopurify-partial/ and renamed when
-complete: re-running the same command skips finished scenes and resumes after a kill.
+complete: re-running the same command skips finished scenes and resumes after a kill. Each run then
+writes <out>/scannetv2_<split>.txt (matterport_<split>.txt): the prepared scenes of each split.
 """
 from __future__ import annotations
 
@@ -25,16 +26,18 @@ def add_parser(sub) -> None:
                                                             "(or one scan directory)")
     s.add_argument("--out", required=True, type=Path, help="output directory (one sub-directory per scene)")
     s.add_argument("--frame-step", type=int, default=20, help="export every k-th .sens frame (default 20)")
-    s.add_argument("--scenes", default=None, help="train | val | test (official ScanNet v2 lists) or a file "
-                                                  "with one scene name per line (default: every scan)")
+    s.add_argument("--scenes", default=None, help="train | val | test (the download's scannetv2_<split>.txt beside "
+                                                  "--root if it has them, else the official ScanNet v2 lists) or a "
+                                                  "file with one scene name per line (default: every scan)")
     s.add_argument("--overwrite", action="store_true", help="redo scenes that are already prepared")
     s.set_defaults(func=run_scannet)
 
     m = kinds.add_parser("matterport", help="Matterport3D houses (one scene per region)")
     m.add_argument("--root", required=True, type=Path, help="one house directory, or a directory of houses")
     m.add_argument("--out", required=True, type=Path, help="output directory (one sub-directory per region)")
-    m.add_argument("--houses", default=None, help="train | val | test (official Matterport3D house lists) or a "
-                                                  "file with one house name per line (default: every house)")
+    m.add_argument("--houses", default=None, help="train | val | test (the download's matterport_<split>.txt above "
+                                                  "--root if it has them, else the official Matterport3D house lists) "
+                                                  "or a file with one house name per line (default: every house)")
     m.add_argument("--views", choices=["visible", "bbox"], default="visible",
                    help="frames of a region: those whose depth sees it (default) or, as OpenScene, those whose "
                         "camera lies inside its bounding box")

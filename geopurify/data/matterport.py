@@ -387,10 +387,17 @@ def prepare_matterport(root: str | Path, out: str | Path, houses: str | Path | N
         raise InputError(out, "output exists and is not a directory")
     if views not in VIEW_MODES:
         raise InputError(None, f"view selection must be one of {', '.join(VIEW_MODES)}, got {views!r}")
-    from geopurify.data.prepare import scene_names
+    from geopurify.data.prepare import scene_names, write_split_lists
 
-    names = scene_names(houses, dataset="matterport")
+    names = scene_names(houses, dataset="matterport", root=root)
     scenes: list[Path] = []
     for h in tqdm(find_houses(root, names), desc="matterport houses", unit="house", disable=not progress):
         scenes += prepare_house(h, out, views=views, overwrite=overwrite, seed=seed, progress=progress, **kwargs)
+    write_split_lists(out, "matterport", root, member=region_house)
     return scenes
+
+
+def region_house(scene: str) -> str | None:
+    """The house of a region scene `<house>_region<k>` (None for other names)."""
+    house, sep, k = scene.rpartition("_region")
+    return house if sep and house and k.isdigit() else None

@@ -15,6 +15,11 @@ scenes and redoes only the one a kill interrupted. Matterport3D lives in geopuri
 and uses the same staging.
 
 The official ScanNet v2 and Matterport3D split lists ship in geopurify/resources/splits/ (`read_split`).
+A download may bring its own (`split_lists`: `scannetv2_<split>.txt` / `matterport_<split>.txt` in
+--root or up to three directories above it, where `geopurify synth --format *-raw` writes its
+stand-ins' splits); they then take the shipped lists' place. After every run `write_split_lists`
+writes `<out>/scannetv2_<split>.txt` (Matterport: `matterport_<split>.txt`): the prepared scenes of
+each split, the files the configs' `data.val_list` and `select-subset --list` read.
 """
 from __future__ import annotations
 
@@ -80,15 +85,18 @@ def staged_dir(final: str | Path) -> Iterator[Path]:
 
 
 # ---------------------------------------------------------------------------------------------- splits
+SPLIT_FILES = {"scannet": "scannetv2_{}.txt", "matterport": "matterport_{}.txt"}  # .format(split)
+_SPLIT_SEARCH_UP = 3  # directories above --root searched for a download's own split lists
+
+
 def read_split(dataset: str, name: str) -> list[str]:
     """Names of a shipped official split: ScanNet v2 scans (train 1201, val 312, test 100) or
     Matterport3D houses (train 61, val 11, test 18); provenance in resources/splits/README.md."""
-    files = {"scannet": "scannetv2_{}.txt", "matterport": "matterport_{}.txt"}
-    if dataset not in files:
-        raise ValueError(f"dataset must be one of {sorted(files)}, got {dataset!r}")
+    if dataset not in SPLIT_FILES:
+        raise ValueError(f"dataset must be one of {sorted(SPLIT_FILES)}, got {dataset!r}")
     if name not in SPLITS:
         raise InputError(None, f"unknown {dataset} split {name!r} (expected one of {', '.join(SPLITS)})")
-    text = resources.files("geopurify").joinpath("resources/splits/" + files[dataset].format(name)).read_text()
+    text = resources.files("geopurify").joinpath("resources/splits/" + SPLIT_FILES[dataset].format(name)).read_text()
     return [ln.strip() for ln in text.splitlines() if ln.strip()]
 
 
@@ -97,14 +105,67 @@ def scannet_split(name: str) -> list[str]:
     return read_split("scannet", name)
 
 
-def scene_names(spec: str | Path | None, dataset: str = "scannet") -> list[str] | None:
-    """`--scenes` / `--houses` value -> names: None (all), a shipped split name (train / val / test)
+def split_lists(dataset: str, root: str | Path | None = None) -> tuple[dict[str, list[str]], str]:
+    """(split -> scan / house names, where the lists came from) for the download at `root`.
+
+    The first directory among `root` and the three above it that holds any `scannetv2_<split>.txt`
+    (Matterport: `matterport_<split>.txt`) supplies all the splits, from its files alone: the lists
+    a download brings (`geopurify synth --format scannet-raw / matterport-raw` writes its stand-ins'
+    there, beside `scans/` / `v1/`; real downloads carry none, but a user may put custom ones there).
+    Otherwise the official lists shipped with the package."""
+    if root is not None:
+        here = Path(root).resolve()
+        for d in [here, *here.parents][:_SPLIT_SEARCH_UP + 1]:
+            files = {s: d / SPLIT_FILES[dataset].format(s) for s in SPLITS}
+            files = {s: f for s, f in files.items() if f.is_file()}
+            if files:
+                return {s: read_scene_list(f) for s, f in files.items()}, f"the download's lists in {d}"
+    return {s: read_split(dataset, s) for s in SPLITS}, "the official lists shipped with geopurify"
+
+
+def scene_names(spec: str | Path | None, dataset: str = "scannet", root: str | Path | None = None) -> list[str] | None:
+    """`--scenes` / `--houses` value -> names: None (all), a split name (train / val / test: the
+    download's list when `split_lists(dataset, root)` finds one, else the shipped official one)
     or a list file (one name per line, '#' comments)."""
     if spec is None:
         return None
     if str(spec) in SPLITS and not Path(spec).is_file():
-        return read_split(dataset, str(spec))
+        lists, source = split_lists(dataset, root)
+        if str(spec) not in lists:
+            raise InputError(None, f"split {spec!r} has no list in {source}")
+        log.info("--scenes %s: %d names from %s", spec, len(lists[str(spec)]), source)
+        return lists[str(spec)]
     return read_scene_list(spec)
+
+
+def write_split_lists(out: str | Path, dataset: str, root: str | Path, member=lambda scene: scene) -> dict[str, Path]:
+    """Write `<out>/scannetv2_<split>.txt` (Matterport: `matterport_<split>.txt`) for every split with
+    a prepared scene in `out`: those scenes' names, one per line after a '#' header saying where the
+    split came from (`split_lists(dataset, root)`). `member(scene name)` is the name the split lists
+    hold (ScanNet: the scan itself; Matterport: the region's house; None = no split). A split only
+    partly prepared gets a warning; one with no prepared scene gets no file. Returns split -> path."""
+    from geopurify.io import write_text
+
+    out = Path(out)
+    lists, source = split_lists(dataset, root)
+    scenes = sorted(p.name for p in out.iterdir() if is_complete(p)) if out.is_dir() else []
+    written = {}
+    for split, names in lists.items():
+        wanted = set(names)
+        mine = [s for s in scenes if member(s) in wanted]
+        if not mine:
+            continue
+        have = {member(s) for s in mine}
+        if len(have) < len(wanted):
+            log.warning("%s split: %d of its %d %s are prepared in %s (%s); %s lists only those", split,
+                        len(have), len(wanted), "scans" if dataset == "scannet" else "houses", out, source,
+                        SPLIT_FILES[dataset].format(split))
+        path = out / SPLIT_FILES[dataset].format(split)
+        header = f"# geopurify prepare: the {len(mine)} prepared scenes of the {split} split ({source})\n"
+        write_text(path, header + "".join(s + "\n" for s in mine))
+        log.info("wrote %s: %d %s scenes", path, len(mine), split)
+        written[split] = path
+    return written
 
 
 # ---------------------------------------------------------------------------------------------- ScanNet
@@ -234,7 +295,7 @@ def prepare_scannet(root: str | Path, out: str | Path, frame_step: int = 20, sce
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(out, "output exists and is not a directory")
-    scans = find_scannet_scans(root, scene_names(scenes))
+    scans = find_scannet_scans(root, scene_names(scenes, root=root))
     done = []
     n_skip = 0
     for scan in tqdm(scans, desc="scannet scenes", unit="scene", disable=not progress):
@@ -247,4 +308,5 @@ def prepare_scannet(root: str | Path, out: str | Path, frame_step: int = 20, sce
         done.append(dest)
     if n_skip:
         log.info("%d of %d scenes were already prepared in %s (skipped)", n_skip, len(scans), out)
+    write_split_lists(out, "scannet", root)
     return done
