@@ -21,7 +21,7 @@ Everything is a pure function of the seed: the same seed gives byte-identical ar
 meta.json {"source": "synthetic (procedural room)"}, and the exact surface normals (the side a
 camera inside the room sees, as a scan mesh's) as normals.npy with meta.json "normals": "analytic".
 
-Modules, by concern: `primitives` (ids, palettes, parts), `furniture` (the pieces), `layout` (the
+Modules, by concern: `primitives` (ids, palettes, parts), `furniture` and `fixtures` (the pieces), `layout` (the
 room: placement, points, cameras; `Room`), `render` (ray casting, shading, sensor noise),
 `surfaces` (points on the visible surfaces), `export` (the scene layout on disk), and the same
 rooms in the release formats: `mesh` (a triangle mesh of the visible surfaces), `scannet_raw`

@@ -15,10 +15,10 @@ import numpy as np
 
 from geopurify.data.cameras import EYE_HEIGHT, intrinsic_matrix, orbit_poses
 from geopurify.errors import InputError
-from geopurify.standins.rooms.furniture import (FILLERS, _armchair, _bathtub_group, _bed_group, _bookshelf, _cabinet,
-                                                _desk_group, _dining_group, _door, _kitchen_group, _otherfurniture,
-                                                _picture, _refrigerator, _sofa_group, _toilet, _tv_group,
-                                                _vanity_group, _window_group)
+from geopurify.standins.rooms.fixtures import (_bathtub_group, _door, _kitchen_group, _picture, _refrigerator,
+                                               _toilet, _vanity_group, _window_group)
+from geopurify.standins.rooms.furniture import (FILLERS, _armchair, _bed_group, _bookshelf, _cabinet, _desk_group,
+                                                _dining_group, _otherfurniture, _sofa_group, _tv_group)
 from geopurify.standins.rooms.primitives import (CABINET, CEILING, FABRIC, FLOOR, FLOORING, N_SHELL, OTHERFURNITURE,
                                                  PAINT, ROOM_TYPES, TOWEL, VIVID, WALL, WALL_PAINT, _ROOM_TYPE_P,
                                                  _box, _jitter, _obj, _parts_aabb, _transform)
