@@ -14,6 +14,7 @@ seen by the simulated VLM (a stand-in too). `--scene DIR` benchmarks a scene on 
 
 Prints both times and ends with one JSON line {"ours_s", "reference_s", "speedup", ...}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,9 +37,16 @@ from geopurify.vlm.base import VLM
 log = logging.getLogger("bench.lift")
 
 
-def reference_fusion(xyz: np.ndarray, poses: list[np.ndarray], Ks: list[np.ndarray], depths: list[np.ndarray],
-                     maps: list[torch.Tensor], image_hw: tuple[int, int], border: int, thr: float
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+def reference_fusion(
+    xyz: np.ndarray,
+    poses: list[np.ndarray],
+    Ks: list[np.ndarray],
+    depths: list[np.ndarray],
+    maps: list[torch.Tensor],
+    image_hw: tuple[int, int],
+    border: int,
+    thr: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """OpenScene-style fusion: returns (mean feature (N, C), view counter (N,)).
 
     Feature maps may be coarser than the image; a pixel (col, row) reads cell
@@ -121,7 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeat", type=int, default=3, help="time each side this many times, keep the best")
-    ap.add_argument("--frame-step", type=int, default=None, help="--scene: views = raw frame ids that are multiples of k (default: data.frame_step)")
+    ap.add_argument(
+        "--frame-step",
+        type=int,
+        default=None,
+        help="--scene: views = raw frame ids that are multiples of k (default: data.frame_step)",
+    )
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -166,8 +179,16 @@ def main(argv: list[str] | None = None) -> int:
         return lift_scene(scene_pre, fast_vlm, cfg_mean, device=args.device)
 
     def run_ref():
-        return reference_fusion(xyz, [g.pose for g in geoms], [g.K for g in geoms], depths, maps, hw,
-                                int(lc["border"]), float(lc["occlusion_thr"]))
+        return reference_fusion(
+            xyz,
+            [g.pose for g in geoms],
+            [g.K for g in geoms],
+            depths,
+            maps,
+            hw,
+            int(lc["border"]),
+            float(lc["occlusion_thr"]),
+        )
 
     t_ours, t_ref = [], []
     for _ in range(args.repeat):
@@ -185,19 +206,34 @@ def main(argv: list[str] | None = None) -> int:
     count_equal = float((ours.n_views.cpu() == ref_count.long()).float().mean())
     diff = (ours.feat.cpu()[seen_both] - ref_feat[seen_both]).abs().amax(dim=1)
     feat_equal = float((diff <= 1e-5).float().mean()) if seen_both.any() else 1.0
-    print(f"scene: {source}; {scene.n_points} points, {len(frames)} views, {vlm.dim}-d {vlm.describe()} maps "
-          f"{tuple(maps[0].shape[1:])}")
+    print(
+        f"scene: {source}; {scene.n_points} points, {len(frames)} views, {vlm.dim}-d {vlm.describe()} maps "
+        f"{tuple(maps[0].shape[1:])}"
+    )
     print(f"ours      (geopurify.lift, mean fusion + nearest fill): {ours_s:.3f} s")
     print(f"reference (OpenScene per-view numpy loop):              {ref_s:.3f} s")
-    print(f"points seen: ours {int(ours.seen.sum())}, reference {int(seen_ref.sum())}; same view count on "
-          f"{100 * count_equal:.3f}% of points; same feature (1e-5) on {100 * feat_equal:.3f}% of points seen by both")
+    print(
+        f"points seen: ours {int(ours.seen.sum())}, reference {int(seen_ref.sum())}; same view count on "
+        f"{100 * count_equal:.3f}% of points; same feature (1e-5) on {100 * feat_equal:.3f}% of points seen by both"
+    )
     ok = count_equal >= 0.999 and feat_equal >= 0.999
     if not ok:
         print("MISMATCH: ours and the reference disagree beyond float32/float64 pixel-rounding noise")
-    print(json.dumps({"ours_s": round(ours_s, 4), "reference_s": round(ref_s, 4),
-                      "speedup": round(ref_s / ours_s, 2), "points": scene.n_points, "views": len(frames),
-                      "dim": int(vlm.dim), "same_count_frac": round(count_equal, 6),
-                      "same_feature_frac": round(feat_equal, 6), "source": source}))
+    print(
+        json.dumps(
+            {
+                "ours_s": round(ours_s, 4),
+                "reference_s": round(ref_s, 4),
+                "speedup": round(ref_s / ours_s, 2),
+                "points": scene.n_points,
+                "views": len(frames),
+                "dim": int(vlm.dim),
+                "same_count_frac": round(count_equal, 6),
+                "same_feature_frac": round(feat_equal, 6),
+                "source": source,
+            }
+        )
+    )
     return 0 if ok else 1
 
 

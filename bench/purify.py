@@ -38,6 +38,7 @@ the peak memory of a separate run at 300k points (RSS of a child process running
 purify_scene). Ends with one JSON line {"reference_s", "fast_s", "speedup", "labels_agree",
 "side_by_side_s", "side_by_side_kdtree_s", "labels_identical_to_kdtree", "peak_mem_gb_300k", ...}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,8 +58,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from geopurify.ops.knn import knn_graph  # noqa: E402
-from geopurify.purify.pooling import affinity_weights, pool_scores  # noqa: E402
 from geopurify.ops.voxel import voxel_mean, voxelize  # noqa: E402
+from geopurify.purify.pooling import affinity_weights, pool_scores  # noqa: E402
 
 log = logging.getLogger("bench.purify")
 
@@ -69,9 +70,18 @@ DATA = ROOT.parent / "shared" / "data" / "scannet"
 # the reference: GeoPurify's pooling loop
 
 
-def reference_loop(coords: torch.Tensor, vox_in: torch.Tensor, emb: torch.Tensor, text_emb: torch.Tensor,
-                   inverse: torch.Tensor, n_feat: int, k: int = 96, tau: float = 0.05, steps: int = 18,
-                   timings: dict | None = None) -> tuple[np.ndarray, torch.Tensor]:
+def reference_loop(
+    coords: torch.Tensor,
+    vox_in: torch.Tensor,
+    emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    inverse: torch.Tensor,
+    n_feat: int,
+    k: int = 96,
+    tau: float = 0.05,
+    steps: int = 18,
+    timings: dict | None = None,
+) -> tuple[np.ndarray, torch.Tensor]:
     """GeoPurify's inference pooling (METHOD.md section 9) -> (per-point labels (N,), its kNN lists (V, k)).
 
     coords (V, 3) voxel grid coordinates; vox_in (V, C + 6) student input (mean lifted feature,
@@ -103,7 +113,7 @@ def reference_loop(coords: torch.Tensor, vox_in: torch.Tensor, emb: torch.Tensor
     for _ in range(steps):
         nxt = torch.zeros_like(f)
         for j in range(k):  # gather the j-th neighbour's full row of every voxel, add it weighted
-            nxt.addcmul_(w[:, j:j + 1], f.index_select(0, nbr[:, j]))
+            nxt.addcmul_(w[:, j : j + 1], f.index_select(0, nbr[:, j]))
         f = nxt
     timings["pool_s"] = time.perf_counter() - t
 
@@ -111,16 +121,26 @@ def reference_loop(coords: torch.Tensor, vox_in: torch.Tensor, emb: torch.Tensor
     wt = F.normalize(text_emb.float(), dim=1)
     labels = np.empty(inverse.shape[0], dtype=np.int64)
     for s in range(0, inverse.shape[0], 65536):
-        pts = F.normalize(f[inverse[s:s + 65536]][:, :n_feat], dim=1)
-        labels[s:s + 65536] = (pts @ wt.T).argmax(1).numpy()
+        pts = F.normalize(f[inverse[s : s + 65536]][:, :n_feat], dim=1)
+        labels[s : s + 65536] = (pts @ wt.T).argmax(1).numpy()
     timings["classify_s"] = time.perf_counter() - t
     return labels, nbr
 
 
-def fast_path(coords: torch.Tensor, feat_v: torch.Tensor, emb: torch.Tensor, text_emb: torch.Tensor,
-              inverse: torch.Tensor, k: int = 96, tau: float = 0.05, steps: int = 18,
-              timings: dict | None = None, idx: torch.Tensor | None = None, knn: str = "auto",
-              cpu: dict | None = None) -> np.ndarray:
+def fast_path(
+    coords: torch.Tensor,
+    feat_v: torch.Tensor,
+    emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    inverse: torch.Tensor,
+    k: int = 96,
+    tau: float = 0.05,
+    steps: int = 18,
+    timings: dict | None = None,
+    idx: torch.Tensor | None = None,
+    knn: str = "auto",
+    cpu: dict | None = None,
+) -> np.ndarray:
     """This package, from the same inputs to the same per-point labels (`idx`: use this kNN graph
     instead of building one; `knn`: knn_graph's method). Stage wall times go to `timings`, process
     CPU times to `cpu`."""
@@ -174,8 +194,9 @@ def smooth_field(xyz: torch.Tensor, dim: int, length: float, gen: torch.Generato
     return (torch.cos(xyz.double() @ omega + phi) @ mix).float()
 
 
-def synthetic_lifted(xyz: torch.Tensor, text_emb: torch.Tensor, gen: torch.Generator,
-                     wrong: float = 0.15, noise: float = 0.9) -> torch.Tensor:
+def synthetic_lifted(
+    xyz: torch.Tensor, text_emb: torch.Tensor, gen: torch.Generator, wrong: float = 0.15, noise: float = 0.9
+) -> torch.Tensor:
     """SYNTHETIC lifted features (N, C): each point carries the unit text embedding of its class from
     a smooth random class field (regions ~0.6 m), a random wrong class for a `wrong` fraction of
     points, plus Gaussian noise of total norm ~`noise`; L2-normalised like VLM features."""
@@ -184,7 +205,7 @@ def synthetic_lifted(xyz: torch.Tensor, text_emb: torch.Tensor, gen: torch.Gener
     cls = smooth_field(xyz, P, 0.6, gen).argmax(1)
     flip = torch.rand(n, generator=gen) < wrong
     cls[flip] = torch.randint(0, P, (int(flip.sum()),), generator=gen)
-    feat = F.normalize(text_emb, dim=1)[cls] + noise * torch.randn(n, C, generator=gen) / C ** 0.5
+    feat = F.normalize(text_emb, dim=1)[cls] + noise * torch.randn(n, C, generator=gen) / C**0.5
     return F.normalize(feat, dim=1)
 
 
@@ -199,8 +220,13 @@ def make_inputs(xyz: np.ndarray, rgb: np.ndarray, channels: int, classes: int, e
     text = F.normalize(torch.randn(classes, channels, generator=gen), dim=1)
     lifted = synthetic_lifted(pts, text, gen)
     normals = torch.from_numpy(estimate_normals(np.asarray(xyz, dtype=np.float32)))
-    vox_in = torch.cat([voxel_mean(lifted, inverse, V),
-                        voxel_mean(torch.cat([torch.from_numpy(rgb).float() / 255, normals], 1), inverse, V)], 1)
+    vox_in = torch.cat(
+        [
+            voxel_mean(lifted, inverse, V),
+            voxel_mean(torch.cat([torch.from_numpy(rgb).float() / 255, normals], 1), inverse, V),
+        ],
+        1,
+    )
     if embeddings == "student":
         from geopurify.config import load_config
         from geopurify.student.network import build_student
@@ -214,8 +240,16 @@ def make_inputs(xyz: np.ndarray, rgb: np.ndarray, channels: int, classes: int, e
         centres = voxel_mean(pts, inverse, V)
         emb = F.normalize(smooth_field(centres, 128, 0.25, gen), dim=1)
         emb_desc = "smooth random field over the voxels (0.25 m), 128-d"
-    return {"coords": coords, "inverse": inverse, "vox_in": vox_in, "emb": emb, "text": text, "n_points": len(xyz),
-            "n_voxels": V, "embeddings": emb_desc}
+    return {
+        "coords": coords,
+        "inverse": inverse,
+        "vox_in": vox_in,
+        "emb": emb,
+        "text": text,
+        "n_points": len(xyz),
+        "n_voxels": V,
+        "embeddings": emb_desc,
+    }
 
 
 def load_points(scenes: list[Path], max_points: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -267,10 +301,19 @@ def mem_child(n_points: int, channels: int, classes: int, seed: int) -> None:
     t, c = time.perf_counter(), _cpu()
     res = purify_scene(scene, lifted, model, text, cfg, pooling="scores")
     wall, cpu = time.perf_counter() - t, _cpu() - c
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB -> GiB
-    print(json.dumps({"n_points": n_points, "n_voxels": res.info["n_voxels"], "peak_rss_gb": round(peak, 3),
-                      "purify_scene_s": round(wall, 2), "purify_scene_cpu_s": round(cpu, 2),
-                      **{k: res.info[k] for k in ("voxelise_s", "student_s", "knn_s", "weights_s", "pool_s")}}))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+    print(
+        json.dumps(
+            {
+                "n_points": n_points,
+                "n_voxels": res.info["n_voxels"],
+                "peak_rss_gb": round(peak, 3),
+                "purify_scene_s": round(wall, 2),
+                "purify_scene_cpu_s": round(cpu, 2),
+                **{k: res.info[k] for k in ("voxelise_s", "student_s", "knn_s", "weights_s", "pool_s")},
+            }
+        )
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -306,89 +349,173 @@ def main(argv=None) -> int:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     t = time.perf_counter()
     knn_graph(np.stack(np.meshgrid(*[np.arange(4)] * 3, indexing="ij"), -1).reshape(-1, 3), 8, method="grid")
-    print(f"grid kNN kernels ready in {time.perf_counter() - t:.2f} s (numba: compiled on the first run after an "
-          "install, then loaded from its cache; not in the timings below)")
+    print(
+        f"grid kNN kernels ready in {time.perf_counter() - t:.2f} s (numba: compiled on the first run after an "
+        "install, then loaded from its cache; not in the timings below)"
+    )
     xyz, rgb = load_points([args.scene], args.max_points, args.seed)
     inp = make_inputs(xyz, rgb, args.channels, args.classes, args.embeddings, args.seed)
     C = args.channels
-    print(f"scene {args.scene.name}: {inp['n_points']} real points -> {inp['n_voxels']} voxels (2 cm); "
-          f"C = {C} (+6 rgb/normal in the reference), P = {args.classes}, K = {args.k}, T = {args.steps}")
+    print(
+        f"scene {args.scene.name}: {inp['n_points']} real points -> {inp['n_voxels']} voxels (2 cm); "
+        f"C = {C} (+6 rgb/normal in the reference), P = {args.classes}, K = {args.k}, T = {args.steps}"
+    )
     print("lifted features: SYNTHETIC (smooth random class field, 15% wrong classes, noise) on real coordinates")
     print(f"student embeddings: {inp['embeddings']}")
 
     t_ref: dict = {}
     t, c = time.perf_counter(), _cpu()
-    ref, ref_nbr = reference_loop(inp["coords"], inp["vox_in"], inp["emb"], inp["text"], inp["inverse"], C, args.k,
-                                  0.05, args.steps, t_ref)
+    ref, ref_nbr = reference_loop(
+        inp["coords"], inp["vox_in"], inp["emb"], inp["text"], inp["inverse"], C, args.k, 0.05, args.steps, t_ref
+    )
     ref_s, ref_cpu = time.perf_counter() - t, _cpu() - c
     print(f"reference (GeoPurify loop): {ref_s:.2f} s wall, {ref_cpu:.2f} s CPU  ({_fmt(t_ref)})")
 
     fast, fast_s, fast_cpu, t_fast, c_fast = timed(
-        lambda tw, tc: fast_path(inp["coords"], inp["vox_in"][:, :C], inp["emb"], inp["text"], inp["inverse"],
-                                 args.k, 0.05, args.steps, tw, cpu=tc), args.repeat)
-    print(f"fast (geopurify.purify):    {fast_s:.2f} s wall, {fast_cpu:.2f} s CPU  (best of {args.repeat}; "
-          f"wall/CPU: {_fmt(t_fast, c_fast)})")
+        lambda tw, tc: fast_path(
+            inp["coords"],
+            inp["vox_in"][:, :C],
+            inp["emb"],
+            inp["text"],
+            inp["inverse"],
+            args.k,
+            0.05,
+            args.steps,
+            tw,
+            cpu=tc,
+        ),
+        args.repeat,
+    )
+    print(
+        f"fast (geopurify.purify):    {fast_s:.2f} s wall, {fast_cpu:.2f} s CPU  (best of {args.repeat}; "
+        f"wall/CPU: {_fmt(t_fast, c_fast)})"
+    )
     # Exact kNN is not unique on a grid: many voxels have several neighbours at the 96th distance.
     # The reference keeps whichever its kd-tree returns; the package keeps the smaller indices. The
     # pooling algebra is compared on the reference's own graph, the whole pipelines on their own.
-    same_graph = fast_path(inp["coords"], inp["vox_in"][:, :C], inp["emb"], inp["text"], inp["inverse"], args.k,
-                           0.05, args.steps, idx=ref_nbr)
+    same_graph = fast_path(
+        inp["coords"],
+        inp["vox_in"][:, :C],
+        inp["emb"],
+        inp["text"],
+        inp["inverse"],
+        args.k,
+        0.05,
+        args.steps,
+        idx=ref_nbr,
+    )
     agree = float((ref == same_graph).mean())
     agree_own = float((ref == fast).mean())
     idx = knn_graph(inp["coords"], args.k)
     tie_rows = float((torch.sort(idx, 1).values != torch.sort(ref_nbr, 1).values).any(1).float().mean())
     print(f"speedup {ref_s / fast_s:.1f}x wall, {ref_cpu / fast_cpu:.1f}x CPU")
-    print(f"labels agree on {100 * agree:.3f}% of the points given the same kNN graph (the reference's), and on "
-          f"{100 * agree_own:.3f}% with each side's own exact kNN graph: {100 * tie_rows:.1f}% of the voxels have "
-          "several neighbours tied at the 96th distance, which the two graphs resolve differently")
-    out = {"reference_s": round(ref_s, 3), "fast_s": round(fast_s, 3), "speedup": round(ref_s / fast_s, 1),
-           "repeat": args.repeat,
-           "labels_agree": round(agree, 5), "labels_agree_own_knn": round(agree_own, 5),
-           "knn_tie_rows": round(tie_rows, 4),
-           "reference_cpu_s": round(ref_cpu, 3), "fast_cpu_s": round(fast_cpu, 3),
-           "n_voxels": inp["n_voxels"], "channels": C, "classes": args.classes, "steps": args.steps,
-           "features": "synthetic", "embeddings": args.embeddings}
+    print(
+        f"labels agree on {100 * agree:.3f}% of the points given the same kNN graph (the reference's), and on "
+        f"{100 * agree_own:.3f}% with each side's own exact kNN graph: {100 * tie_rows:.1f}% of the voxels have "
+        "several neighbours tied at the 96th distance, which the two graphs resolve differently"
+    )
+    out = {
+        "reference_s": round(ref_s, 3),
+        "fast_s": round(fast_s, 3),
+        "speedup": round(ref_s / fast_s, 1),
+        "repeat": args.repeat,
+        "labels_agree": round(agree, 5),
+        "labels_agree_own_knn": round(agree_own, 5),
+        "knn_tie_rows": round(tie_rows, 4),
+        "reference_cpu_s": round(ref_cpu, 3),
+        "fast_cpu_s": round(fast_cpu, 3),
+        "n_voxels": inp["n_voxels"],
+        "channels": C,
+        "classes": args.classes,
+        "steps": args.steps,
+        "features": "synthetic",
+        "embeddings": args.embeddings,
+    }
 
     if not args.skip_big:
         xyz2, rgb2 = load_points([DATA / "scene0000_00", DATA / "scene0000_01"], None, args.seed)
         big = make_inputs(xyz2, rgb2, C, args.classes, "smooth", args.seed)
         sides = {}
         for knn in ("grid", "kdtree"):
-            sides[knn] = timed(lambda tw, tc, knn=knn: fast_path(big["coords"], big["vox_in"][:, :C], big["emb"], big["text"],
-                                                        big["inverse"], args.k, 0.05, args.steps, tw, knn=knn,
-                                                        cpu=tc), args.repeat)
+            sides[knn] = timed(
+                lambda tw, tc, knn=knn: fast_path(
+                    big["coords"],
+                    big["vox_in"][:, :C],
+                    big["emb"],
+                    big["text"],
+                    big["inverse"],
+                    args.k,
+                    0.05,
+                    args.steps,
+                    tw,
+                    knn=knn,
+                    cpu=tc,
+                ),
+                args.repeat,
+            )
         same_labels = bool(np.array_equal(sides["grid"][0], sides["kdtree"][0]))
-        same_graph = bool(torch.equal(knn_graph(big["coords"], args.k, method="grid"),
-                                      knn_graph(big["coords"], args.k, method="kdtree")))
-        print(f"side by side (scene0000_00 + scene0000_01, fast path): {big['n_voxels']} voxels, "
-              f"best of {args.repeat} runs, stage times wall/CPU:")
+        same_graph = bool(
+            torch.equal(
+                knn_graph(big["coords"], args.k, method="grid"), knn_graph(big["coords"], args.k, method="kdtree")
+            )
+        )
+        print(
+            f"side by side (scene0000_00 + scene0000_01, fast path): {big['n_voxels']} voxels, "
+            f"best of {args.repeat} runs, stage times wall/CPU:"
+        )
         for knn, name in (("grid", "grid kNN (package default)"), ("kdtree", "kd-tree kNN (before)     ")):
             _, s, c, tw, tc = sides[knn]
             print(f"  {name}: {s:.2f} s wall, {c:.2f} s CPU  ({_fmt(tw, tc)})")
-        print(f"  graphs identical: {same_graph}, labels identical: {same_labels}; "
-              f"speedup {sides['kdtree'][1] / sides['grid'][1]:.1f}x wall, {sides['kdtree'][2] / sides['grid'][2]:.1f}x CPU")
+        print(
+            f"  graphs identical: {same_graph}, labels identical: {same_labels}; "
+            f"speedup {sides['kdtree'][1] / sides['grid'][1]:.1f}x wall, {sides['kdtree'][2] / sides['grid'][2]:.1f}x CPU"
+        )
         g = sides["grid"]
-        out.update({"side_by_side_s": round(g[1], 3), "side_by_side_cpu_s": round(g[2], 3),
-                    "side_by_side_stages_s": {k: round(v, 3) for k, v in g[3].items()},
-                    "side_by_side_kdtree_s": round(sides["kdtree"][1], 3),
-                    "side_by_side_kdtree_cpu_s": round(sides["kdtree"][2], 3),
-                    "labels_identical_to_kdtree": same_labels, "graph_identical_to_kdtree": same_graph,
-                    "n_voxels_big": big["n_voxels"]})
+        out.update(
+            {
+                "side_by_side_s": round(g[1], 3),
+                "side_by_side_cpu_s": round(g[2], 3),
+                "side_by_side_stages_s": {k: round(v, 3) for k, v in g[3].items()},
+                "side_by_side_kdtree_s": round(sides["kdtree"][1], 3),
+                "side_by_side_kdtree_cpu_s": round(sides["kdtree"][2], 3),
+                "labels_identical_to_kdtree": same_labels,
+                "graph_identical_to_kdtree": same_graph,
+                "n_voxels_big": big["n_voxels"],
+            }
+        )
 
     if not args.skip_mem:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--mem-child", str(args.mem_points),
-               "--channels", str(C), "--classes", str(args.classes), "--seed", str(args.seed)]
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--mem-child",
+            str(args.mem_points),
+            "--channels",
+            str(C),
+            "--classes",
+            str(args.classes),
+            "--seed",
+            str(args.seed),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             print(proc.stderr[-2000:], file=sys.stderr)
             raise SystemExit(f"memory run failed with code {proc.returncode}")
         mem = json.loads(proc.stdout.strip().splitlines()[-1])
-        print(f"memory run: purify_scene (fast path, untrained student, synthetic C = {C} features) on "
-              f"{mem['n_points']} points / {mem['n_voxels']} voxels: peak RSS {mem['peak_rss_gb']:.2f} GB, "
-              f"{mem['purify_scene_s']:.2f} s wall, {mem['purify_scene_cpu_s']:.2f} s CPU  "
-              f"({_fmt({k: mem[k] for k in ('voxelise_s', 'student_s', 'knn_s', 'weights_s', 'pool_s')})})")
-        out.update({"peak_mem_gb_300k": mem["peak_rss_gb"], "purify_scene_s_300k": mem["purify_scene_s"],
-                    "mem_points": mem["n_points"], "n_voxels_300k": mem["n_voxels"]})
+        print(
+            f"memory run: purify_scene (fast path, untrained student, synthetic C = {C} features) on "
+            f"{mem['n_points']} points / {mem['n_voxels']} voxels: peak RSS {mem['peak_rss_gb']:.2f} GB, "
+            f"{mem['purify_scene_s']:.2f} s wall, {mem['purify_scene_cpu_s']:.2f} s CPU  "
+            f"({_fmt({k: mem[k] for k in ('voxelise_s', 'student_s', 'knn_s', 'weights_s', 'pool_s')})})"
+        )
+        out.update(
+            {
+                "peak_mem_gb_300k": mem["peak_rss_gb"],
+                "purify_scene_s_300k": mem["purify_scene_s"],
+                "mem_points": mem["n_points"],
+                "n_voxels_300k": mem["n_voxels"],
+            }
+        )
     else:
         out["peak_mem_gb_300k"] = None
     print(json.dumps(out))

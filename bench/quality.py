@@ -10,6 +10,7 @@ The last printed line is one JSON object {"raw": mIoU, "knn_mean": mIoU, "purifi
 The numbers come from STAND-INS (simulated VLM, geometric teacher unless --config says otherwise):
 they measure this pipeline, not the published method.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,19 +52,26 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
     from geopurify.config import load_config
-    from geopurify.student.checkpoint import load_student
     from geopurify.distill.engine import train
     from geopurify.evaluate.split import evaluate_scenes, summary_table
     from geopurify.io import write_json
+    from geopurify.student.checkpoint import load_student
 
     work = args.work or Path(tempfile.mkdtemp(prefix="geopurify-quality-"))
     root = work / "scenes"
     root.mkdir(parents=True, exist_ok=True)
     train_list = _link_split(args.train_scenes, root, "train.txt")
     eval_list = _link_split(args.eval_scenes, root, "eval.txt")
-    overrides = {"data": {"dataset": "scannet", "root": str(root), "train_list": str(train_list),
-                          "val_list": str(eval_list), "cache_dir": str(work / "cache")},
-                 "distill": {"seed": args.seed}}
+    overrides = {
+        "data": {
+            "dataset": "scannet",
+            "root": str(root),
+            "train_list": str(train_list),
+            "val_list": str(eval_list),
+            "cache_dir": str(work / "cache"),
+        },
+        "distill": {"seed": args.seed},
+    }
     if args.epochs is not None:
         overrides["distill"]["epochs"] = args.epochs
     cfg = load_config(args.config, overrides)
@@ -79,7 +87,9 @@ def main(argv=None) -> int:
     t_eval = time.perf_counter() - t0
 
     result = {
-        "overall": {m: {k: report["metrics"][m][k] for k in ("mIoU", "mAcc", "f_mIoU", "f_mAcc")} for m in report["metrics"]},
+        "overall": {
+            m: {k: report["metrics"][m][k] for k in ("mIoU", "mAcc", "f_mIoU", "f_mAcc")} for m in report["metrics"]
+        },
         "per_scene_mIoU": report["per_scene"],
         "train_scenes": [str(p) for p in args.train_scenes],
         "eval_scenes": [str(p) for p in args.eval_scenes],
@@ -93,7 +103,9 @@ def main(argv=None) -> int:
     write_json(args.out, result)
     print(summary_table(report["metrics"]))
     print(f"per scene mIoU: {report['per_scene']}")
-    print(f"VLM: {report['vlm']}; teacher: {meta.get('teacher')}; train {t_train:.0f} s, eval {t_eval:.0f} s; wrote {args.out}")
+    print(
+        f"VLM: {report['vlm']}; teacher: {meta.get('teacher')}; train {t_train:.0f} s, eval {t_eval:.0f} s; wrote {args.out}"
+    )
     print(json.dumps({m: round(report["metrics"][m]["mIoU"], 2) for m in ("raw", "knn_mean", "purified")}))
     return 0
 

@@ -25,6 +25,7 @@ depend on trained weights.
 
 The last line is one JSON object with prompt_s and load_s (and the reference's time).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,9 +49,17 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data" / "scannet"
-PROMPTS = ["a place to sleep", "a soft place to sit", "somewhere to wash my hands", "where I keep my clothes",
-           "a surface to write on", "light comes in here", "a place to store food", "something to sit on while eating",
-           "the way out of the room"]
+PROMPTS = [
+    "a place to sleep",
+    "a soft place to sit",
+    "somewhere to wash my hands",
+    "where I keep my clothes",
+    "a surface to write on",
+    "light comes in here",
+    "a place to store food",
+    "something to sit on while eating",
+    "the way out of the room",
+]
 
 
 def _bench_purify():
@@ -120,12 +129,20 @@ def big_child(n_points: int, n_prompts: int, seed: int) -> None:
     t = time.perf_counter()
     session.labels("purified", cfg["purify"]["steps"])
     labels_s = time.perf_counter() - t
-    print(json.dumps({"n_points": n_points, "n_voxels": session.n_voxels, "load_s": round(load_s, 3),
-                      "prompt_s": round(statistics.median(tp["first"]), 3),
-                      "prompt_cpu_s": round(statistics.median(tp["cpu"]), 3),
-                      "prompt_all_steps_s": round(statistics.median(tp["full"]), 3),
-                      "purified_labels_s": round(labels_s, 3),
-                      "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 3)}))
+    print(
+        json.dumps(
+            {
+                "n_points": n_points,
+                "n_voxels": session.n_voxels,
+                "load_s": round(load_s, 3),
+                "prompt_s": round(statistics.median(tp["first"]), 3),
+                "prompt_cpu_s": round(statistics.median(tp["cpu"]), 3),
+                "prompt_all_steps_s": round(statistics.median(tp["full"]), 3),
+                "purified_labels_s": round(labels_s, 3),
+                "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+            }
+        )
+    )
 
 
 def main(argv=None) -> int:
@@ -146,8 +163,10 @@ def main(argv=None) -> int:
     from geopurify.purify.infer import purified_features
     from geopurify.purify.query import build_session, encode_prompt
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; machine shared with other jobs (timings "
-          "taken under load)")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; machine shared with other jobs (timings "
+        "taken under load)"
+    )
     xyz, rgb = _bench_purify().load_points([DATA / "scene0000_00", DATA / "scene0000_01"], None, args.seed)
     scene, lifted, model, text, label_set, vlm, cfg = make_case(xyz, rgb, args.seed)
     steps = cfg["purify"]["steps"]
@@ -157,22 +176,28 @@ def main(argv=None) -> int:
     session = build_session(scene, lifted, model, text, label_set.names, cfg)
     load_s = time.perf_counter() - t
     info = session.info
-    print(f"scene0000_00 + scene0000_01 side by side: {scene.n_points} real points -> {session.n_voxels} voxels; "
-          "lifted features SYNTHETIC in the MiniLM (simulated VLM) text space, C = "
-          f"{lifted.feat.shape[1]}; student randomly initialised (cpu preset); K = {info['k']}, T = {steps}")
-    print(f"load: {load_s:.2f} s (voxelise+normals {info['voxelise_s']:.2f}, student {info['student_s']:.2f}, "
-          f"knn {info['knn_s']:.2f}, weights {info['weights_s']:.2f})")
+    print(
+        f"scene0000_00 + scene0000_01 side by side: {scene.n_points} real points -> {session.n_voxels} voxels; "
+        "lifted features SYNTHETIC in the MiniLM (simulated VLM) text space, C = "
+        f"{lifted.feat.shape[1]}; student randomly initialised (cpu preset); K = {info['k']}, T = {steps}"
+    )
+    print(
+        f"load: {load_s:.2f} s (voxelise+normals {info['voxelise_s']:.2f}, student {info['student_s']:.2f}, "
+        f"knn {info['knn_s']:.2f}, weights {info['weights_s']:.2f})"
+    )
 
-    tp = time_prompts(session, vlm, PROMPTS[:args.prompts], steps)
+    tp = time_prompts(session, vlm, PROMPTS[: args.prompts], steps)
     maps, first = tp["maps"], tp["first"]
     prompt_s, all_s = statistics.median(first), statistics.median(tp["full"])
     cpu_s, enc_s = statistics.median(tp["cpu"]), statistics.median(tp["encode"])
-    print(f"new prompt (encode + pooled column, T = {steps}, per point): median {prompt_s:.3f} s wall over "
-          f"{len(first)} prompts (min {min(first):.3f}, max {max(first):.3f}; text encoding {enc_s:.3f}), "
-          f"{cpu_s:.3f} s process CPU ({torch.get_num_threads()} threads); on to T = 36: {all_s:.3f} s")
+    print(
+        f"new prompt (encode + pooled column, T = {steps}, per point): median {prompt_s:.3f} s wall over "
+        f"{len(first)} prompts (min {min(first):.3f}, max {max(first):.3f}; text encoding {enc_s:.3f}), "
+        f"{cpu_s:.3f} s process CPU ({torch.get_num_threads()} threads); on to T = 36: {all_s:.3f} s"
+    )
 
     ref_times, ref_cpu, diffs = [], [], []
-    for p in PROMPTS[:args.reference_prompts]:
+    for p in PROMPTS[: args.reference_prompts]:
         t, c = time.perf_counter(), time.process_time()
         feats = purified_features(scene, lifted, model, cfg)
         w = torch.nn.functional.normalize(torch.from_numpy(encode_prompt(vlm, p)), dim=0)
@@ -181,29 +206,54 @@ def main(argv=None) -> int:
         ref_cpu.append(time.process_time() - c)
         diffs.append(float(np.abs(rel - maps[p]).max()))
     ref_s, ref_cpu_s = statistics.median(ref_times), statistics.median(ref_cpu)
-    print(f"reference (purified_features per prompt: all {lifted.feat.shape[1]} channels pooled): {ref_s:.2f} s wall, "
-          f"{ref_cpu_s:.2f} s CPU per prompt; speedup {ref_s / prompt_s:.0f}x wall, {ref_cpu_s / cpu_s:.0f}x CPU; "
-          f"max |difference| of the relevance {max(diffs):.2e}")
-    out = {"prompt_s": round(prompt_s, 4), "load_s": round(load_s, 3), "reference_prompt_s": round(ref_s, 3),
-           "speedup": round(ref_s / prompt_s, 1), "prompt_cpu_s": round(cpu_s, 4), "reference_prompt_cpu_s":
-           round(ref_cpu_s, 3), "encode_s": round(enc_s, 4), "prompt_all_steps_s": round(all_s, 4),
-           "max_abs_diff": max(diffs), "n_points": scene.n_points, "n_voxels": session.n_voxels,
-           "channels": int(lifted.feat.shape[1]), "steps": steps, "features": "synthetic (MiniLM text space)",
-           "student": "random init, cpu preset", "goal_prompt_s": 0.5}
+    print(
+        f"reference (purified_features per prompt: all {lifted.feat.shape[1]} channels pooled): {ref_s:.2f} s wall, "
+        f"{ref_cpu_s:.2f} s CPU per prompt; speedup {ref_s / prompt_s:.0f}x wall, {ref_cpu_s / cpu_s:.0f}x CPU; "
+        f"max |difference| of the relevance {max(diffs):.2e}"
+    )
+    out = {
+        "prompt_s": round(prompt_s, 4),
+        "load_s": round(load_s, 3),
+        "reference_prompt_s": round(ref_s, 3),
+        "speedup": round(ref_s / prompt_s, 1),
+        "prompt_cpu_s": round(cpu_s, 4),
+        "reference_prompt_cpu_s": round(ref_cpu_s, 3),
+        "encode_s": round(enc_s, 4),
+        "prompt_all_steps_s": round(all_s, 4),
+        "max_abs_diff": max(diffs),
+        "n_points": scene.n_points,
+        "n_voxels": session.n_voxels,
+        "channels": int(lifted.feat.shape[1]),
+        "steps": steps,
+        "features": "synthetic (MiniLM text space)",
+        "student": "random init, cpu preset",
+        "goal_prompt_s": 0.5,
+    }
 
     if args.points:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--big-child", str(args.points), "--prompts",
-               str(min(3, args.prompts)), "--seed", str(args.seed)]
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--big-child",
+            str(args.points),
+            "--prompts",
+            str(min(3, args.prompts)),
+            "--seed",
+            str(args.seed),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             print(proc.stderr[-2000:], file=sys.stderr)
             raise SystemExit(f"large-scene run failed with code {proc.returncode}")
         big = json.loads(proc.stdout.strip().splitlines()[-1])
-        print(f"{big['n_points']} points (scene0000_00 tiled) -> {big['n_voxels']} voxels: load {big['load_s']:.2f} s, "
-              f"prompt {big['prompt_s']:.3f} s (to T = 36: {big['prompt_all_steps_s']:.3f} s), purified labels "
-              f"{big['purified_labels_s']:.2f} s, peak RSS {big['peak_rss_gb']:.2f} GB")
-        out.update({f"{k}_big": big[k] for k in ("n_points", "n_voxels", "load_s", "prompt_s", "prompt_cpu_s",
-                                                 "peak_rss_gb")})
+        print(
+            f"{big['n_points']} points (scene0000_00 tiled) -> {big['n_voxels']} voxels: load {big['load_s']:.2f} s, "
+            f"prompt {big['prompt_s']:.3f} s (to T = 36: {big['prompt_all_steps_s']:.3f} s), purified labels "
+            f"{big['purified_labels_s']:.2f} s, peak RSS {big['peak_rss_gb']:.2f} GB"
+        )
+        out.update(
+            {f"{k}_big": big[k] for k in ("n_points", "n_voxels", "load_s", "prompt_s", "prompt_cpu_s", "peak_rss_gb")}
+        )
     print(json.dumps(out))
     return 0
 

@@ -11,6 +11,7 @@ SYNTHETIC STAND-IN data (procedural rooms), timed in the same run, wall and CPU 
 Ends with one JSON line {"raw_wall_s", "raw_cpu_s", "reference_wall_s", "reference_cpu_s",
 "raw_cpu_per_frame_s", "reference_cpu_per_frame_s", "n_vertices", "n_frames", "sens_bytes", ...}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,18 +41,33 @@ def main() -> None:
         scan = Path(tmp) / "scene9000_00"
         info, raw_wall, raw_cpu = timed(lambda: write_scannet_scan(scan, seed, args.points, args.frames))
         sens_bytes = (scan / "scene9000_00.sens").stat().st_size
-        _, ref_wall, ref_cpu = timed(lambda: write_room(make_room(seed, n_points=args.points, n_frames=args.frames),
-                                                        Path(tmp) / "synth_0000"))
-    print(f"scannet-raw ({info['room_type']}, {info['n_vertices']} vertices, {args.frames} frames): "
-          f"{raw_wall:.1f} s wall, {raw_cpu:.1f} s CPU; reference (scenes layout): {ref_wall:.1f} s wall, "
-          f"{ref_cpu:.1f} s CPU")
-    print(json.dumps({"raw_wall_s": round(raw_wall, 2), "raw_cpu_s": round(raw_cpu, 2),
-                      "reference_wall_s": round(ref_wall, 2), "reference_cpu_s": round(ref_cpu, 2),
-                      "raw_cpu_per_frame_s": round(raw_cpu / args.frames, 4),
-                      "reference_cpu_per_frame_s": round(ref_cpu / args.frames, 4),
-                      "n_vertices": info["n_vertices"], "n_faces": info["n_faces"], "n_frames": args.frames,
-                      "lost_tracking": len(info["lost_tracking"]), "sens_bytes": sens_bytes,
-                      "room_type": info["room_type"], "synthetic_stand_in": True}))
+        _, ref_wall, ref_cpu = timed(
+            lambda: write_room(make_room(seed, n_points=args.points, n_frames=args.frames), Path(tmp) / "synth_0000")
+        )
+    print(
+        f"scannet-raw ({info['room_type']}, {info['n_vertices']} vertices, {args.frames} frames): "
+        f"{raw_wall:.1f} s wall, {raw_cpu:.1f} s CPU; reference (scenes layout): {ref_wall:.1f} s wall, "
+        f"{ref_cpu:.1f} s CPU"
+    )
+    print(
+        json.dumps(
+            {
+                "raw_wall_s": round(raw_wall, 2),
+                "raw_cpu_s": round(raw_cpu, 2),
+                "reference_wall_s": round(ref_wall, 2),
+                "reference_cpu_s": round(ref_cpu, 2),
+                "raw_cpu_per_frame_s": round(raw_cpu / args.frames, 4),
+                "reference_cpu_per_frame_s": round(ref_cpu / args.frames, 4),
+                "n_vertices": info["n_vertices"],
+                "n_faces": info["n_faces"],
+                "n_frames": args.frames,
+                "lost_tracking": len(info["lost_tracking"]),
+                "sens_bytes": sens_bytes,
+                "room_type": info["room_type"],
+                "synthetic_stand_in": True,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

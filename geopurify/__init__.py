@@ -3,4 +3,5 @@
 The package reads as the pipeline: data -> lift (+ vlm) -> teacher -> student -> distill ->
 purify -> evaluate, with a thin `cli` on top.
 """
+
 __version__ = "0.1.0"

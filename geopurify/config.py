@@ -8,6 +8,7 @@ what differs from that config; bases may have bases of their own. An unknown key
 names its new name), a value of the wrong type, unreadable YAML, a missing base or a base cycle raises InputError naming the
 file (or the `--set KEY=VALUE` item) and the key.
 """
+
 from __future__ import annotations
 
 import copy
@@ -72,14 +73,20 @@ def merge(base: dict, override: dict, where: str | Path | None = None, prefix: t
         default = base[key]
         if not _type_ok(default, value):
             got = "null" if value is None else f"{type(value).__name__} {value!r}"
-            raise InputError(where, f"config key '{dotted}' must be {type(default).__name__}, got {got}"
-                                    + _float_hint(default, value))
+            raise InputError(
+                where,
+                f"config key '{dotted}' must be {type(default).__name__}, got {got}" + _float_hint(default, value),
+            )
         if path in _FREE_DICTS:
-            bad = [k for k, v in value.items()
-                   if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, (int, float))]
+            bad = [
+                k
+                for k, v in value.items()
+                if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, (int, float))
+            ]
             if bad:
-                raise InputError(where, f"config key '{dotted}' maps names to numbers; entry {bad[0]!r} is "
-                                        f"{value[bad[0]]!r}")
+                raise InputError(
+                    where, f"config key '{dotted}' maps names to numbers; entry {bad[0]!r} is {value[bad[0]]!r}"
+                )
         if isinstance(default, dict) and path not in _FREE_DICTS and value is not None:
             out[key] = merge(default, value, where, path)
         elif isinstance(default, float) and value is not None:

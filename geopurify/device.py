@@ -6,6 +6,7 @@ asking for CUDA that is not there is an InputError (never a silent fall-back to 
 `to_device(x, device)` moves a tensor, or every tensor field of a dataclass such as a
 `LiftResult`, so a pipeline stage can put all of its inputs on the device at its entry.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,13 +32,15 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     if m is None:
         raise InputError("--device", f"unknown device {spec!r} (choose {CHOICES})")
     if not torch.cuda.is_available():
-        raise InputError("--device", f"{spec} asked for, but torch sees no CUDA device on this machine "
-                                     "(use --device cpu or auto)")
+        raise InputError(
+            "--device", f"{spec} asked for, but torch sees no CUDA device on this machine (use --device cpu or auto)"
+        )
     index = int(m.group(1)) if m.group(1) is not None else torch.cuda.current_device()
     count = torch.cuda.device_count()
     if index >= count:
-        raise InputError("--device", f"{spec} asked for, but torch sees {count} CUDA device(s) "
-                                     f"(cuda:0..cuda:{count - 1})")
+        raise InputError(
+            "--device", f"{spec} asked for, but torch sees {count} CUDA device(s) (cuda:0..cuda:{count - 1})"
+        )
     return torch.device("cuda", index)
 
 
@@ -47,7 +50,10 @@ def to_device(x, device):
     if x is None or isinstance(x, torch.Tensor):
         return None if x is None else x.to(device)
     if dataclasses.is_dataclass(x) and not isinstance(x, type):
-        moved = {f.name: getattr(x, f.name).to(device) for f in dataclasses.fields(x)
-                 if isinstance(getattr(x, f.name), torch.Tensor)}
+        moved = {
+            f.name: getattr(x, f.name).to(device)
+            for f in dataclasses.fields(x)
+            if isinstance(getattr(x, f.name), torch.Tensor)
+        }
         return dataclasses.replace(x, **moved)
     raise TypeError(f"cannot move a {type(x).__name__} to a device")

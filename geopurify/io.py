@@ -5,6 +5,7 @@ A killed run therefore never leaves a file that looks complete. The temporary fi
 and named `.<name>.tmp-<host>-<pid>-<random><suffix>`; one left behind by a killed process (same
 host, pid no longer running) is removed the next time the same file is written.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -16,8 +17,8 @@ import os
 import re
 import socket
 import tempfile
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 
@@ -70,8 +71,11 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{_HOST}-{os.getpid()}-",
-                               suffix=path.suffix if suffix is None else suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.tmp-{_HOST}-{os.getpid()}-",
+        suffix=path.suffix if suffix is None else suffix,
+        dir=path.parent,
+    )
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -121,8 +125,9 @@ def load_torch_file(path: str | Path, what: str, problem: str | None = None, kin
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure to read is a bad file
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
-        raise InputError(path, f"{problem or f'not a readable {what}'} ({type(e).__name__}"
-                               f"{': ' + first if first else ''})") from None
+        raise InputError(
+            path, f"{problem or f'not a readable {what}'} ({type(e).__name__}{': ' + first if first else ''})"
+        ) from None
     if kind is not None and not isinstance(obj, kind):
         raise InputError(path, f"{what} must hold a {kind.__name__}, got {type(obj).__name__}")
     return obj

@@ -8,6 +8,7 @@ module only when a name is asked for (`get`). Three tables use it: the VLM backe
 `geopurify.standins` (which the import contracts forbid), and a backend's heavy imports
 (transformers, spconv) cost nothing until it is asked for.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -40,6 +41,7 @@ class Registry:
     def get(self, name: str):
         """The implementation of `name`; InputError naming the config key for an unknown one."""
         if name not in self.entries:
-            raise InputError(f"config {self.key}", f"unknown {self.what} {name!r} (choose one of: "
-                                                   f"{', '.join(self.names)})")
+            raise InputError(
+                f"config {self.key}", f"unknown {self.what} {name!r} (choose one of: {', '.join(self.names)})"
+            )
         return resolve(self.entries[name])

@@ -10,6 +10,7 @@ checked as well as those read from files. Every violation is the same one line:
 `check(cfg, "lift", "student.voxel_size")` checks every listed key (a section stands for all of its
 keys in `RANGES`), `check_value(key, value)` one value, and `JOINT` the rules over two keys.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,8 +34,11 @@ class Range:
         if self.kind == "choice":
             return v in self.choices
         if self.kind == "size":
-            return isinstance(v, (list, tuple)) and len(v) == 2 and all(
-                isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v)
+            return (
+                isinstance(v, (list, tuple))
+                and len(v) == 2
+                and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in v)
+            )
         if isinstance(v, bool) or not isinstance(v, int if self.kind == "int" else (int, float)):
             return False
         if not math.isfinite(v):
@@ -136,5 +140,6 @@ def check(cfg: dict, *keys: str, skip: tuple[str, ...] = ()) -> None:
         check_value(key, _value(cfg, key))
     for a, b, ok, ask in JOINT:
         if a in chosen and b in chosen and not ok(_value(cfg, a), _value(cfg, b)):
-            raise InputError(None, f"config keys '{a}' and '{b}' must {ask}, got {_value(cfg, a)!r} and "
-                                   f"{_value(cfg, b)!r}")
+            raise InputError(
+                None, f"config keys '{a}' and '{b}' must {ask}, got {_value(cfg, a)!r} and {_value(cfg, b)!r}"
+            )

@@ -1,5 +1,6 @@
 """Cache keys follow the content of every input file: a file re-exported under the same path is
 recomputed, never read stale (lifted features, teacher features, evaluation predictions)."""
+
 from __future__ import annotations
 
 import os
@@ -9,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from geopurify.lift.cache import cached_lift, lift_cache_path
-from geopurify.teacher.cache import cached_teacher, teacher_cache_path
 from geopurify.config import load_config
 from geopurify.data.readers import load_scene
 from geopurify.data.scene import Scene
 from geopurify.data.writers import write_frame, write_scene
 from geopurify.errors import InputError
 from geopurify.io import file_fingerprint
+from geopurify.lift.cache import cached_lift, lift_cache_path
 from geopurify.lift.multiview import lift_scene
+from geopurify.teacher.cache import cached_teacher, teacher_cache_path
 from geopurify.vlm import build_vlm
 from geopurify.vlm.external import save_view_features
 
@@ -66,8 +67,7 @@ def test_reexported_openscene_features_are_lifted_again(tmp_path):
     _openscene(feats, n, c, seed=0)
     _prompts(feats / "text_embeddings.pt", c, seed=1)
     cfg = load_config(None, {"lift": {"vlm": "openscene", "vlm_path": str(feats)}})
-    scene = Scene("room", np.random.default_rng(0).uniform(0, 1, (n, 3)).astype(np.float32),
-                  np.zeros((n, 3), np.uint8))
+    scene = Scene("room", np.random.default_rng(0).uniform(0, 1, (n, 3)).astype(np.float32), np.zeros((n, 3), np.uint8))
     built = []
 
     def factory():
@@ -108,13 +108,17 @@ def test_reexported_external_view_features_are_lifted_again_and_predictions_reke
     g = torch.Generator().manual_seed(0)
     save_view_features(d / "features" / "0.pt", feat=torch.randn(c, 12, 16, generator=g))
     text = _prompts(tmp_path / "text.pt", c, seed=4)
-    cfg = load_config(None, {"lift": {"vlm": "external", "text_path": str(text), "image_size": [16, 12],
-                                      "border": 0, "fusion": "mean"}})
+    cfg = load_config(
+        None,
+        {"lift": {"vlm": "external", "text_path": str(text), "image_size": [16, 12], "border": 0, "fusion": "mean"}},
+    )
     scene = load_scene(d)
     first = cached_lift(scene, cfg, lambda: build_vlm(cfg), tmp_path / "cache")
     key = prediction_key(scene, cfg, "digest", ("raw",))
-    _rewrite(d / "features" / "0.pt",
-             lambda: save_view_features(d / "features" / "0.pt", feat=torch.randn(c, 12, 16, generator=g)))
+    _rewrite(
+        d / "features" / "0.pt",
+        lambda: save_view_features(d / "features" / "0.pt", feat=torch.randn(c, 12, 16, generator=g)),
+    )
     again = cached_lift(scene, cfg, lambda: build_vlm(cfg), tmp_path / "cache")
     assert first.seen.all() and not torch.equal(again.feat, first.feat)
     torch.testing.assert_close(again.feat, lift_scene(scene, build_vlm(cfg), cfg).feat.half().float())
@@ -124,7 +128,10 @@ def test_reexported_external_view_features_are_lifted_again_and_predictions_reke
     path = lift_cache_path(scene, cfg, tmp_path / "cache")
     pts = d / "points_xyzrgb.npy"
     _rewrite(pts, lambda: np.save(pts, np.load(pts)[::-1].copy()))
-    assert prediction_key(scene, cfg, "digest", ("raw",)) != key and lift_cache_path(scene, cfg, tmp_path / "cache") != path
+    assert (
+        prediction_key(scene, cfg, "digest", ("raw",)) != key
+        and lift_cache_path(scene, cfg, tmp_path / "cache") != path
+    )
 
 
 class _FileTeacher:

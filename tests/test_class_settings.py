@@ -1,6 +1,7 @@
 """Class settings: the ScanNet config leads with scannet19 (the reference's evaluation, the setting
 of the paper's 55.1) and scores scannet20 beside it from the same lifted features and pooling; every
 report and printed table names its setting."""
+
 from __future__ import annotations
 
 import json
@@ -10,15 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from geopurify.lift.cache import cached_lift
 from geopurify.cli import main
 from geopurify.config import load_config
 from geopurify.data.labels import describe_setting, get_label_set
 from geopurify.data.readers import load_scene_for
 from geopurify.data.splits import resolve_scenes
-from geopurify.ops.scores import classify_by_text
 from geopurify.evaluate.split import class_settings, evaluate_scenes, prompt_columns
+from geopurify.lift.cache import cached_lift
 from geopurify.lift.result import save_lifted
+from geopurify.ops.scores import classify_by_text
 from geopurify.purify.infer import knn_mean_scene
 from geopurify.vlm import build_vlm, text_embeddings
 
@@ -44,13 +45,22 @@ def test_prompt_columns_share_the_common_prompts():
 @pytest.fixture(scope="module")
 def room(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("settings")
-    cfg = load_config(None, {
-        "data": {"dataset": "synthetic", "root": str(tmp / "rooms"), "frame_step": 1, "label_set": "scannet19",
-                 "cache_dir": str(tmp / "cache")},
-        "synthetic": {"n_train": 1, "n_val": 1, "points": 6000, "frames": 6},
-        "lift": {"image_size": [160, 120]},
-        "purify": {"k": 16, "steps": 4},
-        "eval": {"also_label_sets": ["scannet20"]}})
+    cfg = load_config(
+        None,
+        {
+            "data": {
+                "dataset": "synthetic",
+                "root": str(tmp / "rooms"),
+                "frame_step": 1,
+                "label_set": "scannet19",
+                "cache_dir": str(tmp / "cache"),
+            },
+            "synthetic": {"n_train": 1, "n_val": 1, "points": 6000, "frames": 6},
+            "lift": {"image_size": [160, 120]},
+            "purify": {"k": 16, "steps": 4},
+            "eval": {"also_label_sets": ["scannet20"]},
+        },
+    )
     return tmp, cfg, resolve_scenes(cfg, "val")
 
 
@@ -89,25 +99,51 @@ def test_eval_cli_names_each_setting(room, capsys):
     scene = load_scene_for(scenes[0], get_label_set("scannet19"), frame_step=1)
     feats = tmp / "features"
     lifted = cached_lift(scene, cfg, vlm, tmp / "cache")
-    save_lifted(feats / f"{scene.name}.lift.pt", lifted, {"vlm": vlm.name, "simulated": True, "fusion": "mean",
-                                                          "scene": scene.name})
+    save_lifted(
+        feats / f"{scene.name}.lift.pt",
+        lifted,
+        {"vlm": vlm.name, "simulated": True, "fusion": "mean", "scene": scene.name},
+    )
     cfg_path = tmp / "cfg.yaml"
     import yaml
 
     cfg_path.write_text(yaml.safe_dump(cfg))
     out = tmp / "m.json"
-    assert main(["eval", "--scene", str(scenes[0]), "--features", str(feats), "--config", str(cfg_path),
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            ["eval", "--scene", str(scenes[0]), "--features", str(feats), "--config", str(cfg_path), "--out", str(out)]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert f"class setting {describe_setting('scannet19')}" in printed
     assert f"also: class setting {describe_setting('scannet20')}" in printed
     rep = json.loads(out.read_text())
-    assert rep["class_setting"] == describe_setting("scannet19") and rep["also"]["scannet20"]["classes"][-1] == "otherfurniture"
+    assert (
+        rep["class_setting"] == describe_setting("scannet19")
+        and rep["also"]["scannet20"]["classes"][-1] == "otherfurniture"
+    )
     assert np.array(rep["also"]["scannet20"]["confusion"]).shape == (20, 21)
     # predictions are indices of one set: only that one is scored, and it is named
     pred_dir = tmp / "eval" / "pred"
-    assert main(["eval", "--scene", str(scenes[0]), "--pred", str(pred_dir), "--pred-suffix", ".raw.npy",
-                 "--config", str(cfg_path), "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--scene",
+                str(scenes[0]),
+                "--pred",
+                str(pred_dir),
+                "--pred-suffix",
+                ".raw.npy",
+                "--config",
+                str(cfg_path),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "need features" in printed and f"class setting {describe_setting('scannet19')}" in printed
     rep2 = json.loads(out.read_text())

@@ -1,4 +1,5 @@
 """geopurify.data: images, PLY, scene readers and writers, on real ScanNet data and fixtures."""
+
 from __future__ import annotations
 
 import os
@@ -10,8 +11,7 @@ import pytest
 from PIL import Image
 from plyfile import PlyData, PlyElement
 
-from geopurify.data.images import (read_color, read_depth, read_label_image, write_color, write_depth,
-                                   write_label_image)
+from geopurify.data.images import read_color, read_depth, read_label_image, write_color, write_depth, write_label_image
 from geopurify.data.ply import read_ply, write_ply
 from geopurify.data.readers import list_scenes, load_scene, natural_key
 from geopurify.data.writers import write_axis_alignment, write_frame, write_scene
@@ -40,6 +40,7 @@ def a_pose(i: int) -> np.ndarray:
 
 def raises_naming(path, match: str | None = None):
     """Context: an InputError whose path is `path` (and whose problem matches `match`)."""
+
     class _Ctx:
         def __enter__(self):
             self.ctx = pytest.raises(InputError, match=match)
@@ -51,6 +52,7 @@ def raises_naming(path, match: str | None = None):
             assert Path(self.info.value.path) == Path(path), f"error names {self.info.value.path}, expected {path}"
             assert "\n" not in str(self.info.value)
             return ok
+
     return _Ctx()
 
 
@@ -202,17 +204,29 @@ def _write_vh_clean_2(scene_dir: Path, xyz, rgb, labels):
     fe["vertex_indices"] = list(faces)
     name = scene_dir.name
     for suffix, with_label in (("_vh_clean_2.ply", False), ("_vh_clean_2.labels.ply", True)):
-        fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1"),
-                  ("alpha", "u1")] + ([("label", "<u2")] if with_label else [])
+        fields = [
+            ("x", "<f4"),
+            ("y", "<f4"),
+            ("z", "<f4"),
+            ("red", "u1"),
+            ("green", "u1"),
+            ("blue", "u1"),
+            ("alpha", "u1"),
+        ] + ([("label", "<u2")] if with_label else [])
         v = np.empty(n, dtype=fields)
         v["x"], v["y"], v["z"] = xyz.T
-        v["red"], v["green"], v["blue"] = (rgb.T if not with_label else np.full((3, n), 9))  # labels.ply: label colours
+        v["red"], v["green"], v["blue"] = rgb.T if not with_label else np.full((3, n), 9)  # labels.ply: label colours
         v["alpha"] = 255
         if with_label:
             v["label"] = labels
-        PlyData([PlyElement.describe(v, "vertex"),
-                 PlyElement.describe(fe, "face", val_types={"vertex_indices": "i4"}, len_types={"vertex_indices": "u1"})],
-                text=False, byte_order="<").write(str(scene_dir / f"{name}{suffix}"))
+        PlyData(
+            [
+                PlyElement.describe(v, "vertex"),
+                PlyElement.describe(fe, "face", val_types={"vertex_indices": "i4"}, len_types={"vertex_indices": "u1"}),
+            ],
+            text=False,
+            byte_order="<",
+        ).write(str(scene_dir / f"{name}{suffix}"))
 
 
 @needs_data
@@ -227,8 +241,9 @@ def test_scannet_mesh_and_sensreader_export(tmp_path):
     inv = np.linalg.inv(axis)
     orig = pts[:, :3].astype(np.float64) @ inv[:3, :3].T + inv[:3, 3]
     _write_vh_clean_2(d, orig.astype(np.float32), pts[:, 3:].astype(np.uint8), labels.astype(np.uint16))
-    (d / "scene0000_00.txt").write_text("colorHeight = 968\naxisAlignment = " + " ".join(f"{v:.6f}" for v in axis.ravel())
-                                        + "\nnumDepthFrames = 5578\n")
+    (d / "scene0000_00.txt").write_text(
+        "colorHeight = 968\naxisAlignment = " + " ".join(f"{v:.6f}" for v in axis.ravel()) + "\nnumDepthFrames = 5578\n"
+    )
     for sub in ("color", "pose", "intrinsic"):
         shutil.copytree(S00 / sub, d / sub)
     s = load_scene(d)
@@ -241,9 +256,11 @@ def test_scannet_mesh_and_sensreader_export(tmp_path):
     mesh = read_ply(d / "scene0000_00_vh_clean_2.ply")
     assert mesh["faces"].shape == (2998, 3) and "alpha" not in mesh
 
-    (d / "scene0000_00_vh_clean_2.labels.ply").write_bytes(b"ply\nformat ascii 1.0\nelement vertex 2\n"
-                                                           b"property float x\nproperty float y\nproperty float z\n"
-                                                           b"property ushort label\nend_header\n0 0 0 1\n1 1 1 2\n")
+    (d / "scene0000_00_vh_clean_2.labels.ply").write_bytes(
+        b"ply\nformat ascii 1.0\nelement vertex 2\n"
+        b"property float x\nproperty float y\nproperty float z\n"
+        b"property ushort label\nend_header\n0 0 0 1\n1 1 1 2\n"
+    )
     with raises_naming(d / "scene0000_00_vh_clean_2.labels.ply", "2 labelled vertices for 3000"):
         load_scene(d)
 
@@ -258,8 +275,15 @@ def test_sensreader_depth_frames_and_frame_step(tmp_path, caplog):
     depths = {}
     for i in (0, 5, 10, 15, 20, 100):
         depths[i] = np.round(rng.uniform(0.5, 4.0, (120, 160)), 3)
-        write_frame(d, i, a_pose(i), K, color=rng.integers(0, 256, (240, 320, 3), dtype=np.uint8),
-                    depth=depths[i], depth_intrinsic=kd)
+        write_frame(
+            d,
+            i,
+            a_pose(i),
+            K,
+            color=rng.integers(0, 256, (240, 320, 3), dtype=np.uint8),
+            depth=depths[i],
+            depth_intrinsic=kd,
+        )
     s = load_scene(d, frame_step=10)
     assert [f.name for f in s.frames] == ["0", "10", "20", "100"]  # raw ids, not every 10th file
     assert s.meta["n_pose_files"] == 6 and "frames were exported" not in caplog.text

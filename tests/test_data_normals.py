@@ -1,4 +1,5 @@
 """geopurify.data.normals: PCA normals against known surfaces and a plain-loop definition."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -153,14 +154,17 @@ def write_scan(scan: Path, A: np.ndarray):
     v, f, _, _ = room_mesh()
     orig = (np.linalg.inv(A) @ np.c_[v, np.ones(len(v))].T).T[:, :3]
     scan.mkdir(parents=True)
-    vert = np.empty(len(v), dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"), ("red", "u1"), ("green", "u1"),
-                                   ("blue", "u1"), ("alpha", "u1")])
+    vert = np.empty(
+        len(v),
+        dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1"), ("alpha", "u1")],
+    )
     vert["x"], vert["y"], vert["z"] = orig.T
     vert["red"], vert["green"], vert["blue"], vert["alpha"] = 120, 130, 140, 255
     face = np.empty(len(f), dtype=[("vertex_indices", "i4", (3,))])
     face["vertex_indices"] = f
     PlyData([PlyElement.describe(vert, "vertex"), PlyElement.describe(face, "face")]).write(
-        str(scan / f"{scan.name}_vh_clean_2.ply"))
+        str(scan / f"{scan.name}_vh_clean_2.ply")
+    )
     (scan / f"{scan.name}.txt").write_text("axisAlignment = " + " ".join(f"{x:.9g}" for x in A.ravel()) + "\n")
 
 
@@ -266,10 +270,10 @@ def test_normals_file_problems_name_the_file(tmp_path):
 
 def test_cache_keys_follow_the_normals(tmp_path):
     """Teacher features depend on the normals: other normals, another cache file."""
-    from geopurify.teacher.cache import teacher_cache_path
-    from geopurify.data.scene import Scene
     from geopurify.data.normals import mesh_normals
+    from geopurify.data.scene import Scene
     from geopurify.standins.geometric_teacher import GeometricTeacher
+    from geopurify.teacher.cache import teacher_cache_path
 
     v, f, _, _ = room_mesh()
 

@@ -1,6 +1,7 @@
 """One device policy (`--device auto` everywhere, inputs moved to the device at one boundary, the
 device in every report), config overrides (`--set KEY=VALUE`, `base:` chains) and checkpoint
 metadata that records the network actually built."""
+
 from __future__ import annotations
 
 import json
@@ -21,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # ------------------------------------------------------------------------------ device
 
+
 def _fake_cuda(monkeypatch, count: int) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
@@ -38,13 +40,16 @@ def test_resolve_device_auto_follows_cuda(monkeypatch):
     assert resolve_device(torch.device("cpu")) == torch.device("cpu")
 
 
-@pytest.mark.parametrize("spec, count, problem", [
-    ("cuda", 0, "cuda asked for, but torch sees no CUDA device"),
-    ("cuda:0", 0, "cuda:0 asked for, but torch sees no CUDA device"),
-    ("cuda:2", 2, r"cuda:2 asked for, but torch sees 2 CUDA device\(s\)"),
-    ("tpu", 0, "unknown device 'tpu'"),
-    ("cuda:x", 1, "unknown device 'cuda:x'"),
-])
+@pytest.mark.parametrize(
+    "spec, count, problem",
+    [
+        ("cuda", 0, "cuda asked for, but torch sees no CUDA device"),
+        ("cuda:0", 0, "cuda:0 asked for, but torch sees no CUDA device"),
+        ("cuda:2", 2, r"cuda:2 asked for, but torch sees 2 CUDA device\(s\)"),
+        ("tpu", 0, "unknown device 'tpu'"),
+        ("cuda:x", 1, "unknown device 'cuda:x'"),
+    ],
+)
 def test_resolve_device_refuses_what_is_not_there(monkeypatch, spec, count, problem):
     _fake_cuda(monkeypatch, count)
     with pytest.raises(InputError, match=problem) as e:
@@ -107,8 +112,12 @@ def test_evaluation_puts_features_and_text_on_one_device(tmp_path, monkeypatch):
     from geopurify.lift.result import LiftResult
 
     rng = np.random.default_rng(0)
-    write_scene(tmp_path / "s", rng.uniform(0, 1, (40, 3)), np.full((40, 3), 128, np.uint8),
-                labels=rng.integers(1, 12, 40).astype(np.int32))
+    write_scene(
+        tmp_path / "s",
+        rng.uniform(0, 1, (40, 3)),
+        np.full((40, 3), 128, np.uint8),
+        labels=rng.integers(1, 12, 40).astype(np.int32),
+    )
     lift_devices, products = [], []
 
     def fake_cached_lift(scene, cfg, vlm, cache_dir, device="cpu"):
@@ -122,8 +131,17 @@ def test_evaluation_puts_features_and_text_on_one_device(tmp_path, monkeypatch):
 
     monkeypatch.setattr(split, "cached_lift", fake_cached_lift)
     monkeypatch.setattr(split, "text_scores", spy_text_scores)
-    report = split.evaluate_scenes(defaults(), [tmp_path / "s"], None, tmp_path / "out", tmp_path / "cache",
-                                   device="meta", methods=("raw",), vlm=_FakeVLM(), reuse=False)
+    report = split.evaluate_scenes(
+        defaults(),
+        [tmp_path / "s"],
+        None,
+        tmp_path / "out",
+        tmp_path / "cache",
+        device="meta",
+        methods=("raw",),
+        vlm=_FakeVLM(),
+        reuse=False,
+    )
     meta = torch.device("meta")
     assert lift_devices == [meta]  # lifting runs on the evaluation's device
     assert products == [(meta, meta)]  # features and prompts side by side on it
@@ -144,10 +162,22 @@ def test_purification_moves_its_inputs_at_its_entry():
 
 # ------------------------------------------------------------------------------ --set
 
+
 def test_set_values_are_yaml_typed():
-    cfg = apply_sets(defaults(), ["distill.epochs=2", "lift.image_size=[320, 240]", "lift.vlm_path=null",
-                                  "lift.vlm=clip", "distill.lr=1.0e-4", "purify.k=7", "data.train_list=a b.txt",
-                                  "distill.lr_mult={stem: 0.1, head: 5}", "lift.prompt_template=a {} photo"])
+    cfg = apply_sets(
+        defaults(),
+        [
+            "distill.epochs=2",
+            "lift.image_size=[320, 240]",
+            "lift.vlm_path=null",
+            "lift.vlm=clip",
+            "distill.lr=1.0e-4",
+            "purify.k=7",
+            "data.train_list=a b.txt",
+            "distill.lr_mult={stem: 0.1, head: 5}",
+            "lift.prompt_template=a {} photo",
+        ],
+    )
     assert cfg["distill"]["epochs"] == 2 and cfg["lift"]["image_size"] == [320, 240]
     assert cfg["lift"]["vlm_path"] is None and cfg["lift"]["vlm"] == "clip" and cfg["purify"]["k"] == 7
     assert cfg["distill"]["lr"] == 1e-4 and isinstance(cfg["distill"]["lr"], float)
@@ -158,17 +188,20 @@ def test_set_values_are_yaml_typed():
     assert parse_set("lift.prompt_template=a=b {}") == {"lift": {"prompt_template": "a=b {}"}}  # first = splits
 
 
-@pytest.mark.parametrize("item, problem", [
-    ("lift.fusoin=mean", "unknown config key 'lift.fusoin'"),
-    ("distill.epochs=two", "config key 'distill.epochs' must be int, got str 'two'"),
-    ("data.frame_step=null", "config key 'data.frame_step' must be int, got null"),
-    ("distill.epochs", "expected KEY=VALUE"),
-    ("=3", "expected KEY=VALUE"),
-    ("lift..vlm=clip", "expected KEY=VALUE"),
-    ("lift.image_size=[320,", "VALUE is not valid YAML"),
-    ("data=3", "config key 'data' must be dict, got int 3"),
-    ("distill.lr=1e-4", "must be float, got str '1e-4' (YAML reads 1e-4 as text: write it as 0.0001)"),
-])
+@pytest.mark.parametrize(
+    "item, problem",
+    [
+        ("lift.fusoin=mean", "unknown config key 'lift.fusoin'"),
+        ("distill.epochs=two", "config key 'distill.epochs' must be int, got str 'two'"),
+        ("data.frame_step=null", "config key 'data.frame_step' must be int, got null"),
+        ("distill.epochs", "expected KEY=VALUE"),
+        ("=3", "expected KEY=VALUE"),
+        ("lift..vlm=clip", "expected KEY=VALUE"),
+        ("lift.image_size=[320,", "VALUE is not valid YAML"),
+        ("data=3", "config key 'data' must be dict, got int 3"),
+        ("distill.lr=1e-4", "must be float, got str '1e-4' (YAML reads 1e-4 as text: write it as 0.0001)"),
+    ],
+)
 def test_bad_set_is_an_input_error_naming_it(item, problem):
     with pytest.raises(InputError) as e:
         apply_sets(defaults(), [item])
@@ -189,12 +222,27 @@ def test_cli_set_reaches_the_command(tmp_path, capsys):
     """`geopurify eval --set`: the label set named by --set wins over --label-set (flags < --set)."""
     from geopurify.cli import main
 
-    rc = main(["-q", "eval", "--scene", str(tmp_path), "--pred", str(tmp_path), "--label-set", "scannet20",
-               "--set", "data.label_set=nonesuch", "--out", str(tmp_path / "m.json")])
+    rc = main(
+        [
+            "-q",
+            "eval",
+            "--scene",
+            str(tmp_path),
+            "--pred",
+            str(tmp_path),
+            "--label-set",
+            "scannet20",
+            "--set",
+            "data.label_set=nonesuch",
+            "--out",
+            str(tmp_path / "m.json"),
+        ]
+    )
     assert rc == 2 and "nonesuch" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------ base:
+
 
 def _write(path: Path, data: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -203,8 +251,7 @@ def _write(path: Path, data: dict) -> Path:
 
 
 def test_base_chain_overrides_only_what_differs(tmp_path):
-    _write(tmp_path / "a" / "root.yaml", {"lift": {"fusion": "consensus", "border": 4},
-                                         "distill": {"epochs": 9}})
+    _write(tmp_path / "a" / "root.yaml", {"lift": {"fusion": "consensus", "border": 4}, "distill": {"epochs": 9}})
     mid = _write(tmp_path / "b" / "mid.yaml", {"base": "../a/root.yaml", "lift": {"border": 6}})
     leaf = _write(tmp_path / "leaf.yaml", {"base": str(mid), "distill": {"lr": 0.5}})  # absolute path
     cfg = load_config(leaf)
@@ -213,8 +260,9 @@ def test_base_chain_overrides_only_what_differs(tmp_path):
     assert cfg["lift"]["image_size"] == defaults()["lift"]["image_size"]
     assert "base" not in cfg
     # the same keys written out in one file give the same config
-    flat = _write(tmp_path / "flat.yaml", {"lift": {"fusion": "consensus", "border": 6},
-                                           "distill": {"epochs": 9, "lr": 0.5}})
+    flat = _write(
+        tmp_path / "flat.yaml", {"lift": {"fusion": "consensus", "border": 6}, "distill": {"epochs": 9, "lr": 0.5}}
+    )
     assert load_config(flat) == cfg
 
 
@@ -252,20 +300,46 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-@pytest.mark.parametrize("child, base, diff", [
-    ("geopurify_scannet200.yaml", "geopurify_scannet.yaml",
-     {"data.dataset": "scannet200", "data.label_set": "scannet200",
-      "data.train_list": "data/scannet/subset_20_scannet200.txt",
-      "eval.also_label_sets": []}),  # the base scores scannet20 beside scannet19; ScanNet200 has one setting
-    ("geopurify_matterport40.yaml", "geopurify_matterport.yaml",
-     {"data.label_set": "matterport40", "data.train_list": "data/matterport/subset_20_40.txt"}),
-    ("geopurify_matterport80.yaml", "geopurify_matterport.yaml",
-     {"data.label_set": "matterport80", "data.train_list": "data/matterport/subset_20_80.txt",
-      "distill.warmup_epochs": 3}),
-    ("geopurify_matterport160.yaml", "geopurify_matterport.yaml",
-     {"data.label_set": "matterport160", "data.train_list": "data/matterport/subset_20_160.txt",
-      "distill.lr": 0.00008, "distill.weight_decay": 0.00002, "distill.warmup_epochs": 5}),
-])
+@pytest.mark.parametrize(
+    "child, base, diff",
+    [
+        (
+            "geopurify_scannet200.yaml",
+            "geopurify_scannet.yaml",
+            {
+                "data.dataset": "scannet200",
+                "data.label_set": "scannet200",
+                "data.train_list": "data/scannet/subset_20_scannet200.txt",
+                "eval.also_label_sets": [],
+            },
+        ),  # the base scores scannet20 beside scannet19; ScanNet200 has one setting
+        (
+            "geopurify_matterport40.yaml",
+            "geopurify_matterport.yaml",
+            {"data.label_set": "matterport40", "data.train_list": "data/matterport/subset_20_40.txt"},
+        ),
+        (
+            "geopurify_matterport80.yaml",
+            "geopurify_matterport.yaml",
+            {
+                "data.label_set": "matterport80",
+                "data.train_list": "data/matterport/subset_20_80.txt",
+                "distill.warmup_epochs": 3,
+            },
+        ),
+        (
+            "geopurify_matterport160.yaml",
+            "geopurify_matterport.yaml",
+            {
+                "data.label_set": "matterport160",
+                "data.train_list": "data/matterport/subset_20_160.txt",
+                "distill.lr": 0.00008,
+                "distill.weight_decay": 0.00002,
+                "distill.warmup_epochs": 5,
+            },
+        ),
+    ],
+)
 def test_shipped_variants_differ_from_their_base_exactly(child, base, diff):
     """The ScanNet200 and Matterport 40/80/160 configs say `base:` and hold only their differences;
     they load to the same values as the full copies they replaced (these differences, nothing else)."""
@@ -287,19 +361,32 @@ def test_shipped_paper_settings_survive_the_base_chain():
 
 # ------------------------------------------------------------------------------ checkpoint metadata
 
+
 def test_checkpoint_meta_records_the_network_built(tmp_path, monkeypatch):
     """The `paper` preset ignores the config's width / blocks; the checkpoint used to record the
     config's (64 / 2) instead of what was built. The preset is shrunk here (8 wide, 1 block) so the
     test trains on a CPU in seconds; the code path is the paper preset's."""
     import geopurify.student.network as network
-    from geopurify.student.checkpoint import load_checkpoint, load_student
     from geopurify.distill.engine import train
+    from geopurify.student.checkpoint import load_checkpoint, load_student
 
     monkeypatch.setitem(network.PRESETS, "paper", {"width": 8, "blocks": 1})
-    cfg = load_config(None, sets=[f"data.root={tmp_path / 'rooms'}", "data.frame_step=1", "synthetic.n_train=1",
-                                  "synthetic.n_val=1", "synthetic.points=1500", "synthetic.frames=3",
-                                  "lift.image_size=[64, 48]", "student.preset=paper", "student.voxel_size=0.1",
-                                  "distill.epochs=1", f"data.cache_dir={tmp_path / 'cache'}"])
+    cfg = load_config(
+        None,
+        sets=[
+            f"data.root={tmp_path / 'rooms'}",
+            "data.frame_step=1",
+            "synthetic.n_train=1",
+            "synthetic.n_val=1",
+            "synthetic.points=1500",
+            "synthetic.frames=3",
+            "lift.image_size=[64, 48]",
+            "student.preset=paper",
+            "student.voxel_size=0.1",
+            "distill.epochs=1",
+            f"data.cache_dir={tmp_path / 'cache'}",
+        ],
+    )
     assert (cfg["student"]["width"], cfg["student"]["blocks"]) == (64, 2)  # what the config says
     final = train(cfg, tmp_path / "exp", device="cpu")
     for name in ("geopurify.pth", "last.pth", "epoch_001.pth"):
@@ -326,8 +413,15 @@ def test_load_student_reports_the_rebuilt_network_for_old_files(tmp_path):
     network.PRESETS["paper"] = {"width": 8, "blocks": 1}
     try:
         model = build_student(cfg["student"], 14)
-        save_checkpoint(tmp_path / "old.pth", {"model": model.state_dict(), "config": cfg, "in_channels": 14,
-                                               "meta": {"student": dict(cfg["student"]), "epoch": 1}})
+        save_checkpoint(
+            tmp_path / "old.pth",
+            {
+                "model": model.state_dict(),
+                "config": cfg,
+                "in_channels": 14,
+                "meta": {"student": dict(cfg["student"]), "epoch": 1},
+            },
+        )
         loaded, meta = load_student(tmp_path / "old.pth")
     finally:
         network.PRESETS["paper"] = old

@@ -1,4 +1,5 @@
 """Checkpoints, feature caches and scene lists: round trips and one-line errors on bad files."""
+
 import logging
 from pathlib import Path
 
@@ -7,12 +8,12 @@ import pytest
 import torch
 
 from geopurify.config import defaults
-from geopurify.data.scene import Scene
 from geopurify.data.layout import read_scene_list
+from geopurify.data.scene import Scene
 from geopurify.data.splits import resolve_scenes
-from geopurify.student.checkpoint import load_checkpoint, load_student, save_checkpoint
 from geopurify.distill.schedule import epoch_order, lr_factor, param_groups, slot_generator
 from geopurify.errors import InputError
+from geopurify.student.checkpoint import load_checkpoint, load_student, save_checkpoint
 from geopurify.student.network import build_student
 from geopurify.vlm.base import VLM
 
@@ -24,10 +25,16 @@ def _ckpt(tmp_path, width=16, blocks=1, name="m.pth"):
     cfg["student"].update(width=width, blocks=blocks, out_dim=8)
     torch.manual_seed(0)
     model = build_student(cfg["student"], CIN)
-    meta = {"teacher": {"name": "t", "stand_in": True}, "vlm": {"name": "v", "simulated": True},
-            "student": dict(cfg["student"]), "epoch": 3}
-    path = save_checkpoint(tmp_path / name, {"model": model.state_dict(), "epoch": 3, "step": 9, "config": cfg,
-                                             "in_channels": CIN, "meta": meta})
+    meta = {
+        "teacher": {"name": "t", "stand_in": True},
+        "vlm": {"name": "v", "simulated": True},
+        "student": dict(cfg["student"]),
+        "epoch": 3,
+    }
+    path = save_checkpoint(
+        tmp_path / name,
+        {"model": model.state_dict(), "epoch": 3, "step": 9, "config": cfg, "in_channels": CIN, "meta": meta},
+    )
     return path, model, cfg
 
 
@@ -187,8 +194,8 @@ class _ColourVLM(VLM):
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data (real ScanNet scene)")
 def test_lift_cache_on_a_real_scan(tmp_path, caplog):
-    from geopurify.lift.cache import cached_lift, lift_cache_path
     from geopurify.data.readers import load_scene
+    from geopurify.lift.cache import cached_lift, lift_cache_path
 
     scene = load_scene(SHARED)
     cfg = defaults()

@@ -1,4 +1,5 @@
 """Pair sampling and InfoNCE: hand-checked cases and equality with plain-loop definitions."""
+
 import math
 from pathlib import Path
 
@@ -25,8 +26,9 @@ def test_hand_checked_case():
     x = [0, 1, 1.5, 3, 3.2, 5, 7.05, 7.1, 9, 12]
     deg = [0, 10, 170, 30, 90, 45, 180, 20, 135, 65]
     xyz = np.stack([x, np.zeros(10), np.zeros(10)], 1)
-    pairs = sample_pairs(_unit2d(deg), xyz, n_anchors=10, n_macro=2, n_micro=2, micro_k=4,
-                         generator=torch.Generator().manual_seed(3))
+    pairs = sample_pairs(
+        _unit2d(deg), xyz, n_anchors=10, n_macro=2, n_micro=2, micro_k=4, generator=torch.Generator().manual_seed(3)
+    )
     assert sorted(pairs.anchor.tolist()) == list(range(10))
     # anchor 0 (0 deg, x=0): positive 10 deg (#1); lowest cosines 180 (#6), 170 (#2);
     # 4 nearest {1, 2, 3, 4} minus the positive -> lowest cosine: #2 (170), #4 (90)
@@ -58,8 +60,9 @@ def test_equals_naive_definition(seed):
     xyz = rng.uniform(0, 2, size=(n, 3))
     teacher = torch.from_numpy(t)
     g = torch.Generator().manual_seed(seed)
-    pairs = sample_pairs(teacher, xyz, n_anchors=40, n_macro=48, n_micro=15, micro_k=96, generator=g,
-                         chunk_elems=7 * n)  # several chunks
+    pairs = sample_pairs(
+        teacher, xyz, n_anchors=40, n_macro=48, n_micro=15, micro_k=96, generator=g, chunk_elems=7 * n
+    )  # several chunks
     assert pairs.negatives.shape == (40, 63) and len(set(pairs.anchor.tolist())) == 40
     for i, a in enumerate(pairs.anchor.tolist()):
         pos, neg = _naive(t, xyz, a, 48, 15, 96)
@@ -99,8 +102,9 @@ def test_anchor_count_is_the_reference_integer_division(config):
 
 
 def test_info_nce_hand_computation():
-    emb = torch.nn.functional.normalize(torch.tensor(
-        [[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-1.0, 0.0], [0.6, -0.8]], dtype=torch.float64), dim=1)
+    emb = torch.nn.functional.normalize(
+        torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-1.0, 0.0], [0.6, -0.8]], dtype=torch.float64), dim=1
+    )
     pairs = Pairs(torch.tensor([0, 2]), torch.tensor([1, 1]), torch.tensor([[3, 4], [0, 3]]), 1)
     tau = 0.5
     want = 0.0
@@ -120,8 +124,9 @@ def test_info_nce_gradient_pulls_positive():
     emb0 = torch.nn.functional.normalize(torch.randn(50, 4, dtype=torch.float64), dim=1).requires_grad_()
     g = torch.Generator().manual_seed(0)
     teacher = torch.nn.functional.normalize(torch.randn(50, 3, dtype=torch.float64, generator=g), dim=1)
-    pairs = sample_pairs(teacher, np.random.default_rng(0).normal(size=(50, 3)), 16, n_macro=10, n_micro=3,
-                         micro_k=8, generator=g)
+    pairs = sample_pairs(
+        teacher, np.random.default_rng(0).normal(size=(50, 3)), 16, n_macro=10, n_micro=3, micro_k=8, generator=g
+    )
     loss = info_nce(emb0, pairs)
     loss.backward()
     emb1 = torch.nn.functional.normalize(emb0.detach() - 0.05 * emb0.grad, dim=1)

@@ -3,6 +3,7 @@ resuming reproduces an uninterrupted run bit for bit, and a 2-process torchrun r
 
 Rooms are tiny (4000 points, ~15 cm apart), so the student uses 10 cm voxels to see neighbours.
 """
+
 import json
 import os
 import shutil
@@ -16,12 +17,12 @@ import yaml
 
 from geopurify.config import load_config
 from geopurify.data.splits import resolve_scenes
-from geopurify.student.checkpoint import load_checkpoint, load_student
 from geopurify.distill.engine import train
-from geopurify.distill.scenes import prepare_scene
 from geopurify.distill.loss import info_nce, ranking_accuracy
 from geopurify.distill.sampling import sample_pairs
+from geopurify.distill.scenes import prepare_scene
 from geopurify.errors import InputError
+from geopurify.student.checkpoint import load_checkpoint, load_student
 from geopurify.student.network import build_student
 from geopurify.teacher import build_teacher
 from geopurify.vlm import build_vlm
@@ -68,19 +69,28 @@ def test_student_learns_teacher_affinities(setup):
     torch.manual_seed(cfg["distill"]["seed"])
     init = build_student(cfg["student"], meta["in_channels"]).eval()  # the same initial weights
     # held-out room: pairs the training never saw, ranked by the student's cosines
-    b = prepare_scene(setup["val"], cfg, lambda: build_vlm(cfg), build_teacher(cfg), Path(cfg["data"]["cache_dir"]), "cpu")
+    b = prepare_scene(
+        setup["val"], cfg, lambda: build_vlm(cfg), build_teacher(cfg), Path(cfg["data"]["cache_dir"]), "cpu"
+    )
     pairs = sample_pairs(b.teacher, b.xyz, 1000, generator=torch.Generator().manual_seed(99))
     with torch.no_grad():
         res = {}
         for name, m in (("trained", model), ("initial", init)):
             emb = m(b.feats, b.coords)[b.inverse]
             res[name] = {**ranking_accuracy(emb, pairs), "loss": float(info_nce(emb, pairs))}
-    print(f"\nheld-out room {setup['val'].name}: teacher-pair agreement " + "; ".join(
-        f"{k}: top-1 {v['top1']:.3f} (chance {v['chance_top1']:.3f}), pairwise {v['pairwise']:.3f} (chance 0.5), "
-        f"loss {v['loss']:.3f}" for k, v in res.items()))
+    print(
+        f"\nheld-out room {setup['val'].name}: teacher-pair agreement "
+        + "; ".join(
+            f"{k}: top-1 {v['top1']:.3f} (chance {v['chance_top1']:.3f}), pairwise {v['pairwise']:.3f} (chance 0.5), "
+            f"loss {v['loss']:.3f}"
+            for k, v in res.items()
+        )
+    )
     tr, ini = res["trained"], res["initial"]
     assert tr["top1"] > 10 * tr["chance_top1"] and tr["pairwise"] > 0.8
-    assert tr["pairwise"] > ini["pairwise"] + 0.05 and tr["top1"] > ini["top1"] + 0.05 and tr["loss"] < ini["loss"] - 0.5
+    assert (
+        tr["pairwise"] > ini["pairwise"] + 0.05 and tr["top1"] > ini["top1"] + 0.05 and tr["loss"] < ini["loss"] - 0.5
+    )
 
 
 def test_resume_reproduces_uninterrupted_run(setup):
@@ -104,10 +114,28 @@ def test_resume_reproduces_uninterrupted_run(setup):
 
 def test_torchrun_two_processes_agree(setup):
     out = setup["tmp"] / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "geopurify", "train", "--exp_dir", str(out), "--config", str(setup["cfg_path"]), "--device", "cpu"]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "geopurify",
+        "train",
+        "--exp_dir",
+        str(out),
+        "--config",
+        str(setup["cfg_path"]),
+        "--device",
+        "cpu",
+    ]
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     done = [r for r in _log(out) if r["event"] == "done"][0]
@@ -156,9 +184,9 @@ def test_student_input_sampled_runs_the_student_on_the_sampled_voxels_only():
     import numpy as np
 
     from geopurify.distill.engine import check_settings
+    from geopurify.distill.sampling import Pairs, n_anchors_for
     from geopurify.distill.scenes import SceneBatch
     from geopurify.distill.step import scene_loss
-    from geopurify.distill.sampling import Pairs, n_anchors_for
     from geopurify.ops.voxel import voxelize
 
     rng = np.random.default_rng(4)
@@ -183,8 +211,11 @@ def test_student_input_sampled_runs_the_student_on_the_sampled_voxels_only():
         sub = model(feats[used], coords[used])
         row = {v: i for i, v in enumerate(used)}
         remap = lambda t: torch.tensor([row[int(v)] for v in inverse[t].reshape(-1)]).reshape(t.shape)  # noqa: E731
-        want = info_nce(sub, Pairs(remap(pairs.anchor), remap(pairs.positive), remap(pairs.negatives), pairs.n_macro),
-                        tau=cfg["sampled"]["distill"]["tau"])
+        want = info_nce(
+            sub,
+            Pairs(remap(pairs.anchor), remap(pairs.positive), remap(pairs.negatives), pairs.n_macro),
+            tau=cfg["sampled"]["distill"]["tau"],
+        )
         torch.testing.assert_close(loss_s, want)
         whole = model(feats, coords)[used]
         cos = (sub * whole).sum(1)

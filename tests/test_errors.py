@@ -8,6 +8,7 @@ run succeeds and that the skipped frames are counted in the lifted file and in t
 Scenes are tiny procedural rooms (the offline stand-in for ScanNet scans, 1500 points, 4 frames
 of 64x48), each test corrupting its own copy.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,8 @@ from PIL import Image
 from geopurify.cli import main
 from geopurify.config import load_config
 from geopurify.data.ply import write_ply
-from geopurify.standins.rooms import make_room, write_room
 from geopurify.lift.result import LiftResult, load_lifted, save_lifted
+from geopurify.standins.rooms import make_room, write_room
 
 REPO = Path(__file__).resolve().parents[1]
 N_POINTS, N_FRAMES, HW = 1500, 4, (48, 64)
@@ -61,7 +62,7 @@ def fails(capsys, argv: list, path: Path | str, problem: str, outputs: list[Path
     assert len(lines) == 1, cap.err
     prefix = f"error: {path}: "
     assert lines[0].startswith(prefix), f"{lines[0]!r} does not start with {prefix!r}"
-    assert re.search(problem, lines[0][len(prefix):]), lines[0]
+    assert re.search(problem, lines[0][len(prefix) :]), lines[0]
     for out in outputs:
         assert not out.exists(), out
         if out.parent.is_dir():
@@ -71,11 +72,13 @@ def fails(capsys, argv: list, path: Path | str, problem: str, outputs: list[Path
 
 def lift_fails(capsys, base, scene_dir: Path, path, problem: str, *extra) -> str:
     out = scene_dir.parent / "out.lift.pt"
-    return fails(capsys, ["lift", "--scene", scene_dir, "--out", out, "--config", base["cfg"], *extra],
-                 path, problem, [out])
+    return fails(
+        capsys, ["lift", "--scene", scene_dir, "--out", out, "--config", base["cfg"], *extra], path, problem, [out]
+    )
 
 
 # ------------------------------------------------------------------------------ points
+
 
 def _mesh_scene(tmp_path, base, **kw) -> tuple[Path, Path]:
     """A scene given as a ScanNet mesh (sceneXXXX_XX_vh_clean_2.ply, no points_xyzrgb.npy)."""
@@ -150,11 +153,17 @@ def test_predictions_out_of_range(capsys, base, tmp_path):
     pred[7] = 20  # scannet20 has classes 0..19
     np.save(pred_dir / "room.pred.npy", pred)
     out = tmp_path / "m.json"
-    fails(capsys, ["eval", "--scene", base["room"], "--pred", pred_dir, "--out", out],
-          pred_dir / "room.pred.npy", r"1 predictions lie outside 0\.\.19", [out])
+    fails(
+        capsys,
+        ["eval", "--scene", base["room"], "--pred", pred_dir, "--out", out],
+        pred_dir / "room.pred.npy",
+        r"1 predictions lie outside 0\.\.19",
+        [out],
+    )
 
 
 # ------------------------------------------------------------------------------ frames
+
 
 def _write_all(scene: Path, sub: str, text: str) -> list[Path]:
     files = sorted((scene / sub).iterdir(), key=lambda p: int(p.stem))
@@ -189,8 +198,14 @@ def _shrink_depth(scene: Path) -> Path:
 
 def test_depth_of_another_size_without_depth_intrinsics(capsys, base, scene):
     first = _shrink_depth(scene)
-    lift_fails(capsys, base, scene, first, r"depth image is 32x24 but the colour image is 64x48, and there are no "
-                                           r"depth intrinsics")
+    lift_fails(
+        capsys,
+        base,
+        scene,
+        first,
+        r"depth image is 32x24 but the colour image is 64x48, and there are no "
+        r"depth intrinsics",
+    )
 
 
 def test_depth_of_another_size_with_depth_intrinsics_is_normal(capsys, base, scene):
@@ -222,7 +237,13 @@ def test_corrupt_pixels_in_every_frame(capsys, base, scene):
     for f in (scene / "depth").iterdir():
         data = f.read_bytes()
         f.write_bytes(data[: len(data) // 2])
-    lift_fails(capsys, base, scene, scene / "depth" / "0.png", r"image file is truncated.*\(all 4 frames of the scene are unusable\)")
+    lift_fails(
+        capsys,
+        base,
+        scene,
+        scene / "depth" / "0.png",
+        r"image file is truncated.*\(all 4 frames of the scene are unusable\)",
+    )
 
 
 def test_a_few_bad_frames_are_skipped_and_counted(capsys, base, scene, tmp_path):
@@ -250,11 +271,21 @@ def test_no_frames_needs_the_simulated_vlm(capsys, base, scene, tmp_path):
     text = tmp_path / "text"  # a real (non-simulated) backend: external per-view features + prompt embeddings
     text.mkdir()
     torch.save({"prompts": ["a chair", "a table"], "embeddings": torch.eye(2, 8)}, text / "text_embeddings.pt")
-    lift_fails(capsys, base, scene, scene, r"no posed frames; the external .* VLM needs",
-               "--vlm", "external", "--vlm-path", text)
+    lift_fails(
+        capsys,
+        base,
+        scene,
+        scene,
+        r"no posed frames; the external .* VLM needs",
+        "--vlm",
+        "external",
+        "--vlm-path",
+        text,
+    )
 
 
 # ------------------------------------------------------------------------------ feature files
+
 
 def _features(tmp_path, n=N_POINTS, dim=384, nan=False) -> Path:
     d = tmp_path / "features"
@@ -262,17 +293,24 @@ def _features(tmp_path, n=N_POINTS, dim=384, nan=False) -> Path:
     feat = torch.nn.functional.normalize(torch.randn(n, dim, generator=torch.Generator().manual_seed(0)), dim=1)
     if nan:
         feat[11, 0] = float("nan")
-    res = LiftResult(feat, torch.ones(n, dtype=torch.bool), torch.ones(n, dtype=torch.int64),
-                     {"vlm": "simulated", "simulated": True, "fusion": "mean", "scene": "room"})
+    res = LiftResult(
+        feat,
+        torch.ones(n, dtype=torch.bool),
+        torch.ones(n, dtype=torch.int64),
+        {"vlm": "simulated", "simulated": True, "fusion": "mean", "scene": "room"},
+    )
     save_lifted(d / "room.lift.pt", res)
     return d
 
 
-@pytest.mark.parametrize("kind, problem", [
-    ("dim", r"features are 16-d but the text embeddings are 384-d"),
-    ("count", r"lifted features have 1499 points, the scene has 1500"),
-    ("nan", r"1 points have NaN/inf features"),
-])
+@pytest.mark.parametrize(
+    "kind, problem",
+    [
+        ("dim", r"features are 16-d but the text embeddings are 384-d"),
+        ("count", r"lifted features have 1499 points, the scene has 1500"),
+        ("nan", r"1 points have NaN/inf features"),
+    ],
+)
 def test_bad_feature_file(capsys, base, tmp_path, kind, problem):
     d = _features(tmp_path, dim=16 if kind == "dim" else 384, n=N_POINTS - (kind == "count"), nan=kind == "nan")
     out = tmp_path / "m.json"
@@ -284,11 +322,17 @@ def test_corrupt_feature_file(capsys, base, tmp_path):
     f = d / "room.lift.pt"
     f.write_bytes(f.read_bytes()[:1000])
     out = tmp_path / "m.json"
-    fails(capsys, ["eval", "--scene", base["room"], "--features", d, "--out", out], f,
-          r"not a readable lifted feature file", [out])
+    fails(
+        capsys,
+        ["eval", "--scene", base["room"], "--features", d, "--out", out],
+        f,
+        r"not a readable lifted feature file",
+        [out],
+    )
 
 
 # ------------------------------------------------------------------------------ checkpoints, val
+
 
 @pytest.fixture
 def val_setup(base, tmp_path) -> dict:
@@ -300,10 +344,17 @@ def val_setup(base, tmp_path) -> dict:
     root.mkdir()
     os.symlink(base["room"], root / "room")
     (tmp_path / "val.txt").write_text("room\n")
-    over = {"data": {"dataset": "scannet", "root": str(root), "val_list": str(tmp_path / "val.txt"),
-                     "frame_step": 1, "cache_dir": str(tmp_path / "cache")},
-            "lift": {"image_size": [HW[1], HW[0]]},
-            "student": {"width": 16, "blocks": 1, "voxel_size": 0.1}}
+    over = {
+        "data": {
+            "dataset": "scannet",
+            "root": str(root),
+            "val_list": str(tmp_path / "val.txt"),
+            "frame_step": 1,
+            "cache_dir": str(tmp_path / "cache"),
+        },
+        "lift": {"image_size": [HW[1], HW[0]]},
+        "student": {"width": 16, "blocks": 1, "voxel_size": 0.1},
+    }
     cfg_path = tmp_path / "val.yaml"
     cfg_path.write_text(yaml.safe_dump(over))
     cfg = load_config(cfg_path)
@@ -313,16 +364,34 @@ def val_setup(base, tmp_path) -> dict:
     def write(in_channels=384 + 6, width=16):
         torch.manual_seed(0)
         model = build_student({**cfg["student"], "width": width}, in_channels)
-        save_checkpoint(ckpt, {"model": model.state_dict(), "epoch": 1, "step": 1, "config": cfg,
-                               "in_channels": in_channels,
-                               "meta": {"teacher": {"name": "geometric", "stand_in": True},
-                                        "vlm": {"name": "simulated", "simulated": True, "dim": in_channels - 6},
-                                        "student": dict(cfg["student"]), "epoch": 1}})
+        save_checkpoint(
+            ckpt,
+            {
+                "model": model.state_dict(),
+                "epoch": 1,
+                "step": 1,
+                "config": cfg,
+                "in_channels": in_channels,
+                "meta": {
+                    "teacher": {"name": "geometric", "stand_in": True},
+                    "vlm": {"name": "simulated", "simulated": True, "dim": in_channels - 6},
+                    "student": dict(cfg["student"]),
+                    "epoch": 1,
+                },
+            },
+        )
 
     write()
     argv = ["val", "--exp_dir", exp, "--config", cfg_path]
-    return {"exp": exp, "ckpt": ckpt, "argv": argv, "write": write, "cfg": cfg_path, "list": tmp_path / "val.txt",
-            "outputs": [exp / "result"]}
+    return {
+        "exp": exp,
+        "ckpt": ckpt,
+        "argv": argv,
+        "write": write,
+        "cfg": cfg_path,
+        "list": tmp_path / "val.txt",
+        "outputs": [exp / "result"],
+    }
 
 
 def test_corrupt_checkpoint(capsys, val_setup):
@@ -340,16 +409,25 @@ def test_foreign_checkpoint(capsys, val_setup):
 def test_checkpoint_of_another_width(capsys, val_setup):
     """Weights of a width-8 student in a file whose recorded config says width 16."""
     val_setup["write"](width=8)
-    fails(capsys, val_setup["argv"], val_setup["ckpt"],
-          r"weights do not match the recorded architecture \(preset cpu, width 16, blocks 1, out_dim 128, "
-          r"in_channels 390\): \d+ shape mismatches", val_setup["outputs"])
+    fails(
+        capsys,
+        val_setup["argv"],
+        val_setup["ckpt"],
+        r"weights do not match the recorded architecture \(preset cpu, width 16, blocks 1, out_dim 128, "
+        r"in_channels 390\): \d+ shape mismatches",
+        val_setup["outputs"],
+    )
 
 
 def test_checkpoint_trained_on_another_vlm(capsys, val_setup):
     val_setup["write"](in_channels=512 + 6)
-    fails(capsys, val_setup["argv"], val_setup["ckpt"],
-          r"student was trained on 512-d lifted features .* the configured VLM simulated gives 384-d",
-          val_setup["outputs"])
+    fails(
+        capsys,
+        val_setup["argv"],
+        val_setup["ckpt"],
+        r"student was trained on 512-d lifted features .* the configured VLM simulated gives 384-d",
+        val_setup["outputs"],
+    )
 
 
 def test_empty_scene_list(capsys, val_setup):
@@ -366,13 +444,20 @@ def test_empty_data_root(capsys, tmp_path):
 
 # ------------------------------------------------------------------------------ configs
 
-@pytest.mark.parametrize("text, problem", [
-    ("lift:\n  fusoin: mean\n", r"unknown config key 'lift\.fusoin'"),
-    ("data:\n  frame_step: two\n", r"config key 'data\.frame_step' must be int, got str 'two'"),
-    ("lift: [unclosed\n", r"not valid YAML"),
-    ('lift:\n  "fu\\nsion": mean\n', r"unknown config key 'lift\.fu\\nsion'$"),  # a line break in a key stays escaped
-    ("data: null\n", r"config key 'data' must be dict, got null"),
-])
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("lift:\n  fusoin: mean\n", r"unknown config key 'lift\.fusoin'"),
+        ("data:\n  frame_step: two\n", r"config key 'data\.frame_step' must be int, got str 'two'"),
+        ("lift: [unclosed\n", r"not valid YAML"),
+        (
+            'lift:\n  "fu\\nsion": mean\n',
+            r"unknown config key 'lift\.fu\\nsion'$",
+        ),  # a line break in a key stays escaped
+        ("data: null\n", r"config key 'data' must be dict, got null"),
+    ],
+)
 def test_bad_config(capsys, base, tmp_path, text, problem):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(text)
@@ -383,10 +468,20 @@ def test_bad_config(capsys, base, tmp_path, text, problem):
 def test_bad_set(capsys, base, tmp_path):
     out = tmp_path / "o.lift.pt"
     argv = ["lift", "--scene", base["room"], "--out", out, "--config", base["cfg"]]
-    fails(capsys, [*argv, "--set", "lift.fusoin=mean"], "--set lift.fusoin=mean",
-          r"unknown config key 'lift\.fusoin'$", [out])
-    fails(capsys, [*argv, "--set=data.frame_step=two"], "--set data.frame_step=two",
-          r"config key 'data\.frame_step' must be int, got str 'two'$", [out])
+    fails(
+        capsys,
+        [*argv, "--set", "lift.fusoin=mean"],
+        "--set lift.fusoin=mean",
+        r"unknown config key 'lift\.fusoin'$",
+        [out],
+    )
+    fails(
+        capsys,
+        [*argv, "--set=data.frame_step=two"],
+        "--set data.frame_step=two",
+        r"config key 'data\.frame_step' must be int, got str 'two'$",
+        [out],
+    )
     fails(capsys, [*argv, "--set", "data.frame_step"], "--set data.frame_step", r"expected KEY=VALUE", [out])
 
 
@@ -397,22 +492,39 @@ def test_missing_or_cyclic_base_config(capsys, base, tmp_path):
     argv = ["lift", "--scene", base["room"], "--out", out, "--config", child]
     fails(capsys, argv, child, r"base config 'parent\.yaml' not found \(.*parent\.yaml\)$", [out])
     (tmp_path / "parent.yaml").write_text("base: child.yaml\n")
-    fails(capsys, argv, tmp_path / "parent.yaml", r"base configs form a cycle: .*child\.yaml -> .*parent\.yaml -> "
-                                                  r".*child\.yaml$", [out])
+    fails(
+        capsys,
+        argv,
+        tmp_path / "parent.yaml",
+        r"base configs form a cycle: .*child\.yaml -> .*parent\.yaml -> "
+        r".*child\.yaml$",
+        [out],
+    )
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the error is for machines without CUDA")
 def test_device_cuda_without_cuda(capsys, base, tmp_path):
     out = tmp_path / "o.lift.pt"
-    fails(capsys, ["lift", "--scene", base["room"], "--out", out, "--config", base["cfg"], "--device", "cuda"],
-          "--device", r"cuda asked for, but torch sees no CUDA device on this machine", [out])
+    fails(
+        capsys,
+        ["lift", "--scene", base["room"], "--out", out, "--config", base["cfg"], "--device", "cuda"],
+        "--device",
+        r"cuda asked for, but torch sees no CUDA device on this machine",
+        [out],
+    )
 
 
-@pytest.mark.parametrize("over, problem", [
-    ({"lift": {"chunk_points": 0}}, r"config key 'lift\.chunk_points' must be an integer >= 1, got 0"),
-    ({"lift": {"occlusion_thr": -0.05}}, r"config key 'lift\.occlusion_thr' must be a number > 0, got -0\.05"),
-    ({"lift": {"fusion": "consensus", "consensus_topk": 0}}, r"config key 'lift\.consensus_topk' must be an integer >= 1"),
-])
+@pytest.mark.parametrize(
+    "over, problem",
+    [
+        ({"lift": {"chunk_points": 0}}, r"config key 'lift\.chunk_points' must be an integer >= 1, got 0"),
+        ({"lift": {"occlusion_thr": -0.05}}, r"config key 'lift\.occlusion_thr' must be a number > 0, got -0\.05"),
+        (
+            {"lift": {"fusion": "consensus", "consensus_topk": 0}},
+            r"config key 'lift\.consensus_topk' must be an integer >= 1",
+        ),
+    ],
+)
 def test_config_value_out_of_range(capsys, base, tmp_path, over, problem):
     """Ranges are checked where the value is used, which knows the key but not the file."""
     cfg = tmp_path / "range.yaml"
@@ -430,8 +542,12 @@ def test_real_process_prints_one_line(tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("purify:\n  steps: 1.5\n")
     out = tmp_path / "o.lift.pt"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
     base_cmd = [sys.executable, "-m", "geopurify"]
     args = ["lift", "--scene", str(tmp_path), "--out", str(out), "--config", str(cfg)]
     want = f"error: {cfg}: config key 'purify.steps' must be int, got float 1.5"

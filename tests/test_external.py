@@ -4,6 +4,7 @@ feature files of external 2D models lifted by the project's own fusion.
 Known answers come from plain definitions written here (brute-force nearest neighbours, a
 pinhole projection in numpy, per-pixel loops over masks), never from the code under test.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,9 +19,14 @@ from geopurify.data.readers import load_scene
 from geopurify.data.scene import Scene
 from geopurify.data.writers import write_frame, write_scene
 from geopurify.errors import InputError
-from geopurify.lift.openscene import (OpenSceneVLM, lift_from_openscene, load_openscene_features, openscene_files,
-                                     read_openscene_file)
 from geopurify.lift.multiview import lift_scene
+from geopurify.lift.openscene import (
+    OpenSceneVLM,
+    lift_from_openscene,
+    load_openscene_features,
+    openscene_files,
+    read_openscene_file,
+)
 from geopurify.vlm import build_vlm
 from geopurify.vlm.external import ExternalVLM, mask_owner, read_view_features, save_view_features
 from geopurify.vlm.prompts import PrecomputedVLM, load_prompt_embeddings, text_source
@@ -41,6 +47,7 @@ def _brute_nearest(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ prompt embeddings
+
 
 def _write_prompt_pt(path: Path, prompts: list[str], emb: torch.Tensor) -> Path:
     torch.save({"prompts": prompts, "embeddings": emb}, path)
@@ -67,7 +74,9 @@ def test_prompt_file_layouts_agree_and_lookup_follows_the_request_order(tmp_path
         PrecomputedVLM(a).encode_text(["a chair in a scene", "a sofa in a scene"])
     assert str(a) in str(e.value) and "a sofa in a scene" in str(e.value)
     with pytest.raises(InputError):
-        PrecomputedVLM(a).frame_features(Scene("s", np.zeros((1, 3), np.float32), np.zeros((1, 3), np.uint8)), 0, (8, 8))
+        PrecomputedVLM(a).frame_features(
+            Scene("s", np.zeros((1, 3), np.float32), np.zeros((1, 3), np.uint8)), 0, (8, 8)
+        )
 
 
 def test_prompt_file_serves_a_label_set(tmp_path):
@@ -78,8 +87,21 @@ def test_prompt_file_serves_a_label_set(tmp_path):
     torch.testing.assert_close(text_embeddings(vlm, ls, "a {} in a scene"), emb / emb.norm(dim=1, keepdim=True))
 
 
-@pytest.mark.parametrize("case", ["no_sidecar", "rows", "duplicate", "nan", "zero_row", "garbage", "suffix",
-                                  "not_dict_or_tensor", "missing_key", "blank_line"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "no_sidecar",
+        "rows",
+        "duplicate",
+        "nan",
+        "zero_row",
+        "garbage",
+        "suffix",
+        "not_dict_or_tensor",
+        "missing_key",
+        "blank_line",
+    ],
+)
 def test_bad_prompt_files_raise_input_error(tmp_path, case):
     emb = torch.randn(3, 4, generator=torch.Generator().manual_seed(2))
     p = tmp_path / "t.pt"
@@ -119,6 +141,7 @@ def test_text_source_rejects_a_plain_directory(tmp_path):
 
 
 # ------------------------------------------------------------------ OpenScene point features
+
 
 def _openscene_file(path: Path, bank: torch.Tensor, mask: torch.Tensor) -> Path:
     """A file as OpenScene's save_fused_feature writes it: rows of the masked points, in order."""
@@ -331,7 +354,9 @@ def _cfg():
 
 def _text(tmp_path: Path, c: int) -> Path:
     g = torch.Generator().manual_seed(9)
-    return _write_prompt_pt(tmp_path / "text.pt", ["a wall in a scene", "a chair in a scene"], torch.randn(2, c, generator=g))
+    return _write_prompt_pt(
+        tmp_path / "text.pt", ["a wall in a scene", "a chair in a scene"], torch.randn(2, c, generator=g)
+    )
 
 
 @pytest.mark.parametrize("map_hw", [(2 * H, 2 * W), (H, W), (H // 2, W // 2), (H // 8, W // 8)])
@@ -514,16 +539,19 @@ def test_background_prompt_scores_masks_as_the_reference_and_is_never_a_label(tm
     assert want[0] * 0.9 < want[1] * 0.6
     assert vlm.mask_text.shape == (len(prompts), c)
     res = lift_scene(scene, vlm, ref)
-    np.testing.assert_allclose(res.feat.numpy()[res.seen.numpy()], np.broadcast_to(e[1], (int(res.seen.sum()), c)),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        res.feat.numpy()[res.seen.numpy()], np.broadcast_to(e[1], (int(res.seen.sum()), c)), atol=1e-5
+    )
     # the background is in the mask scoring only: classification and consensus use the label set's prompts
     cls = text_embeddings(vlm, labels)
     assert cls.shape[0] == labels.n_classes and (res.feat @ cls.T).argmax(1).eq(chair).all()
     assert lift_settings(ref) != lift_settings(plain) and "label_set" in lift_settings(ref)
     with pytest.raises(InputError, match="background_prompt"):
         build_vlm(load_config(None, {"lift": {"background_prompt": "background"}}))  # simulated: no masks
-    torch.save({"feat": torch.randn(c, 6, 8, generator=g), "mask_embeddings": emb.half(), "masks": masks},
-               d / "features" / "0.pt")  # both: the masks are scored, the dense map is not used
+    torch.save(
+        {"feat": torch.randn(c, 6, 8, generator=g), "mask_embeddings": emb.half(), "masks": masks},
+        d / "features" / "0.pt",
+    )  # both: the masks are scored, the dense map is not used
     np.testing.assert_allclose(vlm.frame_features(scene, 0, (H, W))[:, 3, 5].numpy(), e[1], atol=1e-6)
     save_view_features(d / "features" / "0.pt", feat=torch.randn(c, 6, 8, generator=g))
     with pytest.raises(InputError, match="no 'mask_embeddings'"):

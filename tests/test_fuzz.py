@@ -7,6 +7,7 @@ generated dicts), YAML configs (mutated text and generated key trees) and frame 
 counts are small so the file runs in well under a minute; `derandomize=True` makes every run
 try the same examples (a failure reproduces).
 """
+
 from __future__ import annotations
 
 import io
@@ -27,8 +28,13 @@ from geopurify.data.readers import load_scene, pose_problem, read_axis_alignment
 from geopurify.errors import InputError, one_line
 from geopurify.lift.result import LiftResult, load_lifted, save_lifted
 
-FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 TMP = Path(tempfile.mkdtemp(prefix="geopurify-fuzz-"))
 
 
@@ -66,21 +72,26 @@ def mutate(data: bytes, ops) -> bytes:
         if op[0] == "cut":
             data = data[:at]
         elif op[0] == "set":
-            data = data[:at] + op[2] + data[at + len(op[2]):]
+            data = data[:at] + op[2] + data[at + len(op[2]) :]
         elif op[0] == "insert":
             data = data[:at] + op[2] + data[at:]
         else:
-            data = data[:at] + data[at + op[2]:]
+            data = data[:at] + data[at + op[2] :]
     return data
 
 
 # ------------------------------------------------------------------------------ PLY
 
+
 def _valid_ply(binary: bool, labels: bool) -> bytes:
     rng = np.random.default_rng(0)
     path = TMP / "valid.ply"
-    write_ply(path, rng.random((12, 3)).astype(np.float32), (rng.random((12, 3)) * 255).astype(np.uint8),
-              labels=rng.integers(0, 40, 12) if labels else None)
+    write_ply(
+        path,
+        rng.random((12, 3)).astype(np.float32),
+        (rng.random((12, 3)) * 255).astype(np.uint8),
+        labels=rng.integers(0, 40, 12) if labels else None,
+    )
     if binary:
         return path.read_bytes()
     from plyfile import PlyData
@@ -117,9 +128,14 @@ prop = st.tuples(st.sampled_from(PLY_TYPES), st.sampled_from(["x", "y", "z", "re
 
 
 @FUZZ
-@given(fmt=st.sampled_from(["ascii", "binary_little_endian", "binary_big_endian", "nonsense"]),
-       count=st.integers(-2, 6), props=st.lists(prop, max_size=7),
-       face=st.booleans(), body=st.binary(max_size=120), text_body=st.lists(st.floats(allow_nan=True), max_size=30))
+@given(
+    fmt=st.sampled_from(["ascii", "binary_little_endian", "binary_big_endian", "nonsense"]),
+    count=st.integers(-2, 6),
+    props=st.lists(prop, max_size=7),
+    face=st.booleans(),
+    body=st.binary(max_size=120),
+    text_body=st.lists(st.floats(allow_nan=True), max_size=30),
+)
 def test_ply_generated_headers(fmt, count, props, face, body, text_body):
     head = [b"ply", f"format {fmt} 1.0".encode(), f"element vertex {count}".encode()]
     head += [f"property {t} {n}".encode() for t, n in props]
@@ -133,11 +149,15 @@ def test_ply_generated_headers(fmt, count, props, face, body, text_body):
 
 # ------------------------------------------------------------------------------ matrices
 
-number = st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=64).map(repr),
-                   st.integers(-10**6, 10**6).map(str), st.sampled_from(["nan", "-inf", "1e400", "0x10", "1,5", "--1"]))
+number = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True, width=64).map(repr),
+    st.integers(-(10**6), 10**6).map(str),
+    st.sampled_from(["nan", "-inf", "1e400", "0x10", "1,5", "--1"]),
+)
 matrix_text = st.one_of(
     st.lists(st.lists(number, min_size=0, max_size=5), min_size=0, max_size=5).map(
-        lambda rows: "\n".join(" ".join(r) for r in rows)),
+        lambda rows: "\n".join(" ".join(r) for r in rows)
+    ),
     st.text(max_size=80),
 )
 
@@ -164,8 +184,11 @@ def test_axis_alignment_text(text, scannet_style):
     for f in d.iterdir():
         f.unlink()
     path = d / ("scene0000_00.txt" if scannet_style else "axis_align_matrix.txt")
-    path.write_text(f"axisAlignment = {' '.join(text.split())}\n" if scannet_style else text,
-                    encoding="utf-8", errors="surrogateescape")
+    path.write_text(
+        f"axisAlignment = {' '.join(text.split())}\n" if scannet_style else text,
+        encoding="utf-8",
+        errors="surrogateescape",
+    )
     out = only_input_errors(lambda: read_axis_alignment(d), path)
     if out is not None and out[0] is not None:
         assert out[0].shape == (4, 4) and pose_problem(out[0]) is None
@@ -178,8 +201,12 @@ def frame_scene() -> Path:
 
     d = TMP / "frames"
     rng = np.random.default_rng(1)
-    write_scene(d, rng.random((50, 3)).astype(np.float32), (rng.random((50, 3)) * 255).astype(np.uint8),
-                labels=rng.integers(0, 41, 50).astype(np.int32))
+    write_scene(
+        d,
+        rng.random((50, 3)).astype(np.float32),
+        (rng.random((50, 3)) * 255).astype(np.uint8),
+        labels=rng.integers(0, 41, 50).astype(np.int32),
+    )
     K = np.array([[20.0, 0, 16], [0, 20, 12], [0, 0, 1]])
     for i in range(2):
         write_frame(d, i, np.eye(4), K, color=np.zeros((24, 32, 3), np.uint8))
@@ -207,9 +234,14 @@ def test_scene_with_fuzzed_pose_and_intrinsics(frame_scene, pose, intrinsic):
 
 # ------------------------------------------------------------------------------ lifted feature files
 
+
 def _valid_lift(n=6, dim=4) -> bytes:
-    res = LiftResult(torch.randn(n, dim, generator=torch.Generator().manual_seed(0)), torch.rand(n) > 0.5,
-                     torch.arange(n), {"vlm": "v", "simulated": True, "fusion": "mean", "scene": "s"})
+    res = LiftResult(
+        torch.randn(n, dim, generator=torch.Generator().manual_seed(0)),
+        torch.rand(n) > 0.5,
+        torch.arange(n),
+        {"vlm": "v", "simulated": True, "fusion": "mean", "scene": "s"},
+    )
     save_lifted(TMP / "valid.lift.pt", res)
     return (TMP / "valid.lift.pt").read_bytes()
 
@@ -233,8 +265,17 @@ def test_lift_file_mutated_bytes(ops):
     _check_lift(only_input_errors(lambda: load_lifted(path, n_points=6, dim=4), path), 6, 4)
 
 
-DTYPES = [torch.float16, torch.float32, torch.float64, torch.bfloat16, torch.int16, torch.int64, torch.bool,
-          torch.uint8, torch.complex64]
+DTYPES = [
+    torch.float16,
+    torch.float32,
+    torch.float64,
+    torch.bfloat16,
+    torch.int16,
+    torch.int64,
+    torch.bool,
+    torch.uint8,
+    torch.complex64,
+]
 
 
 @st.composite
@@ -245,15 +286,32 @@ def tensors(draw):
     return t.to(dtype) if dtype != torch.bool else t > 0
 
 
-value = st.one_of(tensors(), st.text(max_size=5), st.booleans(), st.integers(-3, 3), st.none(),
-                  st.lists(st.integers(), max_size=3), st.floats())
+value = st.one_of(
+    tensors(),
+    st.text(max_size=5),
+    st.booleans(),
+    st.integers(-3, 3),
+    st.none(),
+    st.lists(st.integers(), max_size=3),
+    st.floats(),
+)
 
 
 @FUZZ
-@given(obj=st.one_of(st.dictionaries(st.sampled_from(["feat", "seen", "n_views", "vlm", "simulated", "fusion", "scene",
-                                                      "skipped_frames", "extra"]), value, max_size=9),
-                     value),
-       n=st.one_of(st.none(), st.integers(0, 5)), dim=st.one_of(st.none(), st.integers(0, 5)))
+@given(
+    obj=st.one_of(
+        st.dictionaries(
+            st.sampled_from(
+                ["feat", "seen", "n_views", "vlm", "simulated", "fusion", "scene", "skipped_frames", "extra"]
+            ),
+            value,
+            max_size=9,
+        ),
+        value,
+    ),
+    n=st.one_of(st.none(), st.integers(0, 5)),
+    dim=st.one_of(st.none(), st.integers(0, 5)),
+)
 def test_lift_file_generated_dicts(obj, n, dim):
     if isinstance(obj, dict) and "feat" in obj and torch.is_tensor(obj["feat"]) and obj["feat"].dim() == 2:
         m = obj["feat"].shape[0]  # make the rest consistent often enough to reach the deeper checks
@@ -270,10 +328,12 @@ def test_lift_file_generated_dicts(obj, n, dim):
 
 DEFAULTS = defaults()
 SECTIONS = sorted(DEFAULTS)
-scalar = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(), st.text(max_size=6))
-yaml_value = st.recursive(scalar, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                          st.dictionaries(st.text(max_size=4), inner, max_size=3)),
-                          max_leaves=6)
+scalar = st.one_of(st.none(), st.booleans(), st.integers(-(10**12), 10**12), st.floats(), st.text(max_size=6))
+yaml_value = st.recursive(
+    scalar,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=4), inner, max_size=3)),
+    max_leaves=6,
+)
 
 
 @st.composite
@@ -282,8 +342,9 @@ def config_trees(draw):
     tree = {}
     for section in draw(st.lists(st.sampled_from(SECTIONS + ["nosuch"]), max_size=3, unique=True)):
         keys = sorted(DEFAULTS.get(section, {"k": 1}))
-        tree[section] = draw(st.one_of(
-            st.dictionaries(st.sampled_from(keys + ["unknown_key"]), yaml_value, max_size=4), yaml_value))
+        tree[section] = draw(
+            st.one_of(st.dictionaries(st.sampled_from(keys + ["unknown_key"]), yaml_value, max_size=4), yaml_value)
+        )
     return tree
 
 
@@ -321,14 +382,21 @@ def test_config_mutated_text(ops):
 
 
 def test_config_pathological_yaml():
-    for text in ["data: " + "[" * 3000 + "]" * 3000, "a: &a [*a]\n", "? [1, 2]\n: 3\n", "\ufeff" + "data: {}\n",
-                 "!!python/object:os.system {}\n", "data:\n  root: !!binary aGVsbG8=\n"]:
+    for text in [
+        "data: " + "[" * 3000 + "]" * 3000,
+        "a: &a [*a]\n",
+        "? [1, 2]\n: 3\n",
+        "\ufeff" + "data: {}\n",
+        "!!python/object:os.system {}\n",
+        "data:\n  root: !!binary aGVsbG8=\n",
+    ]:
         path = _file("p.yaml", text)
         _check_config(only_input_errors(lambda path=path: load_config(path), path))
     only_input_errors(lambda: load_config(TMP), TMP)  # a directory
 
 
 # ------------------------------------------------------------------------------ images
+
 
 def _png(mode: str) -> bytes:
     from PIL import Image

@@ -1,6 +1,7 @@
 """The grid kNN (cell lists, geopurify.ops.gridknn): the same canonical graph as the kd-tree and
 the dense definition on real voxels and on tie-heavy and degenerate grids; purify_scene gives the
 same labels with it as with the kd-tree; int32 pooling indices change nothing."""
+
 from __future__ import annotations
 
 import functools
@@ -18,14 +19,15 @@ from geopurify.config import load_config
 from geopurify.data.scene import Scene
 from geopurify.ops import gridknn, knn
 from geopurify.ops.knn import knn_graph
+from geopurify.ops.voxel import voxelize
 from geopurify.purify import infer
 from geopurify.purify.pooling import pool
-from geopurify.ops.voxel import voxelize
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "scannet"
-needs_data = pytest.mark.skipif(not (DATA / "scene0000_00" / "points_xyzrgb.npy").exists(),
-                                reason="shared ScanNet data not found")
+needs_data = pytest.mark.skipif(
+    not (DATA / "scene0000_00" / "points_xyzrgb.npy").exists(), reason="shared ScanNet data not found"
+)
 
 
 def brute_knn(coords: np.ndarray, k: int) -> np.ndarray:
@@ -61,7 +63,7 @@ ADVERSARIAL = {
     "far cluster": (np.r_[lattice(20, 20, 3), lattice(2, 2, 1) + [5000, 9000, 300]], (96,)),  # full-scan path
     "sparse, huge extent": (np.random.default_rng(5).integers(0, (1 << 20) - 1, (400, 3)), (1, 20)),  # sort path
     "scaled lattice": (shuffled(lattice(6, 6, 6) * 100, 9), (6, 26, 57)),  # sort path (distances >= 10^4), ties
-    "negative, offset": (lattice(7, 3, 5) * 3 - [10 ** 6, 5, 40], (12,)),
+    "negative, offset": (lattice(7, 3, 5) * 3 - [10**6, 5, 40], (12,)),
 }
 
 
@@ -86,8 +88,11 @@ def test_grid_result_does_not_depend_on_cell_side_or_threads(s, threads):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.tuples(st.integers(0, 6), st.integers(0, 6), st.integers(-3, 20)), min_size=2, max_size=120),
-       st.integers(1, 119), st.sampled_from([None, 1, 2, 4]))
+@given(
+    st.lists(st.tuples(st.integers(0, 6), st.integers(0, 6), st.integers(-3, 20)), min_size=2, max_size=120),
+    st.integers(1, 119),
+    st.sampled_from([None, 1, 2, 4]),
+)
 def test_grid_equals_definition_property(points, k, s):
     coords = np.array(points, dtype=np.int64)
     k = min(k, len(coords) - 1)

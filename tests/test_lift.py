@@ -4,6 +4,7 @@ Real data: ../shared/data/scannet/scene0000_00 (3 real colour frames, no depth) 
 (no frames). Tiny in-test VLMs whose "feature" is the frame's colour image (or random maps)
 stand in for a real VLM where the test needs a known answer.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,15 +16,15 @@ import pytest
 import torch
 from PIL import Image
 
-from geopurify.data.cameras import look_at
 from geopurify.config import load_config
+from geopurify.data.cameras import look_at
 from geopurify.data.scene import Frame, Scene
 from geopurify.errors import InputError
 from geopurify.lift.fusion import MeanFusion, TopKFusion, consensus_classes, nearest_fill
 from geopurify.lift.multiview import lift_scene
 from geopurify.lift.result import LiftResult, load_lifted, save_lifted
-from geopurify.ops.resize import map_index, resize_nearest
 from geopurify.ops.project import depth_test, in_image, project, rescale_intrinsic, visible, zbuffer
+from geopurify.ops.resize import map_index, resize_nearest
 from geopurify.vlm.base import VLM
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "scannet"
@@ -33,6 +34,7 @@ needs_data = pytest.mark.skipif(not SCENE0.is_dir(), reason="shared ScanNet test
 
 
 # ---------------------------------------------------------------- helpers
+
 
 def pinhole(f, hw) -> np.ndarray:
     return np.array([[f, 0, (hw[1] - 1) / 2], [0, f, (hw[0] - 1) / 2], [0, 0, 1.0]])
@@ -124,6 +126,7 @@ def cfg_for(hw, **lift):
 
 # ---------------------------------------------------------------- projection
 
+
 def test_project_matches_numpy_pinhole_single_and_batched():
     rng = np.random.default_rng(0)
     xyz = rng.uniform(-3, 3, (500, 3)).astype(np.float32)
@@ -152,8 +155,19 @@ def test_rescale_intrinsic_maps_pixel_centres():
 
 
 def test_in_image_border_and_front_masks_match_loop():
-    uv = torch.tensor([[10.0, 10.0], [9.6, 20.0], [9.4, 20.0], [53.4, 30.0], [53.6, 30.0], [30.0, 37.4],
-                       [30.0, 37.6], [30.0, 20.0], [float("nan"), 3.0]])
+    uv = torch.tensor(
+        [
+            [10.0, 10.0],
+            [9.6, 20.0],
+            [9.4, 20.0],
+            [53.4, 30.0],
+            [53.6, 30.0],
+            [30.0, 37.4],
+            [30.0, 37.6],
+            [30.0, 20.0],
+            [float("nan"), 3.0],
+        ]
+    )
     z = torch.tensor([1.0, 1, 1, 1, 1, 1, 1, -1, 1])
     mask, pix = in_image(uv, z, (48, 64), border=10)
     expect = []
@@ -171,6 +185,7 @@ def test_depth_test_relative_threshold_and_missing_depth():
 
 
 # ---------------------------------------------------------------- z-buffer
+
 
 def naive_zbuffer(xyz, pose, K, hw, splat):
     H, W = hw
@@ -222,7 +237,7 @@ def occluder_scene():
 def test_occluder_removed_with_depth_image_and_with_zbuffer():
     hw, K, pose, xyz, pts_cam, hidden, shown = occluder_scene()
     # depth image of the two surfaces, rendered analytically per pixel ray
-    r, c = np.mgrid[0:hw[0], 0:hw[1]]
+    r, c = np.mgrid[0 : hw[0], 0 : hw[1]]
     dx, dy = (c - K[0, 2]) / K[0, 0], (r - K[1, 2]) / K[1, 1]
     depth = np.zeros(hw, np.float32)
     on_patch = (np.abs(3 * dx) <= 0.5) & (np.abs(3 * dy) <= 0.5)
@@ -251,14 +266,16 @@ def test_depth_camera_intrinsics_used_for_the_occlusion_lookup():
     box = grid(-0.3, 0.3, -0.3, 0.3, 2.0, 0.02)
     pts_cam = np.r_[wall, box]
     xyz = cam_to_world(pose, pts_cam)
-    r, c = np.mgrid[0:hw[0], 0:hw[1]]
+    r, c = np.mgrid[0 : hw[0], 0 : hw[1]]
     dx, dy = (c - K_d[0, 2]) / K_d[0, 0], (r - K_d[1, 2]) / K_d[1, 1]
     depth = np.where((np.abs(4 * dx) <= 2) & (np.abs(4 * dy) <= 1.5), 4.0, 0.0)
     depth = np.where((np.abs(2 * dx) <= 0.3) & (np.abs(2 * dy) <= 0.3), 2.0, depth).astype(np.float32)
     # truth: a wall point is hidden when its ray crosses the box square at z = 2
     behind = np.r_[(np.abs(wall[:, 0] / 2) <= 0.3) & (np.abs(wall[:, 1] / 2) <= 0.3), np.zeros(len(box), bool)]
-    edge = np.r_[np.minimum(np.abs(np.abs(wall[:, 0] / 2) - 0.3), np.abs(np.abs(wall[:, 1] / 2) - 0.3)) < 0.03,
-                 np.zeros(len(box), bool)]
+    edge = np.r_[
+        np.minimum(np.abs(np.abs(wall[:, 0] / 2) - 0.3), np.abs(np.abs(wall[:, 1] / 2) - 0.3)) < 0.03,
+        np.zeros(len(box), bool),
+    ]
     inside, _ = in_image(*project(torch.from_numpy(xyz), pose, K), hw, border=5)
     uvd, _ = project(torch.from_numpy(xyz), pose, K_d)
     depth_fov = ((uvd.round() >= 0) & (uvd.round() < torch.tensor([hw[1], hw[0]]))).all(1).numpy()
@@ -266,8 +283,9 @@ def test_depth_camera_intrinsics_used_for_the_occlusion_lookup():
     truth = ~behind
 
     def agreement(K_depth):
-        idx, _ = visible(torch.from_numpy(xyz), pose, K, hw, border=5, thr=0.05,
-                         depth=torch.from_numpy(depth), K_depth=K_depth)
+        idx, _ = visible(
+            torch.from_numpy(xyz), pose, K, hw, border=5, thr=0.05, depth=torch.from_numpy(depth), K_depth=K_depth
+        )
         kept = np.zeros(len(xyz), bool)
         kept[idx.numpy()] = True
         return (kept[judge] == truth[judge]).mean()
@@ -277,6 +295,7 @@ def test_depth_camera_intrinsics_used_for_the_occlusion_lookup():
 
 
 # ---------------------------------------------------------------- real data: scene0000_00
+
 
 @needs_data
 def test_real_frames_points_pick_up_their_own_colours(scene0):
@@ -349,6 +368,7 @@ def test_frameless_scene_uses_virtual_cameras_only_for_a_simulated_vlm():
 
 
 # ---------------------------------------------------------------- fusion
+
 
 def random_views(n=60, n_views=7, dim=6, seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -451,6 +471,7 @@ def test_nearest_fill_takes_nearest_seen_feature():
 
 # ---------------------------------------------------------------- lift_scene
 
+
 def test_map_index_and_resize_nearest_match_references():
     H, W, h, w = 37, 50, 5, 7
     cols, rows = np.meshgrid(np.arange(W), np.arange(H))
@@ -461,8 +482,9 @@ def test_map_index_and_resize_nearest_match_references():
     img = np.random.default_rng(0).random((48, 64)).astype(np.float32)
     for hw in [(24, 32), (30, 41), (96, 128)]:
         got = resize_nearest(torch.from_numpy(img), hw).numpy()
-        loop = [[img[int((r + 0.5) * 48 / hw[0]), int((c + 0.5) * 64 / hw[1])] for c in range(hw[1])]
-                for r in range(hw[0])]
+        loop = [
+            [img[int((r + 0.5) * 48 / hw[0]), int((c + 0.5) * 64 / hw[1])] for c in range(hw[1])] for r in range(hw[0])
+        ]
         assert np.array_equal(got, np.array(loop))
         if 48 % hw[0] == 0 or hw[0] % 48 == 0:  # integer ratios: PIL's nearest agrees
             ref = np.asarray(Image.fromarray(img, mode="F").resize((hw[1], hw[0]), Image.NEAREST))
@@ -477,8 +499,16 @@ def test_lift_scene_fuses_exactly_the_visible_samples(with_depth):
     cfg = cfg_for(hw, zbuffer_splat=1, chunk_points=150, group_mb=0 if with_depth else 256)
     views = []
     for i, fr in enumerate(scene.frames):
-        idx, pix = visible(torch.from_numpy(scene.xyz), fr.pose, fr.intrinsic, hw, border=2, thr=0.05,
-                           depth=None if fr.depth() is None else torch.from_numpy(fr.depth()), splat=1)
+        idx, pix = visible(
+            torch.from_numpy(scene.xyz),
+            fr.pose,
+            fr.intrinsic,
+            hw,
+            border=2,
+            thr=0.05,
+            depth=None if fr.depth() is None else torch.from_numpy(fr.depth()),
+            splat=1,
+        )
         fmap = vlm.frame_features(scene, i, hw)
         views.append((idx, fmap.reshape(vlm.dim, -1).t()[map_index(pix, hw, tuple(fmap.shape[1:]))]))
     n, dim = scene.n_points, vlm.dim
@@ -505,8 +535,12 @@ def test_lift_scene_fuses_exactly_the_visible_samples(with_depth):
 
 def test_lift_scene_hands_over_to_backends_with_per_point_features():
     scene = small_scene(n_frames=0)
-    expect = LiftResult(torch.ones(scene.n_points, 3), torch.ones(scene.n_points, dtype=torch.bool),
-                        torch.ones(scene.n_points, dtype=torch.int64), {"vlm": "pre-fused"})
+    expect = LiftResult(
+        torch.ones(scene.n_points, 3),
+        torch.ones(scene.n_points, dtype=torch.bool),
+        torch.ones(scene.n_points, dtype=torch.int64),
+        {"vlm": "pre-fused"},
+    )
 
     class PointFeatureVLM(ColorVLM):
         lifts_points = True
@@ -535,11 +569,15 @@ def test_lift_rejects_unknown_fusion_and_bad_feature_maps():
 
 # ---------------------------------------------------------------- feature files
 
+
 def make_result(n=50, dim=8, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return LiftResult(torch.randn(n, dim, generator=g), torch.rand(n, generator=g) > 0.3,
-                      torch.randint(0, 5, (n,), generator=g), {"vlm": "v", "simulated": True, "fusion": "mean",
-                                                               "scene": "s"})
+    return LiftResult(
+        torch.randn(n, dim, generator=g),
+        torch.rand(n, generator=g) > 0.3,
+        torch.randint(0, 5, (n,), generator=g),
+        {"vlm": "v", "simulated": True, "fusion": "mean", "scene": "s"},
+    )
 
 
 def test_save_load_round_trip(tmp_path):
@@ -547,7 +585,9 @@ def test_save_load_round_trip(tmp_path):
     path = tmp_path / "a" / "s.lift.pt"
     save_lifted(path, res, {"scene": "scene0000_00"})
     raw = torch.load(path, weights_only=True)
-    assert raw["feat"].dtype == torch.float16 and raw["n_views"].dtype == torch.int16 and raw["seen"].dtype == torch.bool
+    assert (
+        raw["feat"].dtype == torch.float16 and raw["n_views"].dtype == torch.int16 and raw["seen"].dtype == torch.bool
+    )
     assert sorted(raw) == sorted(["feat", "seen", "n_views", "vlm", "simulated", "fusion", "scene"])
     back = load_lifted(path, n_points=50, dim=8)
     torch.testing.assert_close(back.feat, res.feat, atol=2e-3, rtol=1e-3)
@@ -617,11 +657,15 @@ def test_lift_cli_prints_the_views(tmp_path, capsys):
     write_room(make_room(5, n_points=2000, n_frames=6, image_hw=(60, 80)), tmp_path / "room")
     cfg = tmp_path / "c.yaml"
     cfg.write_text("data:\n  frame_step: 2\nlift:\n  image_size: [80, 60]\n")
-    assert main(["lift", "--scene", str(tmp_path / "room"), "--out", str(tmp_path / "r.lift.pt"),
-                 "--config", str(cfg)]) == 0
+    assert (
+        main(["lift", "--scene", str(tmp_path / "room"), "--out", str(tmp_path / "r.lift.pt"), "--config", str(cfg)])
+        == 0
+    )
     assert "3 views (frames 0, 2, 4; 0 z-buffered)" in capsys.readouterr().out
     shutil.rmtree(tmp_path / "room" / "depth")  # colour only, as the shared ScanNet frames
-    assert main(["lift", "--scene", str(tmp_path / "room"), "--out", str(tmp_path / "r.lift.pt"),
-                 "--config", str(cfg)]) == 0
+    assert (
+        main(["lift", "--scene", str(tmp_path / "room"), "--out", str(tmp_path / "r.lift.pt"), "--config", str(cfg)])
+        == 0
+    )
     assert "3 views (frames 0, 2, 4; 3 z-buffered)" in capsys.readouterr().out
     assert load_lifted(tmp_path / "r.lift.pt").info["z_buffered"] == 3

@@ -3,6 +3,7 @@
 scene0000_00 has 3 colour frames and no depth (z-buffer occlusion); scene0000_01 has no frames
 (virtual cameras, simulated VLM only).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -55,8 +56,21 @@ def test_lift_one_scene_to_a_file(tmp_path, capsys, caplog, small_cfg):
 
 def test_lift_several_scenes_to_a_directory_and_skip_done(tmp_path, capsys, small_cfg):
     out = tmp_path / "lifted"
-    args = ["lift", "--scene", str(SCENE0), "--scene", str(SCENE1), "--vlm", "simulated", "--out", str(out),
-            "--config", str(small_cfg), "--fusion", "consensus"]
+    args = [
+        "lift",
+        "--scene",
+        str(SCENE0),
+        "--scene",
+        str(SCENE1),
+        "--vlm",
+        "simulated",
+        "--out",
+        str(out),
+        "--config",
+        str(small_cfg),
+        "--fusion",
+        "consensus",
+    ]
     assert main(args) == 0
     files = sorted(p.name for p in out.iterdir())
     assert files == ["scene0000_00.lift.pt", "scene0000_01.lift.pt"]

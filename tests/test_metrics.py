@@ -1,4 +1,5 @@
 """Confusion matrix and mIoU / mAcc / f-metrics against hand counts and a plain-loop definition."""
+
 import json
 import math
 from pathlib import Path
@@ -18,10 +19,12 @@ PRED = np.array([0, 0, 0, 2, 1, 0, 2, 3, 2, 0, 3])
 def test_hand_computed_example():
     conf = confusion(PRED, GT, 4)
     assert conf.dtype == np.int64
-    assert conf.tolist() == [[3, 0, 1, 0, 0],  # last column: no prediction (none here)
-                             [1, 1, 0, 0, 0],
-                             [0, 0, 2, 1, 0],
-                             [0, 0, 0, 0, 0]]
+    assert conf.tolist() == [
+        [3, 0, 1, 0, 0],  # last column: no prediction (none here)
+        [1, 1, 0, 0, 0],
+        [0, 0, 2, 1, 0],
+        [0, 0, 0, 0, 0],
+    ]
     m = metrics(conf, NAMES)
     # wall 3/(4+4-3), floor 1/(2+1-1), chair 2/(3+3-2); table absent -> left out of the means
     assert m["mIoU"] == pytest.approx(100 * (3 / 5 + 1 / 2 + 1 / 2) / 3)
@@ -191,8 +194,18 @@ def test_eval_cli_predictions_sum_over_scenes(tmp_path, capsys):
         preds.append(pred)
         gts.append(gt)
     out = tmp_path / "m.json"
-    rc = main(["eval", *sum((["--scene", str(SCANNET / n)] for n in names), []), "--pred", str(tmp_path),
-               "--label-set", "scannet20", "--out", str(out)])
+    rc = main(
+        [
+            "eval",
+            *sum((["--scene", str(SCANNET / n)] for n in names), []),
+            "--pred",
+            str(tmp_path),
+            "--label-set",
+            "scannet20",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     report = json.loads(out.read_text())
     expect = metrics(confusion(np.concatenate(preds), np.concatenate(gts), 20), get_label_set("scannet20").names)
@@ -236,8 +249,12 @@ def test_eval_cli_lifted_features_simulated(tmp_path):
     feat = text[cls] * 3 + 0.01 * torch.randn(len(cls), text.shape[1], generator=g)  # scale must not matter
     wrong = torch.from_numpy(np.flatnonzero(gt == label_set.index("cabinet"))[:500])
     feat[wrong] = text[label_set.index("sofa")]  # 500 cabinet points look like a sofa
-    res = LiftResult(feat, torch.ones(len(cls), dtype=torch.bool), torch.ones(len(cls), dtype=torch.int64),
-                     {"vlm": vlm.name, "simulated": True, "fusion": "mean", "scene": name})
+    res = LiftResult(
+        feat,
+        torch.ones(len(cls), dtype=torch.bool),
+        torch.ones(len(cls), dtype=torch.int64),
+        {"vlm": vlm.name, "simulated": True, "fusion": "mean", "scene": name},
+    )
     save_lifted(tmp_path / f"{name}.lift.pt", res)
     out = tmp_path / "m.json"
     assert main(["eval", "--scene", str(SCANNET / name), "--features", str(tmp_path), "--out", str(out)]) == 0

@@ -5,6 +5,7 @@ MinkowskiEngine cannot be installed here, so its semantics are transcribed from 
 (kernel_region::coordinate_at, HYPER_CUBE) and `me_conv` (kernel_map + ConvolutionForwardKernelCPU:
 out[x] += in[coordinate_at(k, x)] @ kernel[k]). The converted spconv model must reproduce them.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -14,8 +15,14 @@ import torch.nn.functional as F
 from geopurify.errors import InputError
 from geopurify.student import spconv_compat as sc
 from geopurify.student.network import AffinityNet
-from geopurify.student.official import (convert_official_checkpoint, convert_official_state_dict, infer_architecture,
-                                        load_official_checkpoint, me_kernel_offsets, me_to_spconv_kernel)
+from geopurify.student.official import (
+    convert_official_checkpoint,
+    convert_official_state_dict,
+    infer_architecture,
+    load_official_checkpoint,
+    me_kernel_offsets,
+    me_to_spconv_kernel,
+)
 
 
 def me_coordinate_at(kernel_index: int, src: tuple[int, int, int], sizes=(3, 3, 3)) -> tuple[int, ...]:
@@ -64,11 +71,13 @@ def official_state_dict(cin: int, width: int, blocks: int, out: int, seed: int) 
     g = torch.Generator().manual_seed(seed)
 
     def bn(prefix):
-        return {f"{prefix}.bn.weight": 1 + 0.3 * torch.randn(width, generator=g),
-                f"{prefix}.bn.bias": 0.2 * torch.randn(width, generator=g),
-                f"{prefix}.bn.running_mean": 0.1 * torch.randn(width, generator=g),
-                f"{prefix}.bn.running_var": 0.5 + torch.rand(width, generator=g),
-                f"{prefix}.bn.num_batches_tracked": torch.tensor(123)}
+        return {
+            f"{prefix}.bn.weight": 1 + 0.3 * torch.randn(width, generator=g),
+            f"{prefix}.bn.bias": 0.2 * torch.randn(width, generator=g),
+            f"{prefix}.bn.running_mean": 0.1 * torch.randn(width, generator=g),
+            f"{prefix}.bn.running_var": 0.5 + torch.rand(width, generator=g),
+            f"{prefix}.bn.num_batches_tracked": torch.tensor(123),
+        }
 
     sd = {"input_layer.0.kernel": torch.randn(27, cin, width, generator=g) / (27 * cin) ** 0.5, **bn("input_layer.1")}
     for i in range(blocks):

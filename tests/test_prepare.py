@@ -1,4 +1,5 @@
 """Raw-data preparation: ScanNet .sens export, raw scans, Matterport houses, resume, split lists."""
+
 from __future__ import annotations
 
 import io
@@ -15,10 +16,10 @@ import pytest
 from PIL import Image
 from plyfile import PlyData, PlyElement
 
-from geopurify.data.cameras import look_at
 from geopurify.data import matterport as MP
 from geopurify.data import prepare as P
 from geopurify.data import sens as S
+from geopurify.data.cameras import look_at
 from geopurify.data.readers import load_scene
 from geopurify.errors import InputError
 
@@ -27,8 +28,20 @@ SHARED = REPO.parent / "shared" / "data" / "scannet" / "scene0000_00"
 
 
 # ------------------------------------------------------------------------------------- test writers
-def write_sens(path: Path, poses, colors: list[bytes], depths: list[np.ndarray], k_color, k_depth,
-               color_wh, depth_wh, depth_shift=1000.0, name="StructureSensor", ext_color=None, ext_depth=None):
+def write_sens(
+    path: Path,
+    poses,
+    colors: list[bytes],
+    depths: list[np.ndarray],
+    k_color,
+    k_depth,
+    color_wh,
+    depth_wh,
+    depth_shift=1000.0,
+    name="StructureSensor",
+    ext_color=None,
+    ext_depth=None,
+):
     """A ScanNet SensorData v4 file, written field by field from the format description."""
     ext_color = np.eye(4) if ext_color is None else ext_color
     ext_depth = np.eye(4) if ext_depth is None else ext_depth
@@ -69,8 +82,9 @@ def rot_z(deg, t=(0, 0, 0)):
 
 def small_sens(path: Path, n=3, seed=0, bad_pose_at=None):
     rng = np.random.default_rng(seed)
-    poses = [look_at(np.array([1.0 + 0.1 * i, 0.5, 1.4]), np.array([2.0, 3.0, 0.8])).astype(np.float32)
-             for i in range(n)]
+    poses = [
+        look_at(np.array([1.0 + 0.1 * i, 0.5, 1.4]), np.array([2.0, 3.0, 0.8])).astype(np.float32) for i in range(n)
+    ]
     if bad_pose_at is not None:
         poses[bad_pose_at] = np.full((4, 4), -np.inf, dtype=np.float32)
     colors = [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(n)]
@@ -119,7 +133,10 @@ def test_sens_export_round_trip(tmp_path):
     assert json.loads((out / "meta.json").read_text())["depth_scale"] == 1000.0
 
     step = S.export_sens(tmp_path / "a.sens", tmp_path / "every2", frame_step=2, progress=False)
-    assert step["exported"] == 2 and sorted(p.name for p in (tmp_path / "every2" / "depth").iterdir()) == ["0.png", "2.png"]
+    assert step["exported"] == 2 and sorted(p.name for p in (tmp_path / "every2" / "depth").iterdir()) == [
+        "0.png",
+        "2.png",
+    ]
 
 
 @pytest.mark.parametrize("cut", [3, 40, 300, -200, -30])
@@ -127,7 +144,7 @@ def test_truncated_sens_names_the_file(tmp_path, cut):
     small_sens(tmp_path / "a.sens")
     data = (tmp_path / "a.sens").read_bytes()
     bad = tmp_path / "bad.sens"
-    bad.write_bytes(data[:cut] if cut > 0 else data[:cut - 8])  # negative: drop the IMU count too
+    bad.write_bytes(data[:cut] if cut > 0 else data[: cut - 8])  # negative: drop the IMU count too
     with pytest.raises(InputError) as e:
         S.export_sens(bad, tmp_path / "out", progress=False)
     assert str(bad) in str(e.value) and "truncated" in str(e.value)
@@ -158,7 +175,8 @@ def write_scannet_mesh(scan: Path, xyz_orig: np.ndarray, rgb: np.ndarray, labels
     v["x"], v["y"], v["z"] = xyz_orig.T
     v["red"], v["green"], v["blue"], v["alpha"] = rgb[:, 0], rgb[:, 1], rgb[:, 2], 255
     PlyData([PlyElement.describe(v, "vertex"), PlyElement.describe(faces, "face")]).write(
-        str(scan / f"{name}_vh_clean_2.ply"))
+        str(scan / f"{name}_vh_clean_2.ply")
+    )
     if labels is not None:
         vl = np.empty(n, dtype=base + [("label", "u2")])
         for k in ("x", "y", "z", "alpha"):
@@ -166,12 +184,14 @@ def write_scannet_mesh(scan: Path, xyz_orig: np.ndarray, rgb: np.ndarray, labels
         vl["red"], vl["green"], vl["blue"] = 10, 20, 30  # label colours, unused
         vl["label"] = labels
         PlyData([PlyElement.describe(vl, "vertex"), PlyElement.describe(faces, "face")]).write(
-            str(scan / f"{name}_vh_clean_2.labels.ply"))
+            str(scan / f"{name}_vh_clean_2.labels.ply")
+        )
 
 
 def write_axis_txt(scan: Path, A: np.ndarray):
     (scan / f"{scan.name}.txt").write_text(
-        "colorHeight = 968\naxisAlignment = " + " ".join(f"{v:.9g}" for v in A.reshape(-1)) + "\nnumDepthFrames = 3\n")
+        "colorHeight = 968\naxisAlignment = " + " ".join(f"{v:.9g}" for v in A.reshape(-1)) + "\nnumDepthFrames = 3\n"
+    )
 
 
 def tiny_scan(root: Path, name="scene0007_00", seed=0, n=300, with_sens=True):
@@ -255,8 +275,9 @@ def test_real_scannet_scan_round_trip(tmp_path):
     kc = np.loadtxt(SHARED / "intrinsic" / "intrinsic_color.txt")
     kd = kc.copy()
     kd[:2] *= 0.5  # depth intrinsics of a 640x480-ish depth image; depth itself is left empty
-    write_sens(scan / "scene0000_00.sens", poses, jpgs, [np.zeros((484, 648), np.uint16)] * 3, kc, kd,
-               (1296, 968), (648, 484))
+    write_sens(
+        scan / "scene0000_00.sens", poses, jpgs, [np.zeros((484, 648), np.uint16)] * 3, kc, kd, (1296, 968), (648, 484)
+    )
     P.prepare_scannet(tmp_path / "raw", tmp_path / "out", frame_step=1, progress=False)
     sc = load_scene(tmp_path / "out" / "scene0000_00")
     np.testing.assert_allclose(sc.xyz, pts[:, :3], atol=2e-5)
@@ -315,7 +336,9 @@ def test_kill_then_resume_skips_finished_scenes(tmp_path, monkeypatch):
 
     calls = []
     real = P.prepare_scannet_scan
-    monkeypatch.setattr(P, "prepare_scannet_scan", lambda scan, dest, **kw: calls.append(scan.name) or real(scan, dest, **kw))
+    monkeypatch.setattr(
+        P, "prepare_scannet_scan", lambda scan, dest, **kw: calls.append(scan.name) or real(scan, dest, **kw)
+    )
     from geopurify.cli import main
 
     assert main(["prepare", "scannet", "--root", str(raw), "--out", str(out), "--frame-step", "1"]) == 0
@@ -446,12 +469,18 @@ def write_region_ply(path: Path, xyz, faces, cats):
     v = np.zeros(n, dtype=[(k, "f4") for k in names] + [("red", "u1"), ("green", "u1"), ("blue", "u1")])
     v["x"], v["y"], v["z"] = xyz.T
     v["red"], v["green"], v["blue"] = 200, 150, 100
-    f = np.zeros(len(faces), dtype=[("vertex_indices", "i4", (3,)), ("material_id", "i4"), ("segment_id", "i4"),
-                                    ("category_id", "i4")])
+    f = np.zeros(
+        len(faces),
+        dtype=[("vertex_indices", "i4", (3,)), ("material_id", "i4"), ("segment_id", "i4"), ("category_id", "i4")],
+    )
     f["vertex_indices"], f["category_id"], f["segment_id"] = faces, cats, 7
     path.parent.mkdir(parents=True, exist_ok=True)
-    PlyData([PlyElement.describe(v, "vertex"), PlyElement.describe(f, "face",
-             len_types={"vertex_indices": "u1"}, val_types={"vertex_indices": "i4"})]).write(str(path))
+    PlyData(
+        [
+            PlyElement.describe(v, "vertex"),
+            PlyElement.describe(f, "face", len_types={"vertex_indices": "u1"}, val_types={"vertex_indices": "i4"}),
+        ]
+    ).write(str(path))
 
 
 def render_box_depth(pose_cv, K, hw):
@@ -471,9 +500,12 @@ def make_house(root: Path, name="17DRP5sb8fy"):
     in another room that no camera sees."""
     house = root / name
     views = []
-    for i, (eye, target, K, hw) in enumerate([
+    for i, (eye, target, K, hw) in enumerate(
+        [
             ((2.0, 1.5, 1.3), (4.0, 1.8, 0.9), np.array([[40.0, 0, 31.5], [0, 41.0, 23.0], [0, 0, 1]]), (48, 64)),
-            ((1.5, 1.0, 1.5), (1.0, 3.0, 0.5), np.array([[36.0, 0, 30.0], [0, 36.5, 25.0], [0, 0, 1]]), (48, 64))]):
+            ((1.5, 1.0, 1.5), (1.0, 3.0, 0.5), np.array([[36.0, 0, 30.0], [0, 36.5, 25.0], [0, 0, 1]]), (48, 64)),
+        ]
+    ):
         cv = look_at(np.array(eye), np.array(target))
         mp_pose = cv.copy()
         mp_pose[:3, 1], mp_pose[:3, 2] = -cv[:3, 1], -cv[:3, 2]  # Matterport camera: y up, looks down -z
@@ -483,13 +515,21 @@ def make_house(root: Path, name="17DRP5sb8fy"):
         (house / "undistorted_depth_images").mkdir(parents=True, exist_ok=True)
         (house / "undistorted_color_images").mkdir(parents=True, exist_ok=True)
         Image.fromarray(dq).save(house / "undistorted_depth_images" / f"0f{i}a_d{i}_{i + 2}.png")
-        Image.fromarray(np.full((*hw, 3), 60 * (i + 1), np.uint8)).save(house / "undistorted_color_images" / f"{key}.jpg")
+        Image.fromarray(np.full((*hw, 3), 60 * (i + 1), np.uint8)).save(
+            house / "undistorted_color_images" / f"{key}.jpg"
+        )
         views.append((key, K, mp_pose, cv, dq))
-    lines = ["dataset matterport", "n_images 2", "depth_directory undistorted_depth_images",
-             "color_directory undistorted_color_images"]
+    lines = [
+        "dataset matterport",
+        "n_images 2",
+        "depth_directory undistorted_depth_images",
+        "color_directory undistorted_color_images",
+    ]
     for key, K, mp_pose, _, _ in views:
         lines.append("intrinsics_matrix " + " ".join(f"{v:g}" for v in K.reshape(-1)))
-        lines.append(f"scan {key.replace('_i', '_d')}.png {key}.jpg " + " ".join(f"{v:.9g}" for v in mp_pose.reshape(-1)))
+        lines.append(
+            f"scan {key.replace('_i', '_d')}.png {key}.jpg " + " ".join(f"{v:.9g}" for v in mp_pose.reshape(-1))
+        )
     (house / "undistorted_camera_parameters").mkdir(parents=True)
     (house / "undistorted_camera_parameters" / f"{name}.conf").write_text("\n".join(lines) + "\n")
     xyz, faces, cats = box_mesh((0, 0, 0), ROOM)
@@ -549,7 +589,9 @@ def test_matterport_house_prepares(tmp_path, mode, monkeypatch):
         assert np.median(err) < 0.03 and np.mean(err < 0.1) > 0.8  # pixel rounding only; edges excepted
         # and depth pixels back-project onto the room's walls
         rows, cols = np.nonzero(depth > 0)
-        p_cam = np.stack([(cols - K[0, 2]) / K[0, 0], (rows - K[1, 2]) / K[1, 1], np.ones(len(rows))]) * depth[rows, cols]
+        p_cam = (
+            np.stack([(cols - K[0, 2]) / K[0, 0], (rows - K[1, 2]) / K[1, 1], np.ones(len(rows))]) * depth[rows, cols]
+        )
         p = (f.pose[:3, :3] @ p_cam).T + f.pose[:3, 3]
         dist = np.minimum(np.abs(p), np.abs(p - ROOM)).min(1)
         assert dist.max() < 1e-3
@@ -570,7 +612,9 @@ def test_matterport_visibility_drops_frames_that_do_not_see_a_region(tmp_path):
     all_views = MP.read_conf(house / "undistorted_camera_parameters" / f"{house.name}.conf")
     floor = xyz[xyz[:, 2] == 0]
     wall_x4 = xyz[xyz[:, 0] == 4.0]
-    counts = MP.visible_counts(all_views, house / "undistorted_depth_images", [floor, wall_x4, xyz + 20], progress=False)
+    counts = MP.visible_counts(
+        all_views, house / "undistorted_depth_images", [floor, wall_x4, xyz + 20], progress=False
+    )
     assert counts[0, 1] > 20 and counts[1, 1] == 0  # view 0 faces the x = 4 wall, view 1 looks at y = 3
     assert (counts[:, 0] > 0).all() and (counts[:, 2] == 0).all()
 
@@ -602,8 +646,12 @@ def test_prepare_matterport_writes_split_lists(tmp_path):
     MP.prepare_matterport(tmp_path / "dl" / "v1" / "scans", tmp_path / "o2", progress=False)
     assert sorted(p.name for p in (tmp_path / "o2").glob("*.txt")) == ["matterport_test.txt"]
     assert list_names(tmp_path / "o2" / "matterport_test.txt") == ["17DRP5sb8fy_region0", "17DRP5sb8fy_region1"]
-    assert [MP.region_house(n) for n in ("a_b_region12", "17DRP5sb8fy_region0", "scene0000_00", "x_regionA")] == \
-        ["a_b", "17DRP5sb8fy", None, None]
+    assert [MP.region_house(n) for n in ("a_b_region12", "17DRP5sb8fy_region0", "scene0000_00", "x_regionA")] == [
+        "a_b",
+        "17DRP5sb8fy",
+        None,
+        None,
+    ]
 
 
 def test_cli_matterport(tmp_path, capsys):

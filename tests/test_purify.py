@@ -1,6 +1,7 @@
 """Purification: kNN graph, affinity weights and pooling against their dense definitions; the fast
 (pooled class scores) and reference (pooled channels) paths on a real scene; purify_scene end to end
 with unseen-voxel fill, the kNN-mean baseline, on-demand queries and GeoPurify's loop (bench)."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -117,8 +118,9 @@ def test_affinity_weights_definition(method):
         np.testing.assert_allclose(W[i].numpy(), torch.softmax(cos / 0.05, 0).numpy(), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(W.sum(1).numpy(), 1.0, atol=1e-5)
     assert not (idx == torch.arange(len(coords))[:, None]).any()  # no self loop
-    np.testing.assert_allclose(edge_cosines(emb, idx, "sampled").numpy(), edge_cosines(emb, idx, "gather").numpy(),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        edge_cosines(emb, idx, "sampled").numpy(), edge_cosines(emb, idx, "gather").numpy(), atol=1e-6
+    )
     U = uniform_weights(idx)
     assert U.shape == idx.shape and torch.allclose(U, torch.full_like(U, 1 / 12))
 
@@ -179,7 +181,9 @@ def _tiny_student(in_channels: int):
 @pytest.fixture(scope="module")
 def crop_case(real_points):
     """~6k real points of scene0000_00 with random lifted features; a box of points unseen."""
-    p = real_points[(real_points[:, 0] < real_points[:, 0].min() + 1.2) & (real_points[:, 1] < real_points[:, 1].min() + 3)]
+    p = real_points[
+        (real_points[:, 0] < real_points[:, 0].min() + 1.2) & (real_points[:, 1] < real_points[:, 1].min() + 3)
+    ]
     scene = Scene("crop", np.ascontiguousarray(p[:, :3]), p[:, 3:6].astype(np.uint8), path=SCENE)
     g = torch.Generator().manual_seed(6)
     C = 12
@@ -254,20 +258,31 @@ def test_query_scores(crop_case):
 
 
 def test_bad_inputs_raise_input_error():
-    scene = Scene("s", np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32),
-                  np.zeros((50, 3), np.uint8), path=Path("/data/s"))
+    scene = Scene(
+        "s",
+        np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32),
+        np.zeros((50, 3), np.uint8),
+        path=Path("/data/s"),
+    )
     cfg = load_config(None)
     model = SimpleNamespace(training=False)
     text = torch.randn(4, 8)
     with pytest.raises(InputError, match="lifted features"):
-        purify_scene(scene, SimpleNamespace(feat=torch.randn(49, 8), seen=torch.ones(49, dtype=torch.bool)),
-                     model, text, cfg)
+        purify_scene(
+            scene, SimpleNamespace(feat=torch.randn(49, 8), seen=torch.ones(49, dtype=torch.bool)), model, text, cfg
+        )
     with pytest.raises(InputError, match="different VLMs"):
-        knn_mean_scene(scene, SimpleNamespace(feat=torch.randn(50, 6), seen=torch.ones(50, dtype=torch.bool)),
-                       text, cfg)
+        knn_mean_scene(
+            scene, SimpleNamespace(feat=torch.randn(50, 6), seen=torch.ones(50, dtype=torch.bool)), text, cfg
+        )
     with pytest.raises(InputError, match="purify.pooling"):
-        knn_mean_scene(scene, SimpleNamespace(feat=torch.randn(50, 8), seen=torch.ones(50, dtype=torch.bool)),
-                       text, cfg, pooling="slow")
+        knn_mean_scene(
+            scene,
+            SimpleNamespace(feat=torch.randn(50, 8), seen=torch.ones(50, dtype=torch.bool)),
+            text,
+            cfg,
+            pooling="slow",
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -313,8 +328,9 @@ def test_graph_cache_and_single_voxel_scene():
     scene = Scene("one-voxel", xyz, np.zeros((5, 3), np.uint8))
     feat = torch.from_numpy(rng.normal(size=(5, 4))).float()
     text = torch.from_numpy(rng.normal(size=(3, 4))).float()
-    res = knn_mean_scene(scene, SimpleNamespace(feat=feat, seen=torch.ones(5, dtype=torch.bool)), text,
-                         load_config(None))
+    res = knn_mean_scene(
+        scene, SimpleNamespace(feat=feat, seen=torch.ones(5, dtype=torch.bool)), text, load_config(None)
+    )
     assert res.coords.shape[0] == 1 and res.info["k"] == 0
     want = int((F.normalize(text, dim=1) @ feat.mean(0)).argmax())
     assert (res.labels == want).all()

@@ -2,6 +2,7 @@
 dotted with the unit prompt (linearity), is the cosine scaled by the purified feature's norm, the
 per-step class labels equal purify_scene / knn_mean_scene, and a point's top scores come from its
 exact purified feature."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,8 +17,15 @@ from geopurify.config import load_config
 from geopurify.data.scene import Scene
 from geopurify.errors import InputError
 from geopurify.purify.infer import knn_mean_scene, purified_features, purify_scene
-from geopurify.purify.query import (MAX_STEPS, PoolingMatrix, build_session, feature_at, prompt_relevance,
-                                    prompt_steps, top_scores)
+from geopurify.purify.query import (
+    MAX_STEPS,
+    PoolingMatrix,
+    build_session,
+    feature_at,
+    prompt_relevance,
+    prompt_steps,
+    top_scores,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENE = ROOT.parent / "shared" / "data" / "scannet" / "scene0000_00"
@@ -44,7 +52,9 @@ def case():
     g = torch.Generator().manual_seed(3)
     C = 12
     text = F.normalize(torch.randn(8, C, generator=g), dim=1)
-    feat = torch.randn(len(p), C, generator=g) + 2 * F.normalize(smooth_field(torch.from_numpy(p[:, :3]), C, 0.4, 7), dim=1)
+    feat = torch.randn(len(p), C, generator=g) + 2 * F.normalize(
+        smooth_field(torch.from_numpy(p[:, :3]), C, 0.4, 7), dim=1
+    )
     lo = p[:, :3].min(0)
     seen = ~torch.from_numpy((p[:, 0] < lo[0] + 0.3) & (p[:, 1] < lo[1] + 0.8))
     lifted = SimpleNamespace(feat=feat.half().float(), seen=seen, info={})
@@ -87,8 +97,10 @@ def test_step_labels_equal_purify_scene_and_knn_mean(case):
 
 def test_top_scores_at_a_point_match_the_heat_map(case):
     scene, lifted, text, cfg, model, session = case
-    prompts = {"p0": torch.randn(12, generator=torch.Generator().manual_seed(1)).numpy(),
-               "p1": torch.randn(12, generator=torch.Generator().manual_seed(2)).numpy()}
+    prompts = {
+        "p0": torch.randn(12, generator=torch.Generator().manual_seed(1)).numpy(),
+        "p1": torch.randn(12, generator=torch.Generator().manual_seed(2)).numpy(),
+    }
     unseen = int(np.flatnonzero(~lifted.seen.numpy())[0])
     for point in (0, 1234, unseen):
         for T in (0, 5):
@@ -98,8 +110,9 @@ def test_top_scores_at_a_point_match_the_heat_map(case):
             top = top_scores(session, point, T, prompts, n=3)
             assert len(top["classes"]) == 3 and len(top["prompts"]) == 2
             for name, score in top["prompts"]:
-                np.testing.assert_allclose(score, session.to_points(prompt_steps(session, prompts[name])[T])[point],
-                                           rtol=1e-4, atol=1e-5)
+                np.testing.assert_allclose(
+                    score, session.to_points(prompt_steps(session, prompts[name])[T])[point], rtol=1e-4, atol=1e-5
+                )
             scores = [s for _, s in top["classes"]]
             assert scores == sorted(scores, reverse=True)
             assert top["classes"][0][0] == f"c{session.labels('purified', T)[point]}"

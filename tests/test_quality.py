@@ -4,6 +4,7 @@ fusion and better than uniform kNN smoothing. Runs bench/quality.py end to end (
 
 Stand-ins: simulated VLM and geometric teacher (the real backends need weights not present here).
 """
+
 import json
 import os
 import subprocess
@@ -23,10 +24,27 @@ def test_purified_beats_raw_and_knn_mean_on_real_scan(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     out = tmp_path / "quality.json"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "quality.py"), "--train-scenes", str(SCANNET / "scene0000_00"),
-         "--eval-scenes", str(SCANNET / "scene0000_01"), "--out", str(out), "--work", str(tmp_path / "work"),
-         "--epochs", "20", "--seed", "0"],
-        capture_output=True, text=True, env=env, timeout=1200)
+        [
+            sys.executable,
+            str(REPO / "bench" / "quality.py"),
+            "--train-scenes",
+            str(SCANNET / "scene0000_00"),
+            "--eval-scenes",
+            str(SCANNET / "scene0000_01"),
+            "--out",
+            str(out),
+            "--work",
+            str(tmp_path / "work"),
+            "--epochs",
+            "20",
+            "--seed",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1200,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     last = json.loads(proc.stdout.strip().splitlines()[-1])
     print(f"scene0000_01 mIoU: raw {last['raw']:.1f}, kNN-mean {last['knn_mean']:.1f}, purified {last['purified']:.1f}")

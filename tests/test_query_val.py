@@ -2,6 +2,7 @@
 `sh run/val.sh` (the seed's interface) writes predictions, metrics and the per-class table, and
 `geopurify query` gives a per-point relevance map whose values rank the points of the prompted
 class above the others."""
+
 from __future__ import annotations
 
 import json
@@ -26,19 +27,33 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("qv")
-    cfg = {"data": {"dataset": "synthetic", "root": str(tmp / "rooms"), "frame_step": 1},
-           "synthetic": {"n_train": 1, "n_val": 1, "points": 12000, "frames": 8},
-           "distill": {"epochs": 5},
-           "eval": {"also_label_sets": ["scannet19"]}}
+    cfg = {
+        "data": {"dataset": "synthetic", "root": str(tmp / "rooms"), "frame_step": 1},
+        "synthetic": {"n_train": 1, "n_val": 1, "points": 12000, "frames": 8},
+        "distill": {"epochs": 5},
+        "eval": {"also_label_sets": ["scannet19"]},
+    }
     cfg_path = tmp / "cfg.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     exp = tmp / "exp"
     # --set passes through run/train.sh in both spellings, values with brackets and spaces intact,
     # and wins over the config file (distill.epochs 5 -> 2)
-    r = subprocess.run(["sh", str(REPO / "run" / "train.sh"), f"--exp_dir={exp}", f"--config={cfg_path}",
-                        "--set=lift.image_size=[160, 120]", "--set", "distill.epochs=2",
-                        "--set=lift.prompt_template=a {} in a scene"],
-                       env=ENV, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            "sh",
+            str(REPO / "run" / "train.sh"),
+            f"--exp_dir={exp}",
+            f"--config={cfg_path}",
+            "--set=lift.image_size=[160, 120]",
+            "--set",
+            "distill.epochs=2",
+            "--set=lift.prompt_template=a {} in a scene",
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert (exp / "model" / "geopurify.pth").is_file()
     from geopurify.student.checkpoint import load_checkpoint
@@ -54,8 +69,13 @@ def trained(tmp_path_factory):
 
 def test_val_sh_writes_predictions_metrics_and_table(trained):
     tmp, cfg_path, exp = trained
-    r = subprocess.run(["sh", str(REPO / "run" / "val.sh"), f"--exp_dir={exp}", f"--config={cfg_path}",
-                        "--ckpt_name=geopurify.pth"], env=ENV, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        ["sh", str(REPO / "run" / "val.sh"), f"--exp_dir={exp}", f"--config={cfg_path}", "--ckpt_name=geopurify.pth"],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     out = exp / "result" / "geopurify" / "val"
     report = json.loads((out / "metrics.json").read_text())
@@ -83,26 +103,63 @@ def test_val_sh_passes_set_through(trained, tmp_path):
     exp = tmp_path / "exp"  # a fresh result directory: nothing to reuse, so the scene is lifted again
     shutil.copytree(trained_exp / "model", exp / "model")
     cache = tmp_path / "my cache"
-    r = subprocess.run(["sh", str(REPO / "run" / "val.sh"), f"--exp_dir={exp}", f"--config={cfg_path}",
-                        f"--set=data.cache_dir={cache}", "--set", "eval.exclude_from_f=[wall, floor]",
-                        "--device=cpu"], env=ENV, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            "sh",
+            str(REPO / "run" / "val.sh"),
+            f"--exp_dir={exp}",
+            f"--config={cfg_path}",
+            f"--set=data.cache_dir={cache}",
+            "--set",
+            "eval.exclude_from_f=[wall, floor]",
+            "--device=cpu",
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert list((cache / "lift").glob("synth_0001.*.lift.pt"))  # the cache went where --set said
     report = json.loads((exp / "result" / "geopurify" / "val" / "metrics.json").read_text())
     assert report["metrics"]["purified"]["excluded_from_f"] == ["wall", "floor"] and report["device"] == "cpu"
-    r = subprocess.run(["sh", str(REPO / "run" / "val.sh"), f"--exp_dir={exp}", f"--config={cfg_path}",
-                        "--set=purify.stepz=3"], env=ENV, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        ["sh", str(REPO / "run" / "val.sh"), f"--exp_dir={exp}", f"--config={cfg_path}", "--set=purify.stepz=3"],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == (
-        "error: --set purify.stepz=3: unknown config key 'purify.stepz'")
+        "error: --set purify.stepz=3: unknown config key 'purify.stepz'"
+    )
 
 
 def test_query_relevance_ranks_the_prompted_class_first(trained):
     tmp, cfg_path, exp = trained
     scene_dir = tmp / "rooms" / "synth_0001"
     out = tmp / "q_floor"
-    r = subprocess.run([sys.executable, "-m", "geopurify", "query", "--scene", str(scene_dir),
-                        "--ckpt", str(exp / "model" / "geopurify.pth"), "--text", "a floor in a scene",
-                        "--out", str(out)], env=ENV, capture_output=True, text=True, timeout=600, cwd=REPO)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "geopurify",
+            "query",
+            "--scene",
+            str(scene_dir),
+            "--ckpt",
+            str(exp / "model" / "geopurify.pth"),
+            "--text",
+            "a floor in a scene",
+            "--out",
+            str(out),
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     ply = read_ply(out.with_suffix(".ply"))
     assert out.with_suffix(".png").is_file()
@@ -170,16 +227,32 @@ def test_lift_val_query_train_on_cuda(trained, tmp_path):
     for m in ("raw", "knn_mean", "purified"):
         assert (preds["cuda"][m] == preds["cpu"][m]).mean() > 0.98, m
 
-    r = run("query", "--scene", scene_dir, "--ckpt", exp / "model" / "geopurify.pth", "--text", "a floor in a scene",
-            "--device", "cuda", "--out", tmp_path / "q")
+    r = run(
+        "query",
+        "--scene",
+        scene_dir,
+        "--ckpt",
+        exp / "model" / "geopurify.pth",
+        "--text",
+        "a floor in a scene",
+        "--device",
+        "cuda",
+        "--out",
+        tmp_path / "q",
+    )
     assert "computed on cuda:0" in r.stdout
     rel = np.asarray(read_ply(tmp_path / "q.ply")["relevance"], dtype=np.float64)
     gt = get_label_set("scannet20").map(load_scene(scene_dir).labels)
     floor = gt == get_label_set("scannet20").index("floor")
     assert rel[floor].mean() > rel[~floor].mean() + 0.05
 
-    run(f"--exp_dir={tmp_path / 'train'}", f"--config={cfg_path}", "--device=cuda", "--set=distill.epochs=1",
-        script="train.sh")
+    run(
+        f"--exp_dir={tmp_path / 'train'}",
+        f"--config={cfg_path}",
+        "--device=cuda",
+        "--set=distill.epochs=1",
+        script="train.sh",
+    )
     from geopurify.student.checkpoint import load_checkpoint
 
     assert load_checkpoint(tmp_path / "train" / "model" / "geopurify.pth")["meta"]["device"] == "cuda:0"

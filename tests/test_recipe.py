@@ -15,6 +15,7 @@ device that torch does not see skips the tests. Every stage's wall time is print
 Everything is driven through the CLI, the run scripts and plain file reads; only `geopurify.data.sens`
 is imported, to read the raw `.sens` poses that decide which frames are views.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,12 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
-STAND_INS = ["--set=lift.vlm=simulated", "--set=teacher.name=geometric", "--set=student.preset=cpu",
-             "--set=distill.epochs=2"]
+STAND_INS = [
+    "--set=lift.vlm=simulated",
+    "--set=teacher.name=geometric",
+    "--set=student.preset=cpu",
+    "--set=distill.epochs=2",
+]
 DEVICE = os.environ.get("GEOPURIFY_TEST_DEVICE", "").strip()
 
 
@@ -111,13 +116,19 @@ def user_checkout(tmp: Path) -> tuple[Path, dict]:
         (work / part).symlink_to(REPO / part, target_is_directory=True)
     bin_dir = tmp / "bin"
     bin_dir.mkdir()
-    for name, cmd in (("geopurify", f"{shlex.quote(sys.executable)} -m geopurify"),
-                      ("python3", shlex.quote(sys.executable))):
+    for name, cmd in (
+        ("geopurify", f"{shlex.quote(sys.executable)} -m geopurify"),
+        ("python3", shlex.quote(sys.executable)),
+    ):
         (bin_dir / name).write_text(f'#!/bin/sh\nexec {cmd} "$@"\n')
         (bin_dir / name).chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "HF_HUB_OFFLINE": "1",
-           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
     return work, env
 
 
@@ -125,13 +136,20 @@ def run_stage(stage: str, script: str, cwd: Path, env: dict, times: dict) -> str
     t = time.perf_counter()
     res = subprocess.run(["sh", "-ec", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
     times[stage] = round(time.perf_counter() - t, 1)
-    assert res.returncode == 0, f"{stage} failed (rc {res.returncode}):\n{script}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    assert res.returncode == 0, (
+        f"{stage} failed (rc {res.returncode}):\n{script}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    )
     return res.stdout + res.stderr
 
 
 def synth(args: list[str], out: Path, env: dict, times: dict) -> None:
-    run_stage("synth (the stand-in download)", " ".join(["geopurify", "synth", *args, "--out", shlex.quote(str(out))]),
-              out.parent, env, times)
+    run_stage(
+        "synth (the stand-in download)",
+        " ".join(["geopurify", "synth", *args, "--out", shlex.quote(str(out))]),
+        out.parent,
+        env,
+        times,
+    )
 
 
 def run_recipe(name: str, paths: dict[str, Path], work: Path, env: dict, times: dict) -> None:
@@ -146,8 +164,11 @@ def run_recipe(name: str, paths: dict[str, Path], work: Path, env: dict, times: 
 
 def absent(tmp: Path) -> dict[str, Path]:
     """The 2D-feature, prompt and Sonata paths: nothing is there; the stand-ins must not need them."""
-    return {"FEATURES": tmp / "absent" / "features", "TEXT": tmp / "absent" / "text.pt",
-            "SONATA": tmp / "absent" / "sonata.pth"}
+    return {
+        "FEATURES": tmp / "absent" / "features",
+        "TEXT": tmp / "absent" / "text.pt",
+        "SONATA": tmp / "absent" / "sonata.pth",
+    }
 
 
 def names(path: Path) -> list[str]:
@@ -208,8 +229,12 @@ def test_scannet_recipe_verbatim(tmp_path):
     times: dict[str, float] = {}
     work, env = user_checkout(tmp_path)
     download = tmp_path / "download"
-    synth(["--format", "scannet-raw", "--scenes", "3", "--seed", "2", "--points", "8000", "--frames", "100"],
-          download, env, times)
+    synth(
+        ["--format", "scannet-raw", "--scenes", "3", "--seed", "2", "--points", "8000", "--frames", "100"],
+        download,
+        env,
+        times,
+    )
     run_recipe("scannet", {"SCANS": download / "scans", **absent(tmp_path)}, work, env, times)
 
     data, exp = work / "data" / "scannet", work / "out" / "scannet"
@@ -258,8 +283,25 @@ def test_matterport_recipe_verbatim(tmp_path):
     times: dict[str, float] = {}
     work, env = user_checkout(tmp_path)
     download = tmp_path / "download"
-    synth(["--format", "matterport-raw", "--scenes", "3", "--seed", "0", "--rooms", "1", "--panoramas", "1",
-           "--points", "6000"], download, env, times)
+    synth(
+        [
+            "--format",
+            "matterport-raw",
+            "--scenes",
+            "3",
+            "--seed",
+            "0",
+            "--rooms",
+            "1",
+            "--panoramas",
+            "1",
+            "--points",
+            "6000",
+        ],
+        download,
+        env,
+        times,
+    )
     run_recipe("matterport", {"MATTERPORT": download / "v1" / "scans", **absent(tmp_path)}, work, env, times)
 
     data, exp = work / "data" / "matterport", work / "out" / "matterport"
@@ -282,8 +324,9 @@ def test_matterport_recipe_verbatim(tmp_path):
 
 
 # ------------------------------------------------------------------------------ the text itself
-@pytest.mark.parametrize("name, config", [("scannet", "geopurify_scannet.yaml"),
-                                          ("matterport", "geopurify_matterport.yaml")])
+@pytest.mark.parametrize(
+    "name, config", [("scannet", "geopurify_scannet.yaml"), ("matterport", "geopurify_matterport.yaml")]
+)
 def test_config_header_shows_the_readme_recipe(name, config):
     """The paper config's header comment shows the README's recipe, command for command, and the
     train / val lines keep the seed's interface."""
@@ -302,8 +345,10 @@ def test_config_header_shows_the_readme_recipe(name, config):
 
 def test_stand_in_commands_change_only_paths_and_overrides():
     """The rewriting the recipe tests apply: variable values and the appended overrides, nothing else."""
-    block = 'A=/x/y   # the scans\nB=/z\n# 1. step\ngeopurify prepare scannet --root "$A" \\\n    --out data/s\n' \
-            'sh run/train.sh --exp_dir=out/s --config=c.yaml \\\n    --set=t.ckpt="$B"\n'
+    block = (
+        'A=/x/y   # the scans\nB=/z\n# 1. step\ngeopurify prepare scannet --root "$A" \\\n    --out data/s\n'
+        'sh run/train.sh --exp_dir=out/s --config=c.yaml \\\n    --set=t.ckpt="$B"\n'
+    )
     out = stand_in_commands(block, {"A": Path("/t/scans"), "B": Path("/t/none")})
     assert [s for s, _ in out] == ["geopurify prepare", "sh run/train.sh"]
     assert out[0][1] == 'A=/t/scans\nB=/t/none\ngeopurify prepare scannet --root "$A" --out data/s'

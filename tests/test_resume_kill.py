@@ -10,6 +10,7 @@ that skips what was finished and ends with outputs identical to an uninterrupted
 - `geopurify val`: scenes whose predictions were written (with a matching record) are reused.
 - atomic writes: a temporary file left by a killed process is removed on the next write.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,22 +29,34 @@ from geopurify.cli import main
 from geopurify.standins.rooms import make_room, write_room
 
 REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-       "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "HF_HUB_OFFLINE": "1",
+    "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+}
 
 
 def kill_when(argv: list, ready, timeout: float = 180.0) -> None:
     """Start `python -m geopurify *argv`, SIGKILL it as soon as `ready()` is true; fail if it ends first."""
     with tempfile.TemporaryFile() as err:  # a file, not a pipe: a full pipe would stall the run
-        proc = subprocess.Popen([sys.executable, "-m", "geopurify", "-q", *map(str, argv)], env=ENV, cwd=REPO,
-                                stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "geopurify", "-q", *map(str, argv)],
+            env=ENV,
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
         t0 = time.monotonic()
         try:
             while not ready():
                 if proc.poll() is not None:
                     err.seek(0)
-                    pytest.fail(f"the run ended (rc {proc.returncode}) before it could be killed: "
-                                f"{err.read().decode(errors='replace')[-2000:]}")
+                    pytest.fail(
+                        f"the run ended (rc {proc.returncode}) before it could be killed: "
+                        f"{err.read().decode(errors='replace')[-2000:]}"
+                    )
                 if time.monotonic() - t0 > timeout:
                     pytest.fail("the run never reached the kill point")
                 time.sleep(0.005)
@@ -74,7 +87,9 @@ def rooms(tmp_path_factory) -> dict:
         write_room(make_room(100 + i, n_points=20000, n_frames=12, image_hw=(120, 160), name=p.name), p)
         paths.append(p)
     cfg = d / "lift.yaml"
-    cfg.write_text(yaml.safe_dump({"data": {"frame_step": 1}, "lift": {"image_size": [320, 240], "fusion": "consensus"}}))
+    cfg.write_text(
+        yaml.safe_dump({"data": {"frame_step": 1}, "lift": {"image_size": [320, 240], "fusion": "consensus"}})
+    )
     return {"dir": d, "paths": paths, "cfg": cfg}
 
 
@@ -112,12 +127,18 @@ def test_synth_killed_then_resumed(tmp_path):
 @pytest.fixture(scope="module")
 def train_cfg(rooms) -> Path:
     d = rooms["dir"]
-    over = {"data": {"dataset": "synthetic", "root": str(d / "train_rooms"), "frame_step": 1,
-                     "cache_dir": str(d / "train_cache")},
-            "synthetic": {"n_train": 2, "n_val": 1, "seed": 1, "points": 3000, "frames": 4},
-            "lift": {"image_size": [160, 120]},
-            "student": {"width": 16, "blocks": 1, "voxel_size": 0.1},
-            "distill": {"epochs": 12, "warmup_epochs": 1, "seed": 2, "max_anchors": 512}}
+    over = {
+        "data": {
+            "dataset": "synthetic",
+            "root": str(d / "train_rooms"),
+            "frame_step": 1,
+            "cache_dir": str(d / "train_cache"),
+        },
+        "synthetic": {"n_train": 2, "n_val": 1, "seed": 1, "points": 3000, "frames": 4},
+        "lift": {"image_size": [160, 120]},
+        "student": {"width": 16, "blocks": 1, "voxel_size": 0.1},
+        "distill": {"epochs": 12, "warmup_epochs": 1, "seed": 2, "max_anchors": 512},
+    }
     p = d / "train.yaml"
     p.write_text(yaml.safe_dump(over))
     return p
@@ -136,8 +157,10 @@ def test_train_killed_then_resumed(rooms, train_cfg, train_ref):
 
     ref, run = train_ref, rooms["dir"] / "train_run"
     final = Path("model") / "geopurify.pth"
-    kill_when(["train", "--exp_dir", run, "--config", train_cfg, "--device", "cpu"],
-              lambda: (run / "model" / "epoch_001.pth").exists())
+    kill_when(
+        ["train", "--exp_dir", run, "--config", train_cfg, "--device", "cpu"],
+        lambda: (run / "model" / "epoch_001.pth").exists(),
+    )
     assert not (run / final).exists()
     done = load_checkpoint(run / "model" / "last.pth")["epoch"]
     assert 1 <= done < 12

@@ -1,6 +1,7 @@
 """ScanNet200 labels end to end: aggregation + segs -> labels_scannet200.npy -> load_scene in the
 "scannet200_raw" space -> scannet200 classes -> `geopurify eval` / `select-subset`; and the
 teacher's device pass-through."""
+
 from __future__ import annotations
 
 import csv
@@ -15,6 +16,7 @@ from geopurify.data import prepare as P
 from geopurify.data import readers as R
 from geopurify.data.labels import IGNORE, get_label_set, scannet_raw_category_ids
 from geopurify.errors import InputError
+
 from test_prepare import tiny_scan  # raw-scan fixture writers (mesh, axis, segs, .sens)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,12 +27,12 @@ RAW = {"wall": 1, "chair": 2, "floor": 3, "office chair": 10, "kitchen cabinets"
 # file order matters: later groups win where groups share a segment (seg ids of tiny_scan: 0, 7, 14, ...)
 GROUPS = [
     {"objectId": 0, "label": "chair", "segments": [0, 7]},
-    {"objectId": 1, "label": "wall", "segments": [7, 21, 63]},          # takes segment 7 from the chair
+    {"objectId": 1, "label": "wall", "segments": [7, 21, 63]},  # takes segment 7 from the chair
     {"objectId": 2, "label": "kitchen cabinets", "segments": [35, 9999]},  # 9999: no such segment
-    {"objectId": 3, "label": "no such category", "segments": [42]},     # not in the table -> 0
-    {"objectId": 4, "label": "drawer", "segments": [49]},               # a raw id outside ScanNet200
+    {"objectId": 3, "label": "no such category", "segments": [42]},  # not in the table -> 0
+    {"objectId": 4, "label": "drawer", "segments": [49]},  # a raw id outside ScanNet200
     {"objectId": 5, "label": "floor", "segments": [56, 70, 77, 84]},
-    {"objectId": 6, "label": "office chair", "segments": [21]},         # takes segment 21 from the wall
+    {"objectId": 6, "label": "office chair", "segments": [21]},  # takes segment 21 from the wall
 ]
 
 
@@ -73,8 +75,12 @@ def test_prepare_writes_scannet200_raw_ids(tmp_path):
     assert raw.dtype == np.int32 and np.array_equal(raw, want)
     assert (want == 2).sum() == 10 and (want == 10).sum() == 10 and (want == 1).sum() == 20  # overlaps resolved
     assert np.array_equal(np.load(out / R.LABELS_FILE), nyu)  # NYU40 still from the .labels.ply
-    assert np.array_equal(P.scannet_raw_labels(scan / f"{scan.name}.aggregation.json",
-                                               scan / f"{scan.name}_vh_clean_2.0.010000.segs.json", 300), want)
+    assert np.array_equal(
+        P.scannet_raw_labels(
+            scan / f"{scan.name}.aggregation.json", scan / f"{scan.name}_vh_clean_2.0.010000.segs.json", 300
+        ),
+        want,
+    )
     inst = np.load(out / R.INSTANCES_FILE)  # instances follow the same later-group-wins rule
     assert inst[seg == 7].tolist() == [2] * 10 and inst[seg == 21].tolist() == [7] * 10
 
@@ -101,8 +107,15 @@ def test_load_scene_picks_the_label_space(tmp_path):
     assert list(R.label_sources(out)) == ["nyu40", "scannet200_raw"]
     # the benchmark classes of the raw ids
     cls = s200.map(R.load_scene_for(out, s200).labels, space="scannet200_raw")
-    name_of = {0: IGNORE, 1: s200.index("wall"), 2: s200.index("chair"), 3: s200.index("floor"),
-               10: s200.index("office chair"), 29: s200.index("kitchen cabinet"), 25: IGNORE}
+    name_of = {
+        0: IGNORE,
+        1: s200.index("wall"),
+        2: s200.index("chair"),
+        3: s200.index("floor"),
+        10: s200.index("office chair"),
+        29: s200.index("kitchen cabinet"),
+        25: IGNORE,
+    }
     assert np.array_equal(cls, [name_of[int(r)] for r in raw])
     assert (s200.index("wall"), s200.index("chair"), s200.index("floor")) == (0, 1, 2)
     # a raw scan directory read directly (mesh form) gives the same labels from its JSON files
@@ -138,8 +151,19 @@ def test_eval_cli_scores_scannet200_against_raw_ids(tmp_path, capsys):
     pred[seg == 56] = s200.index("door")  # 10 floor points called door
     (tmp_path / "pred").mkdir()
     np.save(tmp_path / "pred" / f"{scan.name}.pred.npy", pred.astype(np.int16))
-    rc = main(["eval", "--scene", str(out), "--pred", str(tmp_path / "pred"), "--label-set", "scannet200",
-               "--out", str(tmp_path / "m.json")])
+    rc = main(
+        [
+            "eval",
+            "--scene",
+            str(out),
+            "--pred",
+            str(tmp_path / "pred"),
+            "--label-set",
+            "scannet200",
+            "--out",
+            str(tmp_path / "m.json"),
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     rep = json.loads((tmp_path / "m.json").read_text())
     want = np.zeros((200, 201), np.int64)  # last column: no prediction
@@ -158,8 +182,22 @@ def test_eval_cli_scores_scannet200_against_raw_ids(tmp_path, capsys):
     # the same scene scored with scannet20 reads its NYU40 labels
     g20 = get_label_set("scannet20").map(nyu)
     np.save(tmp_path / "pred" / f"{scan.name}.pred.npy", np.maximum(g20, 0))
-    assert main(["eval", "--scene", str(out), "--pred", str(tmp_path / "pred"), "--label-set", "scannet20",
-                 "--out", str(tmp_path / "m20.json")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--scene",
+                str(out),
+                "--pred",
+                str(tmp_path / "pred"),
+                "--label-set",
+                "scannet20",
+                "--out",
+                str(tmp_path / "m20.json"),
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "m20.json").read_text())["metrics"]["mIoU"] == pytest.approx(100.0)
 
 
@@ -180,8 +218,7 @@ def test_select_subset_counts_scannet200_classes(tmp_path):
         save_npy(root / name / R.SCANNET200_LABELS_FILE, raw.astype(np.int32))
     for set_name, want in (("scannet200", "scene0001_00"), ("scannet20", "scene0002_00")):
         out = tmp_path / f"{set_name}.txt"
-        assert main(["select-subset", "--root", str(root), "--label-set", set_name, "--k", "1",
-                     "--out", str(out)]) == 0
+        assert main(["select-subset", "--root", str(root), "--label-set", set_name, "--k", "1", "--out", str(out)]) == 0
         chosen = [ln for ln in out.read_text().splitlines() if ln and not ln.startswith("#")]
         assert chosen == [want], (set_name, chosen)
 
@@ -191,8 +228,10 @@ def test_simulated_vlm_renders_the_label_sets_space(tmp_path):
     caller loaded (NYU40 ids read as raw ids would silently be other classes)."""
     from geopurify.standins.simulated_vlm import SimulatedVLM, render_point_labels
 
-    groups = [{"objectId": i, "label": lab, "segments": list(range(7 * i, 210, 35))}
-              for i, lab in enumerate(["wall", "chair", "floor", "office chair", "kitchen cabinets"])]
+    groups = [
+        {"objectId": i, "label": lab, "segments": list(range(7 * i, 210, 35))}
+        for i, lab in enumerate(["wall", "chair", "floor", "office chair", "kitchen cabinets"])
+    ]
     scan, seg, _ = scan_with_groups(tmp_path / "raw", groups=groups, with_sens=True)
     out = P.prepare_scannet_scan(scan, tmp_path / "out" / scan.name, frame_step=1, progress=False)
     s200 = get_label_set("scannet200")
@@ -225,9 +264,9 @@ def test_scannet200_config_is_consistent():
 # ------------------------------------------------------------------------------------- teacher device
 def test_build_teacher_passes_the_device(tmp_path, monkeypatch):
     from geopurify.config import defaults
+    from geopurify.standins.geometric_teacher import GeometricTeacher
     from geopurify.teacher import build_teacher
     from geopurify.teacher import sonata as S
-    from geopurify.standins.geometric_teacher import GeometricTeacher
 
     seen = []
     real = S.load_sonata
@@ -250,8 +289,11 @@ def test_train_builds_the_teacher_on_its_device(tmp_path, monkeypatch):
     from geopurify.data.writers import write_scene
     from geopurify.distill.engine import train
 
-    write_scene(tmp_path / "data" / "scene0001_00", np.random.default_rng(0).uniform(0, 2, (50, 3)),
-                np.full((50, 3), 9, np.uint8))
+    write_scene(
+        tmp_path / "data" / "scene0001_00",
+        np.random.default_rng(0).uniform(0, 2, (50, 3)),
+        np.full((50, 3), 9, np.uint8),
+    )
     cfg = defaults()
     cfg["data"].update(dataset="scannet", root=str(tmp_path / "data"))
 

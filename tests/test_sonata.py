@@ -2,6 +2,7 @@
 codes, spconv's submanifold conv, patch attention with the official padding, grid pooling,
 up-casting), the official checkpoint's key names and shapes, checkpoint errors, and the whole
 teacher (shapes, determinism, permutation equivariance) with random weights."""
+
 from __future__ import annotations
 
 import itertools
@@ -14,18 +15,30 @@ import torch
 from geopurify.config import defaults
 from geopurify.data.scene import Scene
 from geopurify.errors import InputError
-from geopurify.teacher import build_teacher
-from geopurify.teacher import ptv3
-from geopurify.teacher.sonata import (SONATA_CONFIG, SonataTeacher, build_encoder, grid_sample, load_sonata,
-                                      read_checkpoint, sonata_features, sonata_input)
+from geopurify.teacher import build_teacher, ptv3
+from geopurify.teacher.sonata import (
+    SONATA_CONFIG,
+    SonataTeacher,
+    build_encoder,
+    grid_sample,
+    load_sonata,
+    read_checkpoint,
+    sonata_features,
+    sonata_input,
+)
 
 S00 = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "scannet" / "scene0000_00"
 needs_scannet = pytest.mark.skipif(not S00.is_dir(), reason="../shared/data/scannet not present")
 
 # A reduced config for speed: 5 stages like Sonata, tiny widths, patches of 64 so that the
 # padded last patch is exercised on a few thousand points.
-SMALL = dict(SONATA_CONFIG, enc_depths=(1, 1, 1, 2, 1), enc_channels=(8, 16, 16, 32, 32),
-             enc_num_head=(2, 2, 2, 4, 4), enc_patch_size=(64,) * 5)
+SMALL = dict(
+    SONATA_CONFIG,
+    enc_depths=(1, 1, 1, 2, 1),
+    enc_channels=(8, 16, 16, 32, 32),
+    enc_num_head=(2, 2, 2, 4, 4),
+    enc_patch_size=(64,) * 5,
+)
 
 
 def small_model(seed=0, cfg=SMALL):
@@ -62,12 +75,21 @@ def save_ckpt(path, model, config=SMALL, prefix=""):
 
 # codes computed with the official sonata/serialization (hilbert.encode, z_order.xyz2key)
 OFFICIAL_CODES = {
-    3: ([[4, 7, 5], [0, 3, 3], [3, 7, 1], [3, 5, 2], [4, 7, 6], [0, 0, 4]],
-        [346, 54, 227, 194, 339, 64], [467, 27, 183, 174, 474, 64]),
-    11: ([[2046, 1871, 1455], [448, 850, 99], [2008, 1201, 755], [797, 659, 1171]],
-         [6002776940, 250451121, 5186810812, 1662087777], [8451182587, 379363353, 7196768267, 1952479519]),
-    16: ([[53887, 41504, 55839], [49866, 18676, 57495], [60067, 31230, 11723]],
-         [203974842459282, 218543919509169, 275547534922878], [269733476916077, 207275674908905, 171173303232189]),
+    3: (
+        [[4, 7, 5], [0, 3, 3], [3, 7, 1], [3, 5, 2], [4, 7, 6], [0, 0, 4]],
+        [346, 54, 227, 194, 339, 64],
+        [467, 27, 183, 174, 474, 64],
+    ),
+    11: (
+        [[2046, 1871, 1455], [448, 850, 99], [2008, 1201, 755], [797, 659, 1171]],
+        [6002776940, 250451121, 5186810812, 1662087777],
+        [8451182587, 379363353, 7196768267, 1952479519],
+    ),
+    16: (
+        [[53887, 41504, 55839], [49866, 18676, 57495], [60067, 31230, 11723]],
+        [203974842459282, 218543919509169, 275547534922878],
+        [269733476916077, 207275674908905, 171173303232189],
+    ),
 }
 
 
@@ -84,12 +106,12 @@ def test_hilbert_is_a_unit_step_walk_and_morton_a_bijection(depth):
     side = 1 << depth
     cube = torch.tensor(list(itertools.product(range(side), repeat=3)))
     h = ptv3.hilbert_code(cube, depth)
-    assert sorted(h.tolist()) == list(range(side ** 3))
+    assert sorted(h.tolist()) == list(range(side**3))
     walk = cube[torch.argsort(h)]
     assert (walk[1:] - walk[:-1]).abs().sum(1).eq(1).all()  # consecutive cells are face neighbours
     assert walk[0].tolist() == [0, 0, 0]
     z = ptv3.morton_code(cube, depth)
-    assert sorted(z.tolist()) == list(range(side ** 3))
+    assert sorted(z.tolist()) == list(range(side**3))
 
 
 def test_serialize_orders_and_inverse():
@@ -110,8 +132,10 @@ def test_serialize_orders_and_inverse():
 
 # ----------------------------------------------------------------------------- conv, attention, pooling
 
+
 def test_submanifold_conv_matches_spconv():
-    from geopurify.student.spconv_compat import SubMConv3d as SpconvSubM, sparse_tensor
+    from geopurify.student.spconv_compat import SubMConv3d as SpconvSubM
+    from geopurify.student.spconv_compat import sparse_tensor
 
     g = torch.Generator().manual_seed(0)
     grid = torch.unique(torch.randint(0, 9, (400, 3), generator=g), dim=0)
@@ -157,14 +181,14 @@ def attention_loop(att, feat, order, patch):
             pos += list(range(n - patch, n - patch + (patch - len(pos))))
         members = order[pos]
         for head in range(h):
-            q = qkv[members, head * d:(head + 1) * d]
-            k = qkv[members, c + head * d:c + (head + 1) * d]
-            v = qkv[members, 2 * c + head * d:2 * c + (head + 1) * d]
-            w = torch.softmax(q @ k.T * d ** -0.5, dim=1)
+            q = qkv[members, head * d : (head + 1) * d]
+            k = qkv[members, c + head * d : c + (head + 1) * d]
+            v = qkv[members, 2 * c + head * d : 2 * c + (head + 1) * d]
+            w = torch.softmax(q @ k.T * d**-0.5, dim=1)
             res = w @ v
             for j, position in enumerate(pos):
                 if position >= p * patch:  # a real slot of this patch, not a pad copy
-                    out[order[position], head * d:(head + 1) * d] = res[j]
+                    out[order[position], head * d : (head + 1) * d] = res[j]
     return att.proj(out)
 
 
@@ -212,12 +236,13 @@ def test_upcast_against_ancestor_loop():
         for s in range(1, len(levels)):
             anc.append(int(levels[s].parent[anc[-1]]))
             # pooling by stride 2 four times: ancestors are the cells of grid // 2**s
-            assert levels[s].grid[anc[s]].tolist() == (grid[v] // 2 ** s).tolist()
+            assert levels[s].grid[anc[s]].tolist() == (grid[v] // 2**s).tolist()
         want = torch.cat([levels[2].feat[anc[2]], levels[3].feat[anc[3]], levels[4].feat[anc[4]]])
         assert torch.equal(top[index[v]], want)
 
 
 # ----------------------------------------------------------------------------- official checkpoint layout
+
 
 def official_sonata_keys() -> dict[str, tuple]:
     """Names and shapes of the encoder parameters in the official sonata.pth, written out from
@@ -227,27 +252,48 @@ def official_sonata_keys() -> dict[str, tuple]:
     (out, 3, 3, 3, in)), cpe.1 (Linear), cpe.2 (LayerNorm), norm1.0, attn.qkv, attn.proj, norm2.0,
     mlp.0.fc1, mlp.0.fc2}."""
     ch, depths = (48, 96, 192, 384, 512), (3, 3, 3, 12, 3)
-    keys = {"embedding.mask_token": (1, 48), "embedding.stem.linear.weight": (48, 9),
-            "embedding.stem.linear.bias": (48,), "embedding.stem.norm.weight": (48,),
-            "embedding.stem.norm.bias": (48,)}
+    keys = {
+        "embedding.mask_token": (1, 48),
+        "embedding.stem.linear.weight": (48, 9),
+        "embedding.stem.linear.bias": (48,),
+        "embedding.stem.norm.weight": (48,),
+        "embedding.stem.norm.bias": (48,),
+    }
     for s, (c, depth) in enumerate(zip(ch, depths)):
         pre = f"enc.enc{s}."
         if s:
-            keys.update({pre + "down.proj.weight": (c, ch[s - 1]), pre + "down.proj.bias": (c,),
-                         pre + "down.norm.0.weight": (c,), pre + "down.norm.0.bias": (c,)})
+            keys.update(
+                {
+                    pre + "down.proj.weight": (c, ch[s - 1]),
+                    pre + "down.proj.bias": (c,),
+                    pre + "down.norm.0.weight": (c,),
+                    pre + "down.norm.0.bias": (c,),
+                }
+            )
         for i in range(depth):
             b = f"{pre}block{i}."
-            keys.update({
-                b + "cpe.0.weight": (c, 3, 3, 3, c), b + "cpe.0.bias": (c,),
-                b + "cpe.1.weight": (c, c), b + "cpe.1.bias": (c,),
-                b + "cpe.2.weight": (c,), b + "cpe.2.bias": (c,),
-                b + "norm1.0.weight": (c,), b + "norm1.0.bias": (c,),
-                b + "attn.qkv.weight": (3 * c, c), b + "attn.qkv.bias": (3 * c,),
-                b + "attn.proj.weight": (c, c), b + "attn.proj.bias": (c,),
-                b + "norm2.0.weight": (c,), b + "norm2.0.bias": (c,),
-                b + "mlp.0.fc1.weight": (4 * c, c), b + "mlp.0.fc1.bias": (4 * c,),
-                b + "mlp.0.fc2.weight": (c, 4 * c), b + "mlp.0.fc2.bias": (c,),
-            })
+            keys.update(
+                {
+                    b + "cpe.0.weight": (c, 3, 3, 3, c),
+                    b + "cpe.0.bias": (c,),
+                    b + "cpe.1.weight": (c, c),
+                    b + "cpe.1.bias": (c,),
+                    b + "cpe.2.weight": (c,),
+                    b + "cpe.2.bias": (c,),
+                    b + "norm1.0.weight": (c,),
+                    b + "norm1.0.bias": (c,),
+                    b + "attn.qkv.weight": (3 * c, c),
+                    b + "attn.qkv.bias": (3 * c,),
+                    b + "attn.proj.weight": (c, c),
+                    b + "attn.proj.bias": (c,),
+                    b + "norm2.0.weight": (c,),
+                    b + "norm2.0.bias": (c,),
+                    b + "mlp.0.fc1.weight": (4 * c, c),
+                    b + "mlp.0.fc1.bias": (4 * c,),
+                    b + "mlp.0.fc2.weight": (c, 4 * c),
+                    b + "mlp.0.fc2.bias": (c,),
+                }
+            )
     return keys
 
 
@@ -284,6 +330,7 @@ def test_official_config_on_2k_real_points():
 
 # ----------------------------------------------------------------------------- input transform
 
+
 def test_grid_sample_representatives():
     """GridSample as Sonata's inference transform runs it: float32 cells, one point per cell drawn
     uniformly (seeded, independent of the input order)."""
@@ -318,8 +365,9 @@ def test_sonata_input_features():
     # centred in x, y on the bounding box, floor at z = 0; the representatives are input points
     np.testing.assert_allclose(coord.min(0)[2], 0, atol=1e-6)
     np.testing.assert_allclose(coord[:, :2].min(0) + coord[:, :2].max(0), 0, atol=0.04)
-    np.testing.assert_allclose(coord[inverse.numpy()], xyz - [(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, lo[2]],
-                               atol=0.035)
+    np.testing.assert_allclose(
+        coord[inverse.numpy()], xyz - [(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, lo[2]], atol=0.035
+    )
     assert feat[:, 3:6].min() >= 0 and feat[:, 3:6].max() <= 1
     np.testing.assert_allclose(feat[:, 6:].norm(dim=1), 1, atol=1e-6)
 
@@ -359,6 +407,7 @@ def test_sonata_input_is_the_official_transform_on_real_points():
 
 
 # ----------------------------------------------------------------------------- the teacher
+
 
 def test_teacher_shapes_determinism_and_seed(tmp_path):
     path = save_ckpt(tmp_path / "sonata.pth", small_model(), prefix="module.")
@@ -414,8 +463,9 @@ def test_permuting_points_permutes_features():
 
 
 def test_safetensors_checkpoint_matches_pth(tmp_path):
-    from safetensors.torch import save_file
     import json
+
+    from safetensors.torch import save_file
 
     model = small_model(2)
     pth = save_ckpt(tmp_path / "sonata.pth", model)
@@ -446,6 +496,7 @@ def test_build_teacher_sonata(tmp_path):
 
 
 # ----------------------------------------------------------------------------- bad checkpoints
+
 
 def _problem(excinfo, path):
     e = excinfo.value
@@ -497,15 +548,20 @@ def test_mismatched_checkpoints(tmp_path):
     assert "unexpected keys" in _problem(ei, extra) and "seg_head.weight" in str(ei.value)
 
     wrong = tmp_path / "wrong.pth"
-    torch.save({"config": dict(SMALL, enc_channels=(8, 16, 16, 32, 64), enc_num_head=(2, 2, 2, 4, 8)),
-                "state_dict": state}, wrong)
+    torch.save(
+        {"config": dict(SMALL, enc_channels=(8, 16, 16, 32, 64), enc_num_head=(2, 2, 2, 4, 8)), "state_dict": state},
+        wrong,
+    )
     with pytest.raises(InputError) as ei:
         load_sonata(wrong)
     assert "wrong shape" in _problem(ei, wrong)
 
-    for bad_cfg, words in ((dict(SMALL, enc_mode=False), "enc_mode"), (dict(SMALL, colour_jitter=1), "unknown"),
-                           (dict(SMALL, enable_rpe=True), "relative position"),
-                           (dict(SMALL, in_channels=6), "in_channels")):
+    for bad_cfg, words in (
+        (dict(SMALL, enc_mode=False), "enc_mode"),
+        (dict(SMALL, colour_jitter=1), "unknown"),
+        (dict(SMALL, enable_rpe=True), "relative position"),
+        (dict(SMALL, in_channels=6), "in_channels"),
+    ):
         p = tmp_path / "cfg.pth"
         torch.save({"config": bad_cfg, "state_dict": state}, p)
         with pytest.raises(InputError) as ei:

@@ -1,5 +1,6 @@
 """Student: spconv CPU shims, voxelisation, the affinity network (checked against dense / loop
 definitions, not against stored numbers)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,6 +30,7 @@ def _scatter(dense: torch.Tensor, feats: torch.Tensor, c: torch.Tensor) -> torch
 
 
 # ---------------------------------------------------------------- spconv shims
+
 
 def test_stream_shim_returns_default_stream_without_cuda():
     spt = sc.spconv()
@@ -106,6 +108,7 @@ def test_sparse_tensor_rejects_bad_coords():
 
 # ---------------------------------------------------------------- voxels
 
+
 def test_voxelize_round_trip():
     g = torch.Generator().manual_seed(5)
     xyz = torch.rand(5000, 3, generator=g) * torch.tensor([1.0, 0.6, 0.3]) - 2.0
@@ -174,12 +177,14 @@ def test_student_input_equals_loop():
     assert x.shape == (len(coords), 22) and x.dtype == torch.float32
     for v in range(len(coords)):
         m = (inv == v).numpy()
-        ref = np.concatenate([lifted.float().numpy()[m].mean(0), rgb[m].astype(np.float64).mean(0) / 255.0,
-                              normals[m].mean(0)])
+        ref = np.concatenate(
+            [lifted.float().numpy()[m].mean(0), rgb[m].astype(np.float64).mean(0) / 255.0, normals[m].mean(0)]
+        )
         np.testing.assert_allclose(x[v].numpy(), ref, rtol=1e-4, atol=1e-5)
 
 
 # ---------------------------------------------------------------- network
+
 
 def _toy(n_sites=300, side=10, cin=8, seed=9):
     coords = _sites(n_sites, side, seed)
@@ -222,8 +227,9 @@ def test_network_is_equivariant_to_voxel_order_and_translation():
     ref = net(feats, coords)
     perm = torch.randperm(len(coords), generator=torch.Generator().manual_seed(11))
     torch.testing.assert_close(net(feats[perm], coords[perm]), ref[perm], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(net(feats, coords + torch.tensor([5, 0, 3], dtype=torch.int32)), ref,
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        net(feats, coords + torch.tensor([5, 0, 3], dtype=torch.int32)), ref, rtol=1e-5, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("blocks", [0, 1, 2])

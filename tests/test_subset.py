@@ -1,4 +1,5 @@
 """Scene selection for the ~1.5% subset: median filters, k-means clusters, best score per cluster."""
+
 import math
 
 import numpy as np
@@ -14,14 +15,14 @@ def H(*counts):
 
 # two room types (classes 0-2 vs 3-5) plus scenes too poor to pass the median filters
 HISTS = {
-    "a1": [50, 30, 20, 0, 0, 0],   # Nc 3, Hc 1.485 -> fails Hc >= median
-    "a2": [40, 40, 20, 5, 0, 0],   # Nc 4, Hc 1.725
-    "a3": [34, 33, 33, 0, 0, 0],   # Nc 3, Hc 1.585
-    "b1": [0, 0, 5, 40, 30, 30],   # Nc 4, Hc 1.771
-    "b2": [0, 0, 0, 34, 33, 33],   # Nc 3, Hc 1.585
-    "f1": [100, 0, 0, 0, 0, 0],    # Nc 1
-    "f2": [0, 0, 0, 90, 10, 0],    # Nc 2
-    "f3": [0, 50, 50, 0, 0, 0],    # Nc 2
+    "a1": [50, 30, 20, 0, 0, 0],  # Nc 3, Hc 1.485 -> fails Hc >= median
+    "a2": [40, 40, 20, 5, 0, 0],  # Nc 4, Hc 1.725
+    "a3": [34, 33, 33, 0, 0, 0],  # Nc 3, Hc 1.585
+    "b1": [0, 0, 5, 40, 30, 30],  # Nc 4, Hc 1.771
+    "b2": [0, 0, 0, 34, 33, 33],  # Nc 3, Hc 1.585
+    "f1": [100, 0, 0, 0, 0, 0],  # Nc 1
+    "f2": [0, 0, 0, 90, 10, 0],  # Nc 2
+    "f3": [0, 50, 50, 0, 0, 0],  # Nc 2
 }
 
 
@@ -54,8 +55,12 @@ def test_clusters_raw_class_counts_not_proportions():
     """k-means runs on raw point counts (the reference's data_choose_zero.py): two large rooms of
     different composition cluster together, apart from two small rooms; proportions would pair each
     large room with the small room of its composition (what the old code did)."""
-    hists = {"big_a": [1000, 1000, 500], "big_b": [500, 1000, 1000],
-             "small_a": [10, 10, 5], "small_b": [5, 10, 10]}  # same Nc and Hc: all pass the filters
+    hists = {
+        "big_a": [1000, 1000, 500],
+        "big_b": [500, 1000, 1000],
+        "small_a": [10, 10, 5],
+        "small_b": [5, 10, 10],
+    }  # same Nc and Hc: all pass the filters
     for seed in range(5):
         sel = select_subset_details(hists, k=2, seed=seed)
         assert sel.kept == sorted(hists)
@@ -63,8 +68,12 @@ def test_clusters_raw_class_counts_not_proportions():
 
 
 def test_gamma_trades_entropy_against_class_count():
-    hists = {"x": [60, 10, 10, 10, 10], "y": [25, 25, 25, 25, 0],  # x: more classes, y: higher entropy
-             "p": [10, 0, 0, 0, 0], "q": [0, 5, 0, 0, 0]}
+    hists = {
+        "x": [60, 10, 10, 10, 10],
+        "y": [25, 25, 25, 25, 0],  # x: more classes, y: higher entropy
+        "p": [10, 0, 0, 0, 0],
+        "q": [0, 5, 0, 0, 0],
+    }
     assert select_subset_details(hists, k=1).kept == ["x", "y"]
     assert select_subset(hists, k=1, gamma=2.0) == ["x"]
     assert select_subset(hists, k=1, gamma=0.5) == ["y"]
@@ -117,8 +126,8 @@ def test_kmeans_is_a_fixed_point_and_seeded():
 def test_select_subset_cli_writes_the_scene_list(tmp_path, capsys):
     from geopurify.cli import main
     from geopurify.data.labels import get_label_set
-    from geopurify.data.readers import list_scenes
     from geopurify.data.layout import read_scene_list
+    from geopurify.data.readers import list_scenes
     from geopurify.data.writers import write_scene
 
     # NYU40 ids 1 wall, 2 floor, 3 cabinet, 4 bed, 5 chair, 6 sofa, 7 table, 33 toilet, 34 sink; 22 ceiling is ignored
@@ -139,8 +148,23 @@ def test_select_subset_cli_writes_the_scene_list(tmp_path, capsys):
         write_scene(tmp_path / "root" / name, xyz, np.zeros((labels.size, 3), np.uint8), labels=labels)
         hists[name] = label_histogram(label_set.map(labels), 20)
     out = tmp_path / "subset.txt"
-    rc = main(["select-subset", "--root", str(tmp_path / "root"), "--label-set", "scannet20", "--k", "2",
-               "--gamma", "0.5", "--seed", "1", "--out", str(out)])
+    rc = main(
+        [
+            "select-subset",
+            "--root",
+            str(tmp_path / "root"),
+            "--label-set",
+            "scannet20",
+            "--k",
+            "2",
+            "--gamma",
+            "0.5",
+            "--seed",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     expect = select_subset(hists, k=2, gamma=0.5, seed=1)
     # kept: 0001, 0002 (bedrooms) and 0004 (bathroom); the best of each cluster, best score first

@@ -2,6 +2,7 @@
 
 Rooms here are small (few points, few frames, low resolution) to keep the file fast.
 """
+
 from __future__ import annotations
 
 import json
@@ -11,10 +12,10 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
-from geopurify.standins import rooms as synth
 from geopurify.data.cameras import intrinsic_matrix, look_at, virtual_frames
-from geopurify.standins.rooms import N_SHELL, backproject, make_room, render_surfaces, synthesize
 from geopurify.errors import InputError
+from geopurify.standins import rooms as synth
+from geopurify.standins.rooms import N_SHELL, backproject, make_room, render_surfaces, synthesize
 
 HW = (96, 128)
 SCANNET = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "scannet"
@@ -73,7 +74,9 @@ def test_culled_render_equals_brute_force_and_hits_lie_on_surfaces(room):
     np.testing.assert_array_equal(n, n0)
     p = backproject(pose, room.intrinsic, t)
     # shell hits lie on their face plane
-    for face, (axis, value) in enumerate([(0, 0), (0, room.size[0]), (1, 0), (1, room.size[1]), (2, 0), (2, room.size[2])]):
+    for face, (axis, value) in enumerate(
+        [(0, 0), (0, room.size[0]), (1, 0), (1, room.size[1]), (2, 0), (2, room.size[2])]
+    ):
         m = sid == face
         if m.any():
             assert np.abs(p[m][:, axis] - value).max() < 1e-4
@@ -132,7 +135,7 @@ def test_points_are_area_uniform_on_visible_surfaces():
     Lx, Ly, H = r.size
     on_ceiling = (r.labels == 22).sum() / (Lx * Ly)
     band = 0.08
-    near_wall = (np.minimum.reduce([r.xyz[:, 0], Lx - r.xyz[:, 0], r.xyz[:, 1], Ly - r.xyz[:, 1]]) < 1e-4)
+    near_wall = np.minimum.reduce([r.xyz[:, 0], Lx - r.xyz[:, 0], r.xyz[:, 1], Ly - r.xyz[:, 1]]) < 1e-4
     top_band = (r.labels == 1) & near_wall & (r.xyz[:, 2] > H - band)
     on_band = top_band.sum() / (2 * (Lx + Ly) * band)
     assert abs(on_ceiling / on_band - 1) < 0.12
@@ -249,8 +252,25 @@ def test_write_load_roundtrip_and_skip(tmp_path):
 def test_cli_synth(tmp_path, capsys):
     from geopurify.cli import main
 
-    rc = main(["synth", "--out", str(tmp_path / "d"), "--scenes", "1", "--seed", "2", "--points", "1500",
-               "--frames", "1", "--height", "24", "--width", "32"])
+    rc = main(
+        [
+            "synth",
+            "--out",
+            str(tmp_path / "d"),
+            "--scenes",
+            "1",
+            "--seed",
+            "2",
+            "--points",
+            "1500",
+            "--frames",
+            "1",
+            "--height",
+            "24",
+            "--width",
+            "32",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0 and "STAND-IN" in out and (tmp_path / "d" / "synth_0000" / "depth" / "0.png").is_file()
     assert main(["synth", "--out", str(tmp_path / "e"), "--scenes", "0"]) == 2

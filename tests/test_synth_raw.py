@@ -1,5 +1,6 @@
 """Release-format writers: procedural rooms as ScanNet v2 scans and Matterport3D houses (synthetic
 stand-ins), the .sens / mesh PLY writers, and `geopurify prepare` on their output."""
+
 from __future__ import annotations
 
 import csv
@@ -18,24 +19,70 @@ N_FRAMES, N_VERTS = 12, 5000
 @pytest.fixture(scope="module")
 def scannet_raw(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("raw") / "scannet"
-    assert main(["synth", "--format", "scannet-raw", "--out", str(out), "--scenes", "2", "--seed", "3",
-                 "--points", str(N_VERTS), "--frames", str(N_FRAMES)]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                "--format",
+                "scannet-raw",
+                "--out",
+                str(out),
+                "--scenes",
+                "2",
+                "--seed",
+                "3",
+                "--points",
+                str(N_VERTS),
+                "--frames",
+                str(N_FRAMES),
+            ]
+        )
+        == 0
+    )
     return out
 
 
 @pytest.fixture(scope="module")
 def matterport_raw(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("raw") / "mp"
-    assert main(["synth", "--format", "matterport-raw", "--out", str(out), "--scenes", "1", "--seed", "4",
-                 "--rooms", "1", "--panoramas", "1", "--points", str(N_VERTS)]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                "--format",
+                "matterport-raw",
+                "--out",
+                str(out),
+                "--scenes",
+                "1",
+                "--seed",
+                "4",
+                "--rooms",
+                "1",
+                "--panoramas",
+                "1",
+                "--points",
+                str(N_VERTS),
+            ]
+        )
+        == 0
+    )
     return out
 
 
 def scan_files(root: Path, name: str = "scene9000_00") -> dict:
     d = root / "scans" / name
-    return {k: d / f"{name}{s}" for k, s in (("sens", ".sens"), ("mesh", "_vh_clean_2.ply"),
-                                              ("labels", "_vh_clean_2.labels.ply"), ("txt", ".txt"),
-                                              ("agg", ".aggregation.json"), ("segs", "_vh_clean_2.0.010000.segs.json"))}
+    return {
+        k: d / f"{name}{s}"
+        for k, s in (
+            ("sens", ".sens"),
+            ("mesh", "_vh_clean_2.ply"),
+            ("labels", "_vh_clean_2.labels.ply"),
+            ("txt", ".txt"),
+            ("agg", ".aggregation.json"),
+            ("segs", "_vh_clean_2.0.010000.segs.json"),
+        )
+    }
 
 
 def axis_of(txt: Path) -> np.ndarray:
@@ -71,9 +118,18 @@ def depth_agreement(xyz: np.ndarray, pose: np.ndarray, K: np.ndarray, depth: np.
 
 # ------------------------------------------------------------------------------------------- writers
 
+
 def test_write_sens_is_the_inverse_of_the_reader(tmp_path):
-    from geopurify.data.sens import (SensFrame, decode_color, decode_depth, encode_color, encode_depth,
-                                     iter_sens_frames, read_sens_header, write_sens)
+    from geopurify.data.sens import (
+        SensFrame,
+        decode_color,
+        decode_depth,
+        encode_color,
+        encode_depth,
+        iter_sens_frames,
+        read_sens_header,
+        write_sens,
+    )
 
     rng = np.random.default_rng(0)
     kc = np.array([[500.0, 0, 31.5], [0, 501, 23.5], [0, 0, 1]])
@@ -83,11 +139,24 @@ def test_write_sens_is_the_inverse_of_the_reader(tmp_path):
     colors = [rng.integers(0, 256, (24, 32, 3), dtype=np.uint8) for _ in range(3)]
     depths = [rng.integers(0, 5000, (12, 16), dtype=np.uint16) for _ in range(3)]
     poses = [np.eye(4), np.full((4, 4), -np.inf), np.diag([1.0, -1, -1, 1])]
-    frames = [SensFrame(i, poses[i], 100 * i, 100 * i + 3, encode_color(colors[i], "png"), encode_depth(depths[i]))
-              for i in range(3)]
-    n = write_sens(tmp_path / "a.sens", iter(frames), intrinsic_color=kc, intrinsic_depth=kd, color_width=32,
-                   color_height=24, depth_width=16, depth_height=12, depth_shift=4000.0, sensor_name="test sensor",
-                   extrinsic_depth=ext, color_compression="png")
+    frames = [
+        SensFrame(i, poses[i], 100 * i, 100 * i + 3, encode_color(colors[i], "png"), encode_depth(depths[i]))
+        for i in range(3)
+    ]
+    n = write_sens(
+        tmp_path / "a.sens",
+        iter(frames),
+        intrinsic_color=kc,
+        intrinsic_depth=kd,
+        color_width=32,
+        color_height=24,
+        depth_width=16,
+        depth_height=12,
+        depth_shift=4000.0,
+        sensor_name="test sensor",
+        extrinsic_depth=ext,
+        color_compression="png",
+    )
     h = read_sens_header(tmp_path / "a.sens")
     assert n == h.n_frames == 3 and h.version == 4 and h.sensor_name == "test sensor"
     assert (h.color_width, h.color_height, h.depth_width, h.depth_height) == (32, 24, 16, 12)
@@ -112,9 +181,15 @@ def test_write_mesh_ply_round_trips_with_face_properties(tmp_path):
 
     xyz = np.random.default_rng(1).random((5, 3)).astype(np.float32)
     faces = np.array([[0, 1, 2], [2, 3, 4]])
-    vert = {"x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2], "red": np.arange(5, dtype=np.uint8),
-            "green": np.zeros(5, np.uint8), "blue": np.full(5, 9, np.uint8),
-            "label": np.array([1, 2, 3, 4, 40], np.uint16)}
+    vert = {
+        "x": xyz[:, 0],
+        "y": xyz[:, 1],
+        "z": xyz[:, 2],
+        "red": np.arange(5, dtype=np.uint8),
+        "green": np.zeros(5, np.uint8),
+        "blue": np.full(5, 9, np.uint8),
+        "label": np.array([1, 2, 3, 4, 40], np.uint16),
+    }
     write_mesh_ply(tmp_path / "m.ply", vert, faces, {"category_id": np.array([7, -1], np.int32)})
     back = read_ply(tmp_path / "m.ply")
     np.testing.assert_array_equal(back["xyz"], xyz)
@@ -151,6 +226,7 @@ def test_room_mesh_is_a_closed_coloured_mesh_at_the_budget():
 
 
 # ------------------------------------------------------------------------------------------- ScanNet
+
 
 def test_sens_frames_have_scannet_geometry(scannet_raw):
     from geopurify.data.sens import decode_color, decode_depth, iter_sens_frames, read_sens_header
@@ -294,8 +370,23 @@ def test_prepare_scannet_reads_the_stand_in(scannet_raw, tmp_path):
     from geopurify.data.readers import load_scene
 
     out = tmp_path / "prepared"
-    assert main(["prepare", "scannet", "--root", str(scannet_raw / "scans"), "--out", str(out), "--frame-step",
-                 "1", "--scenes", str(scannet_raw / "scannetv2_val.txt")]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                "scannet",
+                "--root",
+                str(scannet_raw / "scans"),
+                "--out",
+                str(out),
+                "--frame-step",
+                "1",
+                "--scenes",
+                str(scannet_raw / "scannetv2_val.txt"),
+            ]
+        )
+        == 0
+    )
     name = (scannet_raw / "scannetv2_val.txt").read_text().split()[0]
     f = scan_files(scannet_raw, name)
     scene = load_scene(out / name)
@@ -325,8 +416,10 @@ def test_prepare_keeps_real_scans_sourced_scannet(tmp_path):
 def test_scans_are_deterministic(tmp_path):
     from geopurify.standins.rooms.scannet_raw import write_scannet_scan
 
-    infos = [write_scannet_scan(tmp_path / d, seed=s, n_vertices=2000, n_frames=3, name="scene9000_00")
-             for d, s in (("a", 5), ("b", 5), ("c", 6))]
+    infos = [
+        write_scannet_scan(tmp_path / d, seed=s, n_vertices=2000, n_frames=3, name="scene9000_00")
+        for d, s in (("a", 5), ("b", 5), ("c", 6))
+    ]
     assert infos[0]["n_vertices"] == infos[1]["n_vertices"]
     for p in (tmp_path / "a").iterdir():
         same = p.read_bytes() == (tmp_path / "b" / p.name).read_bytes()
@@ -336,8 +429,8 @@ def test_scans_are_deterministic(tmp_path):
 
 def test_default_scale_is_the_documented_real_scale():
     """The defaults the README documents: ~120k mesh vertices (100-150k) and 300 raw frames with a few lost."""
-    from geopurify.standins.rooms import scannet_raw as S
     from geopurify.standins.rooms import room_layout
+    from geopurify.standins.rooms import scannet_raw as S
     from geopurify.standins.rooms.mesh import room_mesh
 
     assert (S.DEFAULT_VERTICES, S.DEFAULT_FRAMES) == (120_000, 300)
@@ -357,11 +450,15 @@ def test_default_scale_is_the_documented_real_scale():
 
 
 def test_cli_rejects_options_of_another_format(tmp_path, capsys):
-    assert main(["synth", "--format", "matterport-raw", "--out", str(tmp_path / "a"), "--scenes", "1",
-                 "--frames", "10"]) == 2
+    assert (
+        main(["synth", "--format", "matterport-raw", "--out", str(tmp_path / "a"), "--scenes", "1", "--frames", "10"])
+        == 2
+    )
     assert "--frames does not apply to --format matterport-raw" in capsys.readouterr().err
-    assert main(["synth", "--format", "scannet-raw", "--out", str(tmp_path / "b"), "--scenes", "1",
-                 "--height", "100"]) == 2
+    assert (
+        main(["synth", "--format", "scannet-raw", "--out", str(tmp_path / "b"), "--scenes", "1", "--height", "100"])
+        == 2
+    )
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "notes.txt").write_text("mine")
@@ -371,8 +468,26 @@ def test_cli_rejects_options_of_another_format(tmp_path, capsys):
 
 
 def test_rerun_with_other_parameters_is_refused(scannet_raw, capsys):
-    assert main(["synth", "--format", "scannet-raw", "--out", str(scannet_raw), "--scenes", "2", "--seed", "3",
-                 "--points", str(N_VERTS), "--frames", str(N_FRAMES + 1)]) == 2
+    assert (
+        main(
+            [
+                "synth",
+                "--format",
+                "scannet-raw",
+                "--out",
+                str(scannet_raw),
+                "--scenes",
+                "2",
+                "--seed",
+                "3",
+                "--points",
+                str(N_VERTS),
+                "--frames",
+                str(N_FRAMES + 1),
+            ]
+        )
+        == 2
+    )
     assert "other parameters" in capsys.readouterr().err
 
 
@@ -400,6 +515,7 @@ def test_interrupted_run_resumes_keeping_finished_scans(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------- Matterport
+
 
 def test_matterport_house_layout(matterport_raw):
     from PIL import Image
@@ -449,8 +565,21 @@ def test_prepare_matterport_reads_the_stand_in(matterport_raw, tmp_path):
     from geopurify.data.readers import load_scene
 
     out = tmp_path / "prepared"
-    assert main(["prepare", "matterport", "--root", str(matterport_raw / "v1" / "scans"), "--out", str(out),
-                 "--houses", str(matterport_raw / "matterport_train.txt")]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                "matterport",
+                "--root",
+                str(matterport_raw / "v1" / "scans"),
+                "--out",
+                str(out),
+                "--houses",
+                str(matterport_raw / "matterport_train.txt"),
+            ]
+        )
+        == 0
+    )
     scene = load_scene(out / "SYNTH000000_region0")
     assert scene.label_space == "matterport_raw" and scene.source.startswith("synthetic stand-in")
     assert "Matterport3D" in scene.source and len(scene.frames) >= 6

@@ -1,5 +1,6 @@
 """Teachers: the interface, build_teacher, and the geometric stand-in (its pieces against plain
 loops, its affinities on a procedural wall / floor / chair leg and on a real ScanNet scan)."""
+
 from __future__ import annotations
 
 import sys
@@ -14,9 +15,9 @@ from scipy.spatial import cKDTree
 from geopurify.config import defaults
 from geopurify.data.scene import Scene
 from geopurify.errors import InputError
-from geopurify.teacher import Teacher, build_teacher
 from geopurify.standins import geometric_teacher as geo
 from geopurify.standins.geometric_teacher import GeometricTeacher
+from geopurify.teacher import Teacher, build_teacher
 
 S00 = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "scannet" / "scene0000_00"
 needs_scannet = pytest.mark.skipif(not S00.is_dir(), reason="../shared/data/scannet not present")
@@ -32,8 +33,10 @@ def toy_room(seed: int = 0):
     a, b = (m.ravel() for m in np.meshgrid(s, s, indexing="ij"))
     floor = np.stack([a, b, np.zeros_like(a)], 1)
     wall = np.stack([np.zeros_like(a), a, b + 0.02], 1)
-    th, z = (m.ravel() for m in np.meshgrid(np.linspace(0, 2 * np.pi, 16, endpoint=False),
-                                            np.arange(0.02, 0.46, 0.01), indexing="ij"))
+    th, z = (
+        m.ravel()
+        for m in np.meshgrid(np.linspace(0, 2 * np.pi, 16, endpoint=False), np.arange(0.02, 0.46, 0.01), indexing="ij")
+    )
     leg = np.stack([1.2 + 0.02 * np.cos(th), 1.0 + 0.02 * np.sin(th), z], 1)
     part = np.repeat([FLOOR, WALL, LEG], [len(floor), len(wall), len(leg)])
     xyz = np.concatenate([floor, wall, leg]) + rng.normal(0, 0.002, (len(part), 3))
@@ -69,8 +72,16 @@ def test_geometric_affinities_separate_wall_floor_and_chair_leg(toy):
     rng = np.random.default_rng(1)
     inner = (xyz[:, 1] > 0.2) & (xyz[:, 1] < 1.8)  # away from the room's open edges
     wall = rng.choice(np.flatnonzero((part == WALL) & inner & (xyz[:, 2] > 0.3) & (xyz[:, 2] < 1.8)), 300)
-    floor = rng.choice(np.flatnonzero((part == FLOOR) & inner & (xyz[:, 0] > 0.3) & (xyz[:, 0] < 1.8)
-                                      & (np.hypot(xyz[:, 0] - 1.2, xyz[:, 1] - 1.0) > 0.3)), 300)
+    floor = rng.choice(
+        np.flatnonzero(
+            (part == FLOOR)
+            & inner
+            & (xyz[:, 0] > 0.3)
+            & (xyz[:, 0] < 1.8)
+            & (np.hypot(xyz[:, 0] - 1.2, xyz[:, 1] - 1.0) > 0.3)
+        ),
+        300,
+    )
     leg = np.flatnonzero((part == LEG) & (xyz[:, 2] > 0.08) & (xyz[:, 2] < 0.4))  # off the floor
     ww, ll, wl, wf = e[wall] @ e[wall].T, e[leg] @ e[leg].T, e[wall] @ e[leg].T, e[wall] @ e[floor].T
     assert ww.mean() > 0.6 and np.percentile(ww, 5) > 0.3  # one planar surface: high
@@ -84,8 +95,12 @@ def test_geometric_affinities_separate_wall_floor_and_chair_leg(toy):
 def scannet():
     d = np.load(S00 / "points_xyzrgb.npy")
     scene = Scene("scene0000_00", d[:, :3].astype(np.float32), d[:, 3:].astype(np.uint8))
-    return (scene, np.load(S00 / "labels_nyu40.npy"), np.load(S00 / "instances.npy"),
-            GeometricTeacher().embed(scene).numpy())
+    return (
+        scene,
+        np.load(S00 / "labels_nyu40.npy"),
+        np.load(S00 / "instances.npy"),
+        GeometricTeacher().embed(scene).numpy(),
+    )
 
 
 @needs_scannet
@@ -155,8 +170,11 @@ def test_spfh_equals_loop():
                 continue
             count += 1
             d /= np.linalg.norm(d)
-            vals = [np.arccos(min(abs(nrm[i] @ nrm[j]), 1)), np.arcsin(min(abs(nrm[i] @ d), 1)),
-                    np.arcsin(min(abs(nrm[j] @ d), 1))]
+            vals = [
+                np.arccos(min(abs(nrm[i] @ nrm[j]), 1)),
+                np.arcsin(min(abs(nrm[i] @ d), 1)),
+                np.arcsin(min(abs(nrm[j] @ d), 1)),
+            ]
             for a, val in enumerate(vals):
                 pos = val / (np.pi / 2) * (bins - 1)
                 lo = min(int(np.floor(pos)), bins - 2)
@@ -168,8 +186,7 @@ def test_spfh_equals_loop():
 
 def test_srgb_to_lab_known_values():
     lab = geo.srgb_to_lab(np.array([[255, 255, 255], [0, 0, 0], [255, 0, 0], [0, 0, 255]], np.uint8))
-    np.testing.assert_allclose(lab, [[100, 0, 0], [0, 0, 0], [53.24, 80.09, 67.20], [32.30, 79.19, -107.86]],
-                               atol=0.02)
+    np.testing.assert_allclose(lab, [[100, 0, 0], [0, 0, 0], [53.24, 80.09, 67.20], [32.30, 79.19, -107.86]], atol=0.02)
 
 
 def test_standardise_gives_each_block_its_weight():
@@ -179,7 +196,7 @@ def test_standardise_gives_each_block_its_weight():
     z = geo.standardise(block, 0.7)
     np.testing.assert_allclose(z.mean(0), 0, atol=1e-5)
     assert np.all(z[:, 3] == 0)
-    np.testing.assert_allclose((z ** 2).sum(1).mean(), 0.49 * 6 / 7, rtol=1e-4)
+    np.testing.assert_allclose((z**2).sum(1).mean(), 0.49 * 6 / 7, rtol=1e-4)
 
 
 def test_build_teacher():
@@ -192,7 +209,7 @@ def test_build_teacher():
 
 
 def test_build_teacher_loads_sonata_lazily(monkeypatch):
-    """"sonata" imports geopurify.teacher.sonata only when asked, passing the checkpoint path
+    """ "sonata" imports geopurify.teacher.sonata only when asked, passing the checkpoint path
     (a tiny module stands in for it here)."""
     fake = types.ModuleType("geopurify.teacher.sonata")
 

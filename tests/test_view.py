@@ -2,6 +2,7 @@
 one load, colourings, T, picking, exports, features-only mode), its web page wired to that state,
 and the page in a real browser (headless Debian chromium driven by Playwright): a typed prompt makes
 the server compute that prompt's heat map and changes the canvas pixels."""
+
 from __future__ import annotations
 
 import os
@@ -42,15 +43,27 @@ def room(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("view")
     write_room(make_room(3, n_points=8000, n_frames=6, image_hw=(120, 160), name="room"), tmp / "room")
-    cfg = load_config(None, {"lift": {"image_size": [160, 120]}, "data": {"cache_dir": str(tmp / "cache"), "frame_step": 1},
-                             "student": {"width": 8, "blocks": 1, "out_dim": 16}})
+    cfg = load_config(
+        None,
+        {
+            "lift": {"image_size": [160, 120]},
+            "data": {"cache_dir": str(tmp / "cache"), "frame_step": 1},
+            "student": {"width": 8, "blocks": 1, "out_dim": 16},
+        },
+    )
     C = 384  # the simulated VLM's text space (MiniLM)
     torch.manual_seed(0)
     model = build_student(cfg["student"], C + 6)
-    meta = {"teacher": {"name": "geometric", "stand_in": True}, "vlm": {"name": "simulated", "simulated": True, "dim": C},
-            "student": {k: cfg["student"][k] for k in ("preset", "width", "blocks", "out_dim", "voxel_size")}, "epoch": 0}
-    save_checkpoint(tmp / "student.pth", {"model": model.state_dict(), "epoch": 0, "step": 0, "config": cfg,
-                                          "in_channels": C + 6, "meta": meta})
+    meta = {
+        "teacher": {"name": "geometric", "stand_in": True},
+        "vlm": {"name": "simulated", "simulated": True, "dim": C},
+        "student": {k: cfg["student"][k] for k in ("preset", "width", "blocks", "out_dim", "voxel_size")},
+        "epoch": 0,
+    }
+    save_checkpoint(
+        tmp / "student.pth",
+        {"model": model.state_dict(), "epoch": 0, "step": 0, "config": cfg, "in_channels": C + 6, "meta": meta},
+    )
     return tmp
 
 
@@ -199,9 +212,23 @@ def test_page_is_wired_to_the_state(state, tmp_path):
 
 
 def test_view_bad_input_is_one_line(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "geopurify", "view", "--scene", str(tmp_path / "missing"),
-                        "--features", str(tmp_path / "x.lift.pt")], env=ENV, capture_output=True, text=True,
-                       timeout=300, cwd=REPO)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "geopurify",
+            "view",
+            "--scene",
+            str(tmp_path / "missing"),
+            "--features",
+            str(tmp_path / "x.lift.pt"),
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith("error: ") and "missing" in r.stderr
 
@@ -248,8 +275,20 @@ def test_view_in_a_real_browser(room, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install -e '.[test]')")
     port = free_port()
     log_out, log_err = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
-    cmd = [sys.executable, "-m", "geopurify", "view", "--scene", str(room / "room"), "--ckpt", str(room / "student.pth"),
-           "--port", str(port), "--out", str(tmp_path / "out")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "geopurify",
+        "view",
+        "--scene",
+        str(room / "room"),
+        "--ckpt",
+        str(room / "student.pth"),
+        "--port",
+        str(port),
+        "--out",
+        str(tmp_path / "out"),
+    ]
     with open(log_out, "w") as fo, open(log_err, "w") as fe:
         proc = subprocess.Popen(cmd, env=ENV, stdout=fo, stderr=fe, cwd=REPO)
     try:
@@ -262,7 +301,9 @@ def test_view_in_a_real_browser(room, tmp_path):
             page.get_by_text("Stand-ins and limits").wait_for(timeout=60_000)
             time.sleep(3)  # first frames of the point cloud
             before = _canvas_pixels(page)
-            box = page.locator("xpath=//label[text()='Prompt']/ancestor::div[contains(@class,'mantine-Flex-root')][1]//input")
+            box = page.locator(
+                "xpath=//label[text()='Prompt']/ancestor::div[contains(@class,'mantine-Flex-root')][1]//input"
+            )
             box.fill("a place to sleep")
             page.get_by_role("button", name="Show heat map").click()
             _wait_for(log_err, r"heat map computed for prompt 'a place to sleep' at T = 18", proc, 60)
@@ -301,6 +342,6 @@ def test_demo_prints_a_view_command_the_cli_accepts():
     from geopurify.cli.demo import view_command
 
     cmd = shlex.split(view_command(Path("out/demo/data/synth 0004"), Path("out/demo/model/geopurify.pth")))
-    args = build_parser().parse_args(cmd[cmd.index("view"):])
+    args = build_parser().parse_args(cmd[cmd.index("view") :])
     assert args.command == "view" and args.scene == Path("out/demo/data/synth 0004")
     assert args.ckpt == Path("out/demo/model/geopurify.pth") and args.port == 8080

@@ -1,5 +1,6 @@
 """Which raw frames become views (geopurify.data.frames): every 20th raw frame on ScanNet, whatever
 `prepare --frame-step` exported, from a .sens file written field by field (tests/test_prepare.py)."""
+
 from __future__ import annotations
 
 import logging
@@ -12,6 +13,7 @@ from geopurify.config import load_config
 from geopurify.data import prepare as P
 from geopurify.data.readers import load_scene
 from geopurify.data.writers import write_frame, write_scene
+
 from test_prepare import small_sens, tiny_scan  # raw-scan fixture writers (mesh, axis, .sens)
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,5 @@
 """Headless renderer: z-buffer order, projection geometry, auto view, palettes, panels, PNG output."""
+
 import itertools
 from pathlib import Path
 
@@ -6,9 +7,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from geopurify.viz.render import (BACKGROUND, IGNORE_COLOR, auto_view, ceiling_mask, class_colors,
-                                  colorize_labels, heat_colors, heat_panel, project_view, render_points, side_by_side,
-                                  zbuffer_splat)
+from geopurify.viz.render import (
+    BACKGROUND,
+    IGNORE_COLOR,
+    auto_view,
+    ceiling_mask,
+    class_colors,
+    colorize_labels,
+    heat_colors,
+    heat_panel,
+    project_view,
+    render_points,
+    side_by_side,
+    zbuffer_splat,
+)
 
 SCANNET = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "scannet" / "scene0000_00"
 TOP = {"eye": (0.0, 0.0, 5.0), "target": (0.0, 0.0, 0.0), "up": (0.0, 1.0, 0.0), "fov": 60.0}
@@ -33,8 +45,8 @@ def test_nearer_red_cloud_hides_blue_one(tmp_path, red_first):
     assert tuple(img[80, 100]) == RED  # centre: both planes project here, red is in front
     # focal 80 / tan(30 deg) = 138.6 px: red spans +-0.5/4 * f = +-17 px, blue +-1.5/5 * f = +-41 px
     assert (img[66:94, 86:114] == RED).all()
-    assert (img[80, 100 + 20:100 + 40] == BLUE).all()  # outside the red square only blue remains
-    assert (img[80, 100 + 44:] == BACKGROUND).all()
+    assert (img[80, 100 + 20 : 100 + 40] == BLUE).all()  # outside the red square only blue remains
+    assert (img[80, 100 + 44 :] == BACKGROUND).all()
     assert tuple(img[2, 2]) == BACKGROUND  # blue plane (+-1.5 m at 5 m) does not reach the corner
     np.testing.assert_array_equal(np.asarray(Image.open(out).convert("RGB")), img)
     assert sorted(p.name for p in out.parent.iterdir()) == ["twoplanes.png"]  # no temp file left
@@ -85,9 +97,13 @@ def test_auto_view_hides_ceiling_and_frames_room():
     ceiling = _plane(2.0, 3.0, 0.05)
     post = np.stack([np.zeros(60), np.zeros(60), np.linspace(0, 1.5, 60)], 1)
     xyz = np.concatenate([floor, ceiling, post])
-    colors = np.concatenate([np.tile(np.uint8([0, 255, 0]), (len(floor), 1)),
-                             np.tile(np.uint8(RED), (len(ceiling), 1)),
-                             np.tile(np.uint8(BLUE), (len(post), 1))])
+    colors = np.concatenate(
+        [
+            np.tile(np.uint8([0, 255, 0]), (len(floor), 1)),
+            np.tile(np.uint8(RED), (len(ceiling), 1)),
+            np.tile(np.uint8(BLUE), (len(post), 1)),
+        ]
+    )
     img = render_points(xyz, colors, size=(160, 120))
     pix = {tuple(c) for c in img.reshape(-1, 3)}
     assert RED not in pix and (0, 255, 0) in pix and BLUE in pix
@@ -146,7 +162,7 @@ def test_side_by_side_layout_and_legend(tmp_path):
     assert (out == a[0, 0]).all(-1).sum() >= 50 * 60  # the black image is pasted whole
     flat = {tuple(c) for c in out.reshape(-1, 3)}
     assert (10, 200, 30) in flat and (200, 10, 30) in flat  # legend swatches
-    title_strip = out[:pad + 10]
+    title_strip = out[: pad + 10]
     assert (title_strip != 255).any()  # titles drawn
     no_legend = side_by_side([a, b], ["left", "right"])
     assert no_legend.shape[0] < out.shape[0]
@@ -161,8 +177,8 @@ def test_heat_panel_has_title_picture_and_colour_bar(tmp_path):
     pad = 8
     assert out.shape[1] == 200 + 2 * pad
     rows = np.flatnonzero((out == 77).all(-1).sum(1) == 200)  # the picture, pasted whole below the title
-    assert len(rows) == 60 and rows[0] > pad and (out[:rows[0]] != 255).any()  # a title above it
+    assert len(rows) == 60 and rows[0] > pad and (out[: rows[0]] != 255).any()  # a title above it
     ramp = heat_colors(np.linspace(0, 1, 200))
-    bar = [y for y in range(rows[-1] + 1, out.shape[0]) if (out[y, pad + 1:pad + 199] == ramp[1:199]).all()]
+    bar = [y for y in range(rows[-1] + 1, out.shape[0]) if (out[y, pad + 1 : pad + 199] == ramp[1:199]).all()]
     assert bar  # the colour bar: the heat ramp from cold (left) to hot (right)
-    assert (out[bar[-1] + 1:] != 255).any()  # its values printed under it
+    assert (out[bar[-1] + 1 :] != 255).any()  # its values printed under it

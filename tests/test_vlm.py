@@ -3,6 +3,7 @@
 Uses the real all-MiniLM-L6-v2 encoder (loaded once per module) and the real ScanNet scenes
 under ../shared/data for the z-buffer-rendered views.
 """
+
 from __future__ import annotations
 
 import logging
@@ -18,9 +19,15 @@ from geopurify.data.labels import get_label_set
 from geopurify.data.scene import Frame, Scene
 from geopurify.errors import InputError
 from geopurify.ops.resize import resize_nearest
+from geopurify.standins.simulated_vlm import (
+    SimulatedVLM,
+    close_class_probs,
+    corrupt_classes,
+    features_from_fractions,
+    object_map,
+    patch_fractions,
+)
 from geopurify.vlm import build_vlm, text_embeddings
-from geopurify.standins.simulated_vlm import (SimulatedVLM, close_class_probs, corrupt_classes, features_from_fractions,
-                                     object_map, patch_fractions)
 from geopurify.vlm.text import MiniLMTextEncoder, prompts_for
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "scannet"
@@ -28,6 +35,7 @@ HW = (240, 320)
 
 
 # ---------------------------------------------------------------- fixtures and helpers
+
 
 @pytest.fixture(scope="module")
 def encoder():
@@ -69,7 +77,7 @@ def blocks_scene(n_frames: int = 6, seed: int = 0, hw=HW) -> Scene:
         for _ in range(14):
             r0, c0 = rng.integers(0, hw[0] - 20), rng.integers(0, hw[1] - 20)
             h, w = rng.integers(12, hw[0] // 2), rng.integers(12, hw[1] // 2)
-            img[r0:r0 + h, c0:c0 + w] = rng.choice(ids)
+            img[r0 : r0 + h, c0 : c0 + w] = rng.choice(ids)
         frames.append(ArrayFrame(str(k), img))
     xyz = np.zeros((1, 3), np.float32)
     return Scene(name=f"blocks{seed}", xyz=xyz, rgb=np.zeros((1, 3), np.uint8), frames=frames)
@@ -83,11 +91,23 @@ def load_scannet(name: str, with_frames: bool) -> Scene:
         align = np.loadtxt(d / "axis_align_matrix.txt").reshape(4, 4)
         K = np.loadtxt(d / "intrinsic" / "intrinsic_color.txt")[:3, :3]
         for k in sorted(int(f.stem) for f in (d / "pose").glob("*.txt")):
-            frames.append(Frame(name=str(k), pose=align @ np.loadtxt(d / "pose" / f"{k}.txt"), intrinsic=K,
-                                color_path=d / "color" / f"{k}.jpg"))
-    return Scene(name=name, xyz=p[:, :3].astype(np.float32), rgb=p[:, 3:].astype(np.uint8),
-                 labels=np.load(d / "labels_nyu40.npy"), instances=np.load(d / "instances.npy"),
-                 frames=frames, path=d)
+            frames.append(
+                Frame(
+                    name=str(k),
+                    pose=align @ np.loadtxt(d / "pose" / f"{k}.txt"),
+                    intrinsic=K,
+                    color_path=d / "color" / f"{k}.jpg",
+                )
+            )
+    return Scene(
+        name=name,
+        xyz=p[:, :3].astype(np.float32),
+        rgb=p[:, 3:].astype(np.uint8),
+        labels=np.load(d / "labels_nyu40.npy"),
+        instances=np.load(d / "instances.npy"),
+        frames=frames,
+        path=d,
+    )
 
 
 def with_virtual_frames(scene: Scene, n: int, seed: int = 0) -> Scene:
@@ -109,6 +129,7 @@ def pixel_argmax(fmap: torch.Tensor, class_emb: torch.Tensor, hw) -> np.ndarray:
 
 # ---------------------------------------------------------------- text side
 
+
 def test_text_embeddings_are_unit_and_semantic(encoder, labels20):
     vlm = SimulatedVLM(sim_cfg(), label_set=labels20, text_encoder=encoder)
     T = text_embeddings(vlm, labels20)
@@ -122,8 +143,11 @@ def test_text_embeddings_are_unit_and_semantic(encoder, labels20):
     i = labels20.index
     assert T[i("chair")] @ T[i("sofa")] > T[i("chair")] @ T[i("toilet")] + 0.1
     names = ["lamp", "pillow"]
-    assert torch.allclose(text_embeddings(vlm, names, "a photo of a {}"),
-                          encoder.encode(["a photo of a lamp", "a photo of a pillow"]), atol=1e-6)
+    assert torch.allclose(
+        text_embeddings(vlm, names, "a photo of a {}"),
+        encoder.encode(["a photo of a lamp", "a photo of a pillow"]),
+        atol=1e-6,
+    )
 
 
 @pytest.mark.parametrize("bad", ["no placeholder", "{} and {}"])
@@ -141,6 +165,7 @@ def test_prompts_need_names():
 
 # ---------------------------------------------------------------- pure steps against plain definitions
 
+
 def test_patch_fractions_match_plain_loop():
     rng = np.random.default_rng(1)
     cls_map = rng.integers(0, 5, size=(19, 27))
@@ -149,7 +174,7 @@ def test_patch_fractions_match_plain_loop():
     assert frac.shape == (5, 7, 5)
     for i in range(5):
         for j in range(7):
-            cell = cls_map[i * p:(i + 1) * p, j * p:(j + 1) * p].ravel()
+            cell = cls_map[i * p : (i + 1) * p, j * p : (j + 1) * p].ravel()
             expect = np.bincount(cell, minlength=5) / cell.size
             np.testing.assert_allclose(frac[i, j], expect, atol=1e-6)
 
@@ -181,10 +206,10 @@ def test_object_map_is_connected_components_per_class():
         assert ndimage.label(obj == m, structure=np.ones((3, 3)))[1] == 1
     # 8-neighbours of one class are one object
     for dy, dx in [(0, 1), (1, 0), (1, 1), (1, -1)]:
-        a = cls_map[max(dy, 0):, max(dx, 0):cls_map.shape[1] + min(dx, 0)]
-        b = cls_map[:cls_map.shape[0] - dy, max(-dx, 0):cls_map.shape[1] - max(dx, 0)]
-        oa = obj[max(dy, 0):, max(dx, 0):cls_map.shape[1] + min(dx, 0)]
-        ob = obj[:cls_map.shape[0] - dy, max(-dx, 0):cls_map.shape[1] - max(dx, 0)]
+        a = cls_map[max(dy, 0) :, max(dx, 0) : cls_map.shape[1] + min(dx, 0)]
+        b = cls_map[: cls_map.shape[0] - dy, max(-dx, 0) : cls_map.shape[1] - max(dx, 0)]
+        oa = obj[max(dy, 0) :, max(dx, 0) : cls_map.shape[1] + min(dx, 0)]
+        ob = obj[: cls_map.shape[0] - dy, max(-dx, 0) : cls_map.shape[1] - max(dx, 0)]
         same = (a == b) & (a < 3)
         assert (oa[same] == ob[same]).all()
 
@@ -239,6 +264,7 @@ def test_resize_nearest_keeps_labels():
 
 # ---------------------------------------------------------------- the backend
 
+
 def test_simulated_is_labelled_as_such(encoder, labels20, caplog):
     with caplog.at_level(logging.INFO, logger="geopurify.standins.simulated_vlm"):
         vlm = SimulatedVLM(sim_cfg(), label_set=labels20, text_encoder=encoder)
@@ -279,8 +305,9 @@ def test_without_degradations_pure_cells_are_exact(encoder, labels20, patch):
         assert (arg[fg] == cls[fg]).all()
         assert torch.allclose(f.permute(1, 2, 0)[torch.from_numpy(fg)], T[cls[fg]], atol=1e-5)
         bgc = pure & (cls == 20)
-        assert bgc.any() and torch.allclose(f.permute(1, 2, 0)[torch.from_numpy(bgc)], bg.expand(int(bgc.sum()), -1),
-                                            atol=1e-5)
+        assert bgc.any() and torch.allclose(
+            f.permute(1, 2, 0)[torch.from_numpy(bgc)], bg.expand(int(bgc.sum()), -1), atol=1e-5
+        )
         if patch == 1:  # every labelled pixel is exact
             assert (arg[gt < 20] == gt[gt < 20]).all()
 
@@ -336,8 +363,10 @@ def test_defaults_per_view_accuracy_on_real_scene(encoder, labels20):
         shown_per_obj[view.objects[valid]] = view.shown[valid]
         assert (view.shown[valid] == shown_per_obj[view.objects[valid]]).all()
     acc, acc_clean = np.mean(acc), np.mean(acc_clean)
-    print(f"simulated VLM per-view pixel accuracy: defaults {acc:.3f}, degradations off {acc_clean:.3f}, "
-          f"objects swapped {np.mean(swapped):.3f}")
+    print(
+        f"simulated VLM per-view pixel accuracy: defaults {acc:.3f}, degradations off {acc_clean:.3f}, "
+        f"objects swapped {np.mean(swapped):.3f}"
+    )
     assert len(swapped) >= 10
     assert acc_clean > 0.9  # boundary bleeding of the patch features alone costs a few percent
     assert 0.45 < acc < acc_clean - 0.08  # well below 100%, far above chance (1/20)
@@ -375,8 +404,17 @@ def test_needs_labels_for_rendering(encoder, labels20):
 
 # ---------------------------------------------------------------- configuration
 
-@pytest.mark.parametrize("bad", [dict(patch=0), dict(confusion_prob=1.5), dict(confusion_prob=0.7, mask_error_prob=0.4),
-                                 dict(confusion_temp=0.0), dict(noise_std=-1.0)])
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(patch=0),
+        dict(confusion_prob=1.5),
+        dict(confusion_prob=0.7, mask_error_prob=0.4),
+        dict(confusion_temp=0.0),
+        dict(noise_std=-1.0),
+    ],
+)
 def test_bad_sim_config_is_input_error(encoder, labels20, bad):
     with pytest.raises(InputError, match="vlm_sim"):
         SimulatedVLM(sim_cfg(**bad), label_set=labels20, text_encoder=encoder)

@@ -3,6 +3,7 @@
 The dense features are checked against a hand computation (plain tensor algebra on the model's
 weights) of MaskCLIP's value path; the text side against `get_text_features`.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,12 +46,27 @@ def ckpt(tmp_path_factory):
 
     torch.manual_seed(0)
     cfg = CLIPConfig(
-        text_config=dict(vocab_size=n_vocab, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=24, bos_token_id=n_vocab - 2,
-                         eos_token_id=n_vocab - 1, pad_token_id=n_vocab - 1),
-        vision_config=dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=SIZE, patch_size=PATCH),
-        projection_dim=24)
+        text_config=dict(
+            vocab_size=n_vocab,
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=24,
+            bos_token_id=n_vocab - 2,
+            eos_token_id=n_vocab - 1,
+            pad_token_id=n_vocab - 1,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=SIZE,
+            patch_size=PATCH,
+        ),
+        projection_dim=24,
+    )
     model = CLIPModel(cfg).eval()
     with torch.no_grad():  # make the layer norms and biases non-trivial so the hand check means something
         for name, p in model.named_parameters():
@@ -217,8 +233,8 @@ def test_lift_cli_with_tiny_clip(ckpt, where, tmp_path, capsys):
     from pathlib import Path
 
     from geopurify.cli import main
-    from geopurify.standins.rooms import make_room, write_room
     from geopurify.lift.result import load_lifted
+    from geopurify.standins.rooms import make_room, write_room
 
     if where == "procedural room":
         scene_dir = tmp_path / "room"

@@ -4,6 +4,7 @@ below 100 and well above chance, and the view-dependent errors (not the lifting)
 scene0000_01 has no frames, so it is seen through virtual cameras (a stand-in trajectory) whose
 label images the simulated VLM renders from the labelled points.
 """
+
 from __future__ import annotations
 
 import copy
@@ -39,18 +40,25 @@ def test_simulated_lifted_miou_on_scannet_scene():
     assert not scene.frames and scene.labels is not None
     cfg = defaults()
     W, H = cfg["lift"]["image_size"]
-    scene.frames = virtual_frames(scene.xyz, cfg["lift"]["virtual_frames"], image_hw=(H, W),
-                                  seed=cfg["lift"]["virtual_seed"])
+    scene.frames = virtual_frames(
+        scene.xyz, cfg["lift"]["virtual_frames"], image_hw=(H, W), seed=cfg["lift"]["virtual_seed"]
+    )
     labels = get_label_set("scannet20")
     m, m_seen = lifted_miou(scene, cfg, labels)
-    print("\n" + format_table(m, title=f"simulated VLM (stand-in), raw lifted features, {scene.name}, "
-                                       f"{len(scene.frames)} virtual views"))
+    print(
+        "\n"
+        + format_table(
+            m, title=f"simulated VLM (stand-in), raw lifted features, {scene.name}, {len(scene.frames)} virtual views"
+        )
+    )
     print(f"simulated VLM lifted mIoU {m['mIoU']:.1f} (points seen by a view: {m_seen['mIoU']:.1f})")
 
     clean_cfg = copy.deepcopy(cfg)
     clean_cfg["vlm_sim"].update(confusion_prob=0.0, mask_error_prob=0.0, noise_std=0.0)  # patch features only
     clean, clean_seen = lifted_miou(scene, clean_cfg, labels)
-    print(f"same lift without confusions, mask errors and noise: mIoU {clean['mIoU']:.1f} (seen points: {clean_seen['mIoU']:.1f})")
+    print(
+        f"same lift without confusions, mask errors and noise: mIoU {clean['mIoU']:.1f} (seen points: {clean_seen['mIoU']:.1f})"
+    )
 
     n_present = len(labels.names) - len(m["absent_classes"])
     chance = 100.0 / n_present  # a uniform guess among the present classes has IoU below this

@@ -5,6 +5,7 @@ setting `func`) and keeps the real work in the pipeline packages. An InputError 
 becomes one line on stderr and exit code 2. With -q/--quiet that line is all stderr shows
 (log records below ERROR and progress bars are dropped).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,12 @@ COMMANDS = ["synth", "prepare", "lift", "eval", "select_subset", "train", "val",
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="geopurify", description="Open-vocabulary 3D segmentation with GeoPurify.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("-q", "--quiet", action="store_true",
-                        help="quiet: no log lines or progress bars; stderr shows only an error, if any")
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="quiet: no log lines or progress bars; stderr shows only an error, if any",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         try:

@@ -5,6 +5,7 @@ synthesise rooms -> lift simulated-VLM features -> train the CPU student on the 
 kNN-mean smoothing vs purified, report.json, pictures and coloured PLYs. Every stand-in
 (procedural rooms, simulated VLM, geometric teacher) is named as such in the output.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,8 +30,15 @@ def add_parser(sub) -> None:
 
 def _overrides(args) -> dict:
     out = args.out
-    o: dict = {"data": {"dataset": "synthetic", "root": str(out / "data"), "cache_dir": str(out / "cache"),
-                        "train_list": None, "val_list": None}}
+    o: dict = {
+        "data": {
+            "dataset": "synthetic",
+            "root": str(out / "data"),
+            "cache_dir": str(out / "cache"),
+            "train_list": None,
+            "val_list": None,
+        }
+    }
     if args.seed is not None:
         o["synthetic"] = {"seed": args.seed}
         o["distill"] = {"seed": args.seed}
@@ -72,10 +80,10 @@ def run(args) -> int:
     from geopurify.data.labels import get_label_set
     from geopurify.data.readers import load_scene
     from geopurify.data.splits import resolve_scenes
-    from geopurify.student.checkpoint import load_student
     from geopurify.distill.engine import train
     from geopurify.evaluate.split import evaluate_scenes, summary_table
     from geopurify.io import write_json
+    from geopurify.student.checkpoint import load_student
     from geopurify.teacher import build_teacher
     from geopurify.vlm import build_vlm
 
@@ -84,8 +92,10 @@ def run(args) -> int:
     device = device_of(args)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    print("GeoPurify demo: OFFLINE STAND-INS in use: procedural rooms (not ScanNet), simulated VLM "
-          "(not CLIP/X-Decoder), geometric teacher (not Sonata) unless configured otherwise.")
+    print(
+        "GeoPurify demo: OFFLINE STAND-INS in use: procedural rooms (not ScanNet), simulated VLM "
+        "(not CLIP/X-Decoder), geometric teacher (not Sonata) unless configured otherwise."
+    )
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
@@ -100,8 +110,9 @@ def run(args) -> int:
 
     t = time.perf_counter()
     vlm = build_vlm(cfg, device=str(device))
-    report = evaluate_scenes(cfg, val_scenes, model, out / "eval", Path(cfg["data"]["cache_dir"]),
-                             device=device, vlm=vlm)
+    report = evaluate_scenes(
+        cfg, val_scenes, model, out / "eval", Path(cfg["data"]["cache_dir"]), device=device, vlm=vlm
+    )
     timings["evaluate_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -111,8 +122,10 @@ def run(args) -> int:
     pictures = []
     for path in val_scenes:
         scene = load_scene(path, frame_step=cfg["data"]["frame_step"])
-        preds = {m: np.load(out / "eval" / "pred" / f"{scene.name}.{m}.npy").astype(np.int64)
-                 for m in ("raw", "knn_mean", "purified")}
+        preds = {
+            m: np.load(out / "eval" / "pred" / f"{scene.name}.{m}.npy").astype(np.int64)
+            for m in ("raw", "knn_mean", "purified")
+        }
         pictures += write_pictures(out, scene, preds, label_set)
     timings["pictures_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_start
@@ -120,8 +133,10 @@ def run(args) -> int:
     teacher = build_teacher(cfg)
     pick = ("mIoU", "mAcc", "f_mIoU", "f_mAcc")
     result = {
-        "metrics": {m: {k: None if report["metrics"][m][k] is None else round(float(report["metrics"][m][k]), 2)
-                        for k in pick} for m in report["metrics"]},
+        "metrics": {
+            m: {k: None if report["metrics"][m][k] is None else round(float(report["metrics"][m][k]), 2) for k in pick}
+            for m in report["metrics"]
+        },
         "per_scene_mIoU": report["per_scene"],
         "produced_by": {
             "data": f"procedural rooms (synthetic stand-in for ScanNet): {len(train_scenes)} train, {len(val_scenes)} held-out",
@@ -147,10 +162,14 @@ def run(args) -> int:
     write_json(out / "report.json", result)
     print(summary_table(report["metrics"]))
     print(f"(percent; {len(val_scenes)} held-out procedural rooms; VLM: {vlm.describe()}; teacher: {teacher.name})")
-    print(f"wrote {out / 'report.json'}, pictures in {out / 'pictures'}, PLYs in {out / 'ply'}  "
-          f"[{timings['total_s']:.0f} s]")
-    print(f"explore a held-out room in the browser (then open http://127.0.0.1:8080):\n  "
-          f"{view_command(val_scenes[0], Path(ckpt))}")
+    print(
+        f"wrote {out / 'report.json'}, pictures in {out / 'pictures'}, PLYs in {out / 'ply'}  "
+        f"[{timings['total_s']:.0f} s]"
+    )
+    print(
+        f"explore a held-out room in the browser (then open http://127.0.0.1:8080):\n  "
+        f"{view_command(val_scenes[0], Path(ckpt))}"
+    )
     return 0
 
 

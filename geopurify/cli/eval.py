@@ -14,6 +14,7 @@ and, with --features, each of `eval.also_label_sets` beside it (its own prompts)
 every printed table name the setting (e.g. scannet19, the setting of the paper's 55.1, with
 scannet20 under "also"). Predictions (--pred) are indices of one set, so only that one is scored.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,15 +30,28 @@ log = logging.getLogger(__name__)
 
 def add_parser(sub) -> None:
     p = sub.add_parser("eval", help="mIoU / mAcc / f-mIoU / f-mAcc of predictions or lifted features")
-    p.add_argument("--scene", action="append", required=True, type=Path, metavar="DIR",
-                   help="scene directory with labels (repeat for several scenes)")
+    p.add_argument(
+        "--scene",
+        action="append",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="scene directory with labels (repeat for several scenes)",
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--pred", type=Path, metavar="DIR", help="directory of <scene><suffix> predictions")
     src.add_argument("--features", type=Path, metavar="DIR", help="directory of <scene>.lift.pt lifted features")
-    p.add_argument("--pred-suffix", default=".pred.npy",
-                   help="prediction file suffix (default .pred.npy; `geopurify val` writes .purified.npy, .raw.npy)")
-    p.add_argument("--label-set", default=None, help="benchmark classes, scored alone (default: the config's "
-                   "data.label_set, and with --features its eval.also_label_sets beside it)")
+    p.add_argument(
+        "--pred-suffix",
+        default=".pred.npy",
+        help="prediction file suffix (default .pred.npy; `geopurify val` writes .purified.npy, .raw.npy)",
+    )
+    p.add_argument(
+        "--label-set",
+        default=None,
+        help="benchmark classes, scored alone (default: the config's "
+        "data.label_set, and with --features its eval.also_label_sets beside it)",
+    )
     p.add_argument("--config", type=Path, default=None, help="YAML config (default: the embedded defaults)")
     p.add_argument("--vlm", default=None, help="text encoder for --features (overrides lift.vlm)")
     p.add_argument("--vlm-path", default=None, help="checkpoint for --vlm (overrides lift.vlm_path)")
@@ -62,8 +76,10 @@ def load_predictions(path: Path, n_points: int, n_classes: int) -> np.ndarray:
     pred = pred.astype(np.int64)
     bad = (pred < -1) | (pred >= n_classes)
     if bad.any():
-        raise InputError(path, f"{int(bad.sum())} predictions lie outside 0..{n_classes - 1} (and are not -1), "
-                               f"e.g. {int(pred[bad][0])}")
+        raise InputError(
+            path,
+            f"{int(bad.sum())} predictions lie outside 0..{n_classes - 1} (and are not -1), e.g. {int(pred[bad][0])}",
+        )
     return pred
 
 
@@ -71,16 +87,21 @@ def predict_from_features(path: Path, n_points: int, text_embs: dict) -> tuple[d
     """({setting: labels (N,) int64}, provenance) from a `.lift.pt` file: per class setting, the argmax
     cosine with that setting's text embeddings (`text_embs`: setting name -> (P, C)), computed on the
     device the text embeddings are on (the features are moved there)."""
-    from geopurify.ops.scores import classify_by_text
     from geopurify.lift.result import load_lifted
+    from geopurify.ops.scores import classify_by_text
 
     lifted = load_lifted(path, n_points=n_points)
     dim = next(iter(text_embs.values())).shape[1]
     if lifted.feat.shape[1] != dim:
-        raise InputError(path, f"features are {lifted.feat.shape[1]}-d but the text embeddings are "
-                               f"{dim}-d: evaluate with the VLM that produced them (--vlm)")
-    return ({name: classify_by_text(lifted.feat.to(t.device), t).cpu().numpy() for name, t in text_embs.items()},
-            dict(lifted.info))
+        raise InputError(
+            path,
+            f"features are {lifted.feat.shape[1]}-d but the text embeddings are "
+            f"{dim}-d: evaluate with the VLM that produced them (--vlm)",
+        )
+    return (
+        {name: classify_by_text(lifted.feat.to(t.device), t).cpu().numpy() for name, t in text_embs.items()},
+        dict(lifted.info),
+    )
 
 
 def run(args) -> int:
@@ -92,16 +113,17 @@ def run(args) -> int:
     from geopurify.evaluate.split import class_settings, scene_ground_truth
     from geopurify.io import write_json
 
-    cfg = config_of(args, {"lift": {"vlm": args.vlm, "vlm_path": args.vlm_path},
-                           "data": {"label_set": args.label_set}})
+    cfg = config_of(args, {"lift": {"vlm": args.vlm, "vlm_path": args.vlm_path}, "data": {"label_set": args.label_set}})
     device = device_of(args)
     # class settings: --label-set alone, else the config's primary one and eval.also_label_sets beside it
     # (--label-set is data.label_set, so a --set of that key wins over it)
     sets = [get_label_set(cfg["data"]["label_set"])] if args.label_set else class_settings(cfg)  # unknown: InputError
     label_set = sets[0]
     if args.pred is not None and len(sets) > 1:
-        print(f"note: predictions are class indices of {label_set.name}; the other class settings of the config "
-              f"({', '.join(s.name for s in sets[1:])}) need features to be scored (--features)")
+        print(
+            f"note: predictions are class indices of {label_set.name}; the other class settings of the config "
+            f"({', '.join(s.name for s in sets[1:])}) need features to be scored (--features)"
+        )
         sets = sets[:1]
     src_dir = args.pred if args.pred is not None else args.features
     if not src_dir.is_dir():
@@ -115,8 +137,11 @@ def run(args) -> int:
 
         vlm = build_vlm(cfg, device=str(device), label_set=label_set)
         text_embs = {s.name: text_embeddings(vlm, s, cfg["lift"]["prompt_template"]).to(device) for s in sets}
-        log.info("classifying lifted features with the prompts of %s embedded by %s",
-                 ", ".join(s.name for s in sets), vlm.describe())
+        log.info(
+            "classifying lifted features with the prompts of %s embedded by %s",
+            ", ".join(s.name for s in sets),
+            vlm.describe(),
+        )
 
     total = {s.name: np.zeros((s.n_classes, s.n_classes + 1), dtype=np.int64) for s in sets}  # last: no prediction
     per_scene: dict[str, list] = {s.name: [] for s in sets}
@@ -129,8 +154,11 @@ def run(args) -> int:
         gts = {s.name: scene_ground_truth(scene, s) for s in sets}
         skipped = int(scene.meta.get("skipped_frames", 0))  # frames the reader left out
         if args.pred is not None:
-            preds = {label_set.name: load_predictions(args.pred / f"{scene.name}{args.pred_suffix}", scene.n_points,
-                                                      label_set.n_classes)}
+            preds = {
+                label_set.name: load_predictions(
+                    args.pred / f"{scene.name}{args.pred_suffix}", scene.n_points, label_set.n_classes
+                )
+            }
         else:
             preds, info = predict_from_features(args.features / f"{scene.name}.lift.pt", scene.n_points, text_embs)
             producers[scene.name] = info
@@ -141,37 +169,70 @@ def run(args) -> int:
             conf = confusion(preds[s.name], gts[s.name], s.n_classes)
             total[s.name] += conf
             m = metrics(conf, s.names, exclude=exclude)
-            per_scene[s.name].append({"name": scene.name, "path": str(scene_dir), "n_points": scene.n_points,
-                                      "labelled_points": int((gts[s.name] >= 0).sum()), "skipped_frames": skipped,
-                                      "mIoU": m["mIoU"], "mAcc": m["mAcc"]})
+            per_scene[s.name].append(
+                {
+                    "name": scene.name,
+                    "path": str(scene_dir),
+                    "n_points": scene.n_points,
+                    "labelled_points": int((gts[s.name] >= 0).sum()),
+                    "skipped_frames": skipped,
+                    "mIoU": m["mIoU"],
+                    "mAcc": m["mAcc"],
+                }
+            )
         m = per_scene[label_set.name][-1]
         log.info("%s: mIoU %s", scene.name, "-" if m["mIoU"] is None else f"{m['mIoU']:.1f}")
 
     result = {s.name: metrics(total[s.name], s.names, exclude=exclude) for s in sets}
     if args.pred is not None:
-        source = {"kind": "predictions", "dir": str(args.pred), "suffix": args.pred_suffix,
-                  "vlm": None, "simulated": None,
-                  "note": "predictions scored as given; .npy files do not record which VLM produced them"}
+        source = {
+            "kind": "predictions",
+            "dir": str(args.pred),
+            "suffix": args.pred_suffix,
+            "vlm": None,
+            "simulated": None,
+            "note": "predictions scored as given; .npy files do not record which VLM produced them",
+        }
     else:
         sims = {bool(i.get("simulated")) for i in producers.values()}
         simulated = bool(vlm.simulated) or any(sims)
-        source = {"kind": "lifted features (argmax cosine with prompt embeddings)", "dir": str(args.features),
-                  "vlm": sorted({str(i.get("vlm")) for i in producers.values()}),
-                  "fusion": sorted({str(i.get("fusion")) for i in producers.values()}),
-                  "text_encoder": vlm.describe(), "prompt_template": cfg["lift"]["prompt_template"],
-                  "simulated": simulated}
+        source = {
+            "kind": "lifted features (argmax cosine with prompt embeddings)",
+            "dir": str(args.features),
+            "vlm": sorted({str(i.get("vlm")) for i in producers.values()}),
+            "fusion": sorted({str(i.get("fusion")) for i in producers.values()}),
+            "text_encoder": vlm.describe(),
+            "prompt_template": cfg["lift"]["prompt_template"],
+            "simulated": simulated,
+        }
         if simulated:
-            source["note"] = ("SIMULATED VLM: these features come from an offline stand-in, not a real "
-                              "vision-language model; the scores say nothing about a real VLM")
+            source["note"] = (
+                "SIMULATED VLM: these features come from an offline stand-in, not a real "
+                "vision-language model; the scores say nothing about a real VLM"
+            )
     primary = per_scene[label_set.name]
     n_skipped = sum(s["skipped_frames"] for s in primary)
-    report = {"label_set": label_set.name, "class_setting": describe_setting(label_set.name),
-              "classes": list(label_set.names), "scenes": primary, "source": source, "skipped_frames": n_skipped,
-              "device": str(device),
-              "metrics": result[label_set.name], "confusion": total[label_set.name].tolist(),
-              "also": {s.name: {"class_setting": describe_setting(s.name), "classes": list(s.names),
-                                "metrics": result[s.name], "confusion": total[s.name].tolist(),
-                                "scenes": per_scene[s.name]} for s in sets[1:]}}
+    report = {
+        "label_set": label_set.name,
+        "class_setting": describe_setting(label_set.name),
+        "classes": list(label_set.names),
+        "scenes": primary,
+        "source": source,
+        "skipped_frames": n_skipped,
+        "device": str(device),
+        "metrics": result[label_set.name],
+        "confusion": total[label_set.name].tolist(),
+        "also": {
+            s.name: {
+                "class_setting": describe_setting(s.name),
+                "classes": list(s.names),
+                "metrics": result[s.name],
+                "confusion": total[s.name].tolist(),
+                "scenes": per_scene[s.name],
+            }
+            for s in sets[1:]
+        },
+    }
     write_json(args.out, report)
     for i, s in enumerate(sets):
         title = f"{'' if i == 0 else 'also: '}class setting {describe_setting(s.name)}\n{len(primary)} scene(s), {source['kind']}"

@@ -3,6 +3,7 @@
 One --scene writes --out as a file; several write --out/<scene>.lift.pt each, skipping scenes
 whose output already exists (so an interrupted batch resumes).
 """
+
 from __future__ import annotations
 
 import logging
@@ -16,12 +17,18 @@ log = logging.getLogger(__name__)
 
 def add_parser(sub) -> None:
     p = sub.add_parser("lift", help="lift 2D VLM features onto scene points (multi-view fusion)")
-    p.add_argument("--scene", required=True, type=Path, action="append",
-                   help="scene directory (repeat for several scenes)")
-    p.add_argument("--out", required=True, type=Path,
-                   help="output .lift.pt file (one scene) or directory (several scenes)")
-    p.add_argument("--vlm", default=None, help="VLM backend: simulated | clip | openscene | external (overrides lift.vlm)")
-    p.add_argument("--text-path", default=None, help="openscene / external: prompt-embedding file or CLIP dir (lift.text_path)")
+    p.add_argument(
+        "--scene", required=True, type=Path, action="append", help="scene directory (repeat for several scenes)"
+    )
+    p.add_argument(
+        "--out", required=True, type=Path, help="output .lift.pt file (one scene) or directory (several scenes)"
+    )
+    p.add_argument(
+        "--vlm", default=None, help="VLM backend: simulated | clip | openscene | external (overrides lift.vlm)"
+    )
+    p.add_argument(
+        "--text-path", default=None, help="openscene / external: prompt-embedding file or CLIP dir (lift.text_path)"
+    )
     p.add_argument("--vlm-path", default=None, help="VLM checkpoint / feature directory (overrides lift.vlm_path)")
     p.add_argument("--config", type=Path, default=None, help="YAML config over geopurify/defaults.yaml")
     p.add_argument("--fusion", choices=["mean", "consensus"], default=None, help="overrides lift.fusion")
@@ -51,8 +58,9 @@ def run(args) -> int:
     from geopurify.lift.result import save_lifted, views_summary
     from geopurify.vlm import build_vlm
 
-    cfg = config_of(args, {"lift": {"vlm": args.vlm, "vlm_path": args.vlm_path, "text_path": args.text_path,
-                                    "fusion": args.fusion}})
+    cfg = config_of(
+        args, {"lift": {"vlm": args.vlm, "vlm_path": args.vlm_path, "text_path": args.text_path, "fusion": args.fusion}}
+    )
     device = device_of(args)
     outs = outputs_for(args.scene, args.out)
     todo = [(s, o) for s, o in zip(args.scene, outs) if not (len(outs) > 1 and o.exists())]
@@ -64,8 +72,11 @@ def run(args) -> int:
         return 0
     vlm = build_vlm(cfg, device=str(device))
     if vlm.simulated:
-        log.warning("lifting with a SIMULATED VLM (%s): features derived from labels, an offline stand-in for "
-                    "a real vision-language model; the output files record simulated=True", vlm.describe())
+        log.warning(
+            "lifting with a SIMULATED VLM (%s): features derived from labels, an offline stand-in for "
+            "a real vision-language model; the output files record simulated=True",
+            vlm.describe(),
+        )
     text_emb = None
     if cfg["lift"]["fusion"] == "consensus":
         from geopurify.data.labels import get_label_set
@@ -79,8 +90,10 @@ def run(args) -> int:
         tag = " (SIMULATED VLM)" if vlm.simulated else ""
         info = result.info
         skipped = f", {info['skipped_frames']} frames skipped" if info.get("skipped_frames") else ""
-        print(f"{scene.name}: {scene.n_points} points, {views_summary(info)}"
-              f"{' (virtual cameras)' if info.get('virtual_frames') else ''}{skipped}, "
-              f"{100 * float(result.seen.float().mean()):.1f}% seen, {info.get('fusion', '?')} fusion{tag}, "
-              f"on {device} -> {out}")
+        print(
+            f"{scene.name}: {scene.n_points} points, {views_summary(info)}"
+            f"{' (virtual cameras)' if info.get('virtual_frames') else ''}{skipped}, "
+            f"{100 * float(result.seen.float().mean()):.1f}% seen, {info.get('fusion', '?')} fusion{tag}, "
+            f"on {device} -> {out}"
+        )
     return 0

@@ -5,6 +5,7 @@ else the CPU; geopurify.device.resolve_device), and every command that reads a c
 `--set KEY=VALUE` (repeatable). A config is merged in this order, later wins: defaults.yaml <
 --config FILE (over its `base:` chain) < the command's own flags (--vlm, --vlm-path, ...) < --set.
 """
+
 from __future__ import annotations
 
 import logging
@@ -16,15 +17,22 @@ def add_device(p) -> None:
     """`--device`, default auto."""
     from geopurify.device import CHOICES
 
-    p.add_argument("--device", default="auto",
-                   help=f"{CHOICES} (default auto: CUDA when torch sees a GPU, else the CPU)")
+    p.add_argument(
+        "--device", default="auto", help=f"{CHOICES} (default auto: CUDA when torch sees a GPU, else the CPU)"
+    )
 
 
 def add_set(p) -> None:
     """`--set KEY=VALUE`, repeatable."""
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="set",
-                   help="override one config key, e.g. --set distill.epochs=2 --set lift.image_size=[320,240] "
-                        "(dotted key, YAML value; applied after --config and the other flags; repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="set",
+        help="override one config key, e.g. --set distill.epochs=2 --set lift.image_size=[320,240] "
+        "(dotted key, YAML value; applied after --config and the other flags; repeatable)",
+    )
 
 
 def device_of(args):

@@ -5,6 +5,7 @@ explains why), computed by pooling the prompt's score column over the student's 
 same function `geopurify view` calls for every prompt. Writes OUT.ply (heat colours and a
 `relevance` scalar per point) and OUT.png (the heat map under the prompt, with a colour bar).
 """
+
 from __future__ import annotations
 
 import logging
@@ -41,9 +42,16 @@ def run(args) -> int:
     if not args.text.strip():
         raise InputError(None, "--text is empty")
     device = device_of(args)
-    session, loaded = load_session(args.scene, ckpt=args.ckpt, config=args.config, vlm=args.vlm,
-                                   vlm_path=args.vlm_path, sets=args.set,
-                                   cache_dir=args.cache_dir or args.out.parent / "cache", device=device)
+    session, loaded = load_session(
+        args.scene,
+        ckpt=args.ckpt,
+        config=args.config,
+        vlm=args.vlm,
+        vlm_path=args.vlm_path,
+        sets=args.set,
+        cache_dir=args.cache_dir or args.out.parent / "cache",
+        device=device,
+    )
     scene = loaded.scene
     log.info("query %r on %s with %s", args.text, scene.name, loaded.vlm.describe())
     rel = prompt_relevance(session, encode_prompt(loaded.vlm, args.text))
@@ -55,9 +63,11 @@ def run(args) -> int:
     image = render_points(scene.xyz, colors, None, view="auto")
     heat_panel(image, f'"{args.text}"', lo, hi, f"purified relevance, T = {session.steps}", out_png=out_png)
     top = np.argsort(-rel)[: max(1, len(rel) // 100)]
-    print(f"{args.text!r}: relevance (purified feature . unit prompt, T = {session.steps}) min {rel.min():.3f} "
-          f"max {rel.max():.3f}; top-1% points centred at {np.round(scene.xyz[top].mean(0), 2).tolist()} "
-          f"(computed on {device})")
+    print(
+        f"{args.text!r}: relevance (purified feature . unit prompt, T = {session.steps}) min {rel.min():.3f} "
+        f"max {rel.max():.3f}; top-1% points centred at {np.round(scene.xyz[top].mean(0), 2).tolist()} "
+        f"(computed on {device})"
+    )
     for line in loaded.stand_ins:
         print(f"note: {line}")
     print(f"wrote {out_ply} and {out_png}")

@@ -4,6 +4,7 @@ Single process: `geopurify train --exp_dir out/x --config config/geopurify_synth
 Several processes / GPUs: `torchrun --nproc_per_node=N -m geopurify train ...` (each process
 trains on its own slice of every epoch's scenes; rank 0 writes <exp_dir>/model/*.pth).
 """
+
 from __future__ import annotations
 
 import logging
@@ -17,8 +18,13 @@ log = logging.getLogger(__name__)
 
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train the student affinity network (no labels; teacher distillation)")
-    p.add_argument("--exp_dir", "--exp-dir", required=True, type=Path,
-                   help="experiment directory: model/ (checkpoints), train_log.jsonl, cache/")
+    p.add_argument(
+        "--exp_dir",
+        "--exp-dir",
+        required=True,
+        type=Path,
+        help="experiment directory: model/ (checkpoints), train_log.jsonl, cache/",
+    )
     p.add_argument("--config", required=True, type=Path, help="YAML config (see config/geopurify_*.yaml)")
     p.add_argument("--resume", action="store_true", help="continue from <exp_dir>/model/last.pth if present")
     add_device(p)

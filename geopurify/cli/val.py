@@ -1,4 +1,5 @@
 """`geopurify val`: evaluate a trained checkpoint on the validation split (the seed's run/val.sh)."""
+
 from __future__ import annotations
 
 import logging
@@ -25,9 +26,9 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from geopurify.data.splits import resolve_scenes
-    from geopurify.student.checkpoint import check_compatible, load_student
     from geopurify.evaluate.metrics import format_table
     from geopurify.evaluate.split import evaluate_scenes, summary_table
+    from geopurify.student.checkpoint import check_compatible, load_student
 
     cfg = config_of(args, {"lift": {"vlm": args.vlm, "vlm_path": args.vlm_path}})
     device = device_of(args)
@@ -44,7 +45,10 @@ def run(args) -> int:
     cache = Path(cfg["data"]["cache_dir"]) if cfg["data"]["cache_dir"] else args.exp_dir / "cache"
     log.info("evaluating %s on %d %s scenes -> %s", ckpt, len(scenes), args.split, out_dir)
     report = evaluate_scenes(cfg, scenes, model, out_dir, cache, device=device, vlm=vlm)
-    report["checkpoint"] = {"path": str(ckpt), **{k: meta.get(k) for k in ("teacher", "vlm", "student", "epoch") if k in meta}}
+    report["checkpoint"] = {
+        "path": str(ckpt),
+        **{k: meta.get(k) for k in ("teacher", "vlm", "student", "epoch") if k in meta},
+    }
     from geopurify.io import write_json
 
     write_json(out_dir / "metrics.json", report)

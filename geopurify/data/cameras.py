@@ -8,6 +8,7 @@ use the same orbit for their rendered trajectories.
 Conventions (docs/architecture.md): poses are 4x4 camera-to-world, OpenCV camera axes (x right,
 y down, z forward), world z up; pixel (col, row) = (u, v) has its centre at integer coordinates.
 """
+
 from __future__ import annotations
 
 import logging
@@ -59,10 +60,18 @@ def look_at(eye, target, up=(0.0, 0.0, 1.0), roll: float = 0.0) -> np.ndarray:
     return pose
 
 
-def orbit_poses(centre_xy, radii_xy, eye_z: float, n: int, rng: np.random.Generator,
-                is_free: Callable[[np.ndarray], bool] | None = None,
-                pitch_deg: tuple[float, float] = (-32.0, -8.0), pan_deg: float = 25.0,
-                height_jitter: float = 0.12, roll_deg: float = 2.0) -> np.ndarray:
+def orbit_poses(
+    centre_xy,
+    radii_xy,
+    eye_z: float,
+    n: int,
+    rng: np.random.Generator,
+    is_free: Callable[[np.ndarray], bool] | None = None,
+    pitch_deg: tuple[float, float] = (-32.0, -8.0),
+    pan_deg: float = 25.0,
+    height_jitter: float = 0.12,
+    roll_deg: float = 2.0,
+) -> np.ndarray:
     """(n, 4, 4) poses on an ellipse around `centre_xy`, each looking across the room.
 
     A hand-held scan walks around a room and looks at the far side: here camera k stands at angle
@@ -97,8 +106,9 @@ def orbit_poses(centre_xy, radii_xy, eye_z: float, n: int, rng: np.random.Genera
     return poses
 
 
-def virtual_frames(xyz: np.ndarray, n_frames: int, image_hw: tuple[int, int] = (240, 320),
-                   seed: int = 0) -> list[Frame]:
+def virtual_frames(
+    xyz: np.ndarray, n_frames: int, image_hw: tuple[int, int] = (240, 320), seed: int = 0
+) -> list[Frame]:
     """`n_frames` VIRTUAL posed cameras (no images) looking into a scene given by its points.
 
     For scenes without a scan trajectory: cameras stand at eye height (1.5 m above the floor,
@@ -127,6 +137,7 @@ def virtual_frames(xyz: np.ndarray, n_frames: int, image_hw: tuple[int, int] = (
 
     poses = orbit_poses(centre, radii, eye_z, int(n_frames), rng, is_free=is_free)
     K = intrinsic_matrix(image_hw)
-    logger.info("%d virtual cameras (no images, a stand-in for a scan trajectory) at eye height %.2f m",
-                n_frames, eye_z)
+    logger.info(
+        "%d virtual cameras (no images, a stand-in for a scan trajectory) at eye height %.2f m", n_frames, eye_z
+    )
     return [Frame(name=f"virtual_{k}", pose=poses[k], intrinsic=K.copy()) for k in range(len(poses))]

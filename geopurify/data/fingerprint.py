@@ -5,6 +5,7 @@ frame poses and intrinsics, image paths); `scene_files` lists the files the scen
 `geopurify.io.file_fingerprint` a key adds so that a file rewritten under the same path is noticed;
 `cache_key` hashes a JSON-able description into a short file-name key.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -17,6 +17,7 @@ greatest common divisor of the ids present.
 Keys that are not all non-negative integers (Matterport's `<panorama>_i<camera>_<yaw>` image
 names) have no raw id: every `frame_step`-th key in natural order is a view.
 """
+
 from __future__ import annotations
 
 import logging
@@ -62,7 +63,15 @@ def select_views(ordered: list[str], frame_step: int, meta: dict | None = None, 
         (log.debug if (exported, step) in _warned else log.warning)(
             "%sframes were exported every %d raw frames, and data.frame_step %d is not a multiple of %d: "
             "the views are every %d-th raw frame, not every %d-th (re-export with a step dividing %d, "
-            "e.g. prepare --frame-step %d)", f"{where}: " if where else "", exported, step, exported, lcm, step,
-            step, math.gcd(step, exported))
+            "e.g. prepare --frame-step %d)",
+            f"{where}: " if where else "",
+            exported,
+            step,
+            exported,
+            lcm,
+            step,
+            step,
+            math.gcd(step, exported),
+        )
         _warned.add((exported, step))
     return [k for k, i in zip(ordered, ids) if i % step == 0]

@@ -16,6 +16,7 @@ Sets (tables under geopurify/resources, provenance in their header lines):
 - matterport40/80/160: OpenScene's K-class settings: the first K distinct `nyuClass` names of
   category_mapping.tsv in row order (void/unknown/empty excluded); later names are ignored.
 """
+
 from __future__ import annotations
 
 import functools
@@ -143,11 +144,11 @@ def matterport_k_classes(k: int) -> tuple[list[str], np.ndarray]:
 
 _SETTING_NOTES = {
     "scannet19": "19 ScanNet classes, otherfurniture ignored: the GeoPurify reference code's evaluation; "
-                 "compare with the paper's 55.1 mIoU",
+    "compare with the paper's 55.1 mIoU",
     "scannet20": "the 20 ScanNet benchmark classes, otherfurniture prompted as 'other' as OpenScene does; "
-                 "not the setting of the paper's 55.1",
+    "not the setting of the paper's 55.1",
     "scannet200": "the 200 ScanNet200 classes; the paper reports f-mIoU / f-mAcc (11.9 / 22.8: wall, floor, "
-                  "ceiling left out)",
+    "ceiling left out)",
     "matterport21": "21 Matterport3D classes; compare with the paper's 40.2 mIoU",
 }
 
@@ -157,8 +158,8 @@ def describe_setting(name: str) -> str:
     ignored: the GeoPurify reference code's evaluation; compare with the paper's 55.1 mIoU)"."""
     if name in _SETTING_NOTES:
         return f"{name} ({_SETTING_NOTES[name]})"
-    if name.startswith("matterport") and name[len("matterport"):].isdigit():
-        return f"{name} (OpenScene's {name[len('matterport'):]}-class Matterport3D setting)"
+    if name.startswith("matterport") and name[len("matterport") :].isdigit():
+        return f"{name} (OpenScene's {name[len('matterport') :]}-class Matterport3D setting)"
     return name
 
 
@@ -170,8 +171,13 @@ def get_label_set(name: str) -> LabelSet:
         if name == "scannet19":  # otherfurniture ignored
             ids, names = ids[:-1], names[:-1]
         prompt = ["other" if n == "otherfurniture" else n for n in names]  # OpenScene's prompt for class 39
-        return LabelSet(name, names, "nyu40", {"nyu40": _lut(ids, range(len(ids)), 41)},
-                        prompt_names=prompt if prompt != names else None)
+        return LabelSet(
+            name,
+            names,
+            "nyu40",
+            {"nyu40": _lut(ids, range(len(ids)), 41)},
+            prompt_names=prompt if prompt != names else None,
+        )
     if name == "scannet200":
         ids, names = _id_name_table("scannet200.tsv")
         return LabelSet(name, list(names), "scannet200_raw", {"scannet200_raw": _lut(ids, range(len(ids)))})
@@ -184,6 +190,6 @@ def get_label_set(name: str) -> LabelSet:
         raw_lut[index[ok]] = nyu_lut[nyu40[ok]]
         return LabelSet(name, list(names), "matterport_raw", {"matterport_raw": raw_lut, "nyu40": nyu_lut})
     if name in ("matterport40", "matterport80", "matterport160"):
-        names, lut = matterport_k_classes(int(name[len("matterport"):]))
+        names, lut = matterport_k_classes(int(name[len("matterport") :]))
         return LabelSet(name, names, "matterport_raw", {"matterport_raw": lut})
     raise InputError(None, f"unknown label set {name!r}; choose from {', '.join(SETS)}")

@@ -6,6 +6,7 @@ optional axis alignment and `meta.json`. `geopurify.data.readers` reads it, `geo
 writes it, `geopurify.data.sens` and `geopurify.data.prepare` convert raw releases into it; all of
 them take the names and the matrix / pose / list readers from here.
 """
+
 from __future__ import annotations
 
 import json
@@ -129,6 +130,7 @@ def read_meta(scene_dir: Path) -> dict:
         if isinstance(s, bool) or not isinstance(s, (int, float)) or not np.isfinite(s) or s <= 0:
             raise InputError(path, f"depth_scale must be a positive number, got {s!r}")
     return meta
+
 
 def read_text_lines(path: str | Path, what: str) -> list[str]:
     """Lines of a small text file; missing or unreadable -> InputError naming it as `what`."""

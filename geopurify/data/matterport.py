@@ -29,6 +29,7 @@ Either way a region that no frame passes takes the `fallback_views` cameras near
 centre, as OpenScene does for such test regions (logged, and recorded in meta.json). Frames are
 hard-linked (copied across file systems) from the house's image directories, unchanged.
 """
+
 from __future__ import annotations
 
 import json
@@ -50,8 +51,12 @@ log = logging.getLogger(__name__)
 DEPTH_SCALE = 4000.0  # Matterport depth PNG units per metre (0.25 mm)
 MP_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])  # Matterport camera axes (y up, looking down -z) -> OpenCV
 VIEW_MODES = ("visible", "bbox")
-_PARTS = {"conf": "undistorted_camera_parameters", "color": "undistorted_color_images",
-          "depth": "undistorted_depth_images", "regions": "region_segmentations"}
+_PARTS = {
+    "conf": "undistorted_camera_parameters",
+    "color": "undistorted_color_images",
+    "depth": "undistorted_depth_images",
+    "regions": "region_segmentations",
+}
 _REGION_RE = re.compile(r"region(\d+)\.ply")
 
 
@@ -174,8 +179,12 @@ def read_region(path: str | Path) -> dict:
         raise InputError(path, "region vertices hold NaN/inf coordinates")
     from geopurify.data.normals import mesh_normals
 
-    return {"xyz": ply["xyz"], "rgb": ply["rgb"], "labels": vertex_labels_from_faces(faces, cat, n),
-            "normals": mesh_normals(ply["xyz"], faces)}
+    return {
+        "xyz": ply["xyz"],
+        "rgb": ply["rgb"],
+        "labels": vertex_labels_from_faces(faces, cat, n),
+        "normals": mesh_normals(ply["xyz"], faces),
+    }
 
 
 # ---------------------------------------------------------------------------------------------- houses
@@ -204,7 +213,9 @@ def find_houses(root: str | Path, names: list[str] | None = None) -> list[Path]:
 
         houses = select_named(houses, names, root, "houses")
     if not houses:
-        raise InputError(root, f"no Matterport house found (a directory with {_PARTS['conf']}/ and {_PARTS['regions']}/)")
+        raise InputError(
+            root, f"no Matterport house found (a directory with {_PARTS['conf']}/ and {_PARTS['regions']}/)"
+        )
     return houses
 
 
@@ -228,8 +239,9 @@ def region_files(house_dir: Path) -> list[tuple[int, Path]]:
     return found
 
 
-def visible_counts(views: list[MPView], depth_dir: Path, samples: list[np.ndarray], depth_tol: float = 0.05,
-                   progress: bool = True) -> np.ndarray:
+def visible_counts(
+    views: list[MPView], depth_dir: Path, samples: list[np.ndarray], depth_tol: float = 0.05, progress: bool = True
+) -> np.ndarray:
     """int64 (V, R): how many of each region's sample points each view sees (inside the image,
     in front of the camera, depth reading within `depth_tol` x reading of the point's depth).
     Reads every view's depth image once."""
@@ -272,10 +284,18 @@ def nearest_views(views: list[MPView], xyz: np.ndarray, k: int) -> list[int]:
     return np.argsort(np.linalg.norm(centres - c, axis=1), kind="stable")[:k].tolist()
 
 
-def select_views(views: list[MPView], regions_xyz: list[np.ndarray], mode: str = "visible",
-                 depth_dir: Path | None = None, depth_tol: float = 0.05, min_fraction: float = 0.01,
-                 n_sample: int = 4096, fallback_views: int = 100, seed: int = 0,
-                 progress: bool = True) -> tuple[list[list[int]], list[bool]]:
+def select_views(
+    views: list[MPView],
+    regions_xyz: list[np.ndarray],
+    mode: str = "visible",
+    depth_dir: Path | None = None,
+    depth_tol: float = 0.05,
+    min_fraction: float = 0.01,
+    n_sample: int = 4096,
+    fallback_views: int = 100,
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[list[list[int]], list[bool]]:
     """(view indices per region, whether each region fell back to the nearest cameras); see the
     module docstring for the modes."""
     if mode not in VIEW_MODES:
@@ -284,8 +304,9 @@ def select_views(views: list[MPView], regions_xyz: list[np.ndarray], mode: str =
         chosen = bbox_views(views, regions_xyz)
     else:
         rng = np.random.default_rng(seed)
-        samples = [x if x.shape[0] <= n_sample else x[rng.choice(x.shape[0], n_sample, replace=False)]
-                   for x in regions_xyz]
+        samples = [
+            x if x.shape[0] <= n_sample else x[rng.choice(x.shape[0], n_sample, replace=False)] for x in regions_xyz
+        ]
         counts = visible_counts(views, depth_dir, samples, depth_tol, progress)
         need = np.maximum(1, np.ceil(min_fraction * np.array([s.shape[0] for s in samples])))
         chosen = [np.flatnonzero(counts[:, r] >= need[r]).tolist() for r in range(len(samples))]
@@ -310,16 +331,30 @@ def _usable_views(views: list[MPView], color_dir: Path, depth_dir: Path, conf: P
     if len(ok) < len(views):
         kept = {v.key for v in ok}
         missing = [v.key for v in views if v.key not in kept]
-        log.warning("%s: %d of %d views lack their colour or depth image (first: %s); they are left out",
-                    conf, len(missing), len(views), missing[0])
+        log.warning(
+            "%s: %d of %d views lack their colour or depth image (first: %s); they are left out",
+            conf,
+            len(missing),
+            len(views),
+            missing[0],
+        )
     if not ok:
         raise InputError(color_dir, f"none of the {len(views)} images listed in {conf.name} was found")
     return ok
 
 
-def prepare_house(house_dir: str | Path, out: str | Path, views: str = "visible", overwrite: bool = False,
-                  depth_tol: float = 0.05, min_fraction: float = 0.01, n_sample: int = 4096,
-                  fallback_views: int = 100, seed: int = 0, progress: bool = True) -> list[Path]:
+def prepare_house(
+    house_dir: str | Path,
+    out: str | Path,
+    views: str = "visible",
+    overwrite: bool = False,
+    depth_tol: float = 0.05,
+    min_fraction: float = 0.01,
+    n_sample: int = 4096,
+    fallback_views: int = 100,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[Path]:
     """Write one scene `out/<house>_region<k>/` per region of a house; finished regions are skipped
     (unless `overwrite`). The view selection is cached in `out/.<house>.views.json` so a resumed
     run does not read the depth images again."""
@@ -341,11 +376,21 @@ def prepare_house(house_dir: str | Path, out: str | Path, views: str = "visible"
         return dests
     all_views = _usable_views(read_conf(conf), color_dir, depth_dir, conf)
     source = conf_source(conf)
-    data = [read_region(p) for _, p in tqdm(regions, desc=f"regions {house}", unit="region",
-                                             disable=not progress, leave=False)]
-    params = {"mode": views, "depth_tol": depth_tol, "min_fraction": min_fraction, "n_sample": n_sample,
-              "fallback_views": fallback_views, "seed": seed, "views": [v.key for v in all_views],
-              "regions": [p.name for _, p in regions], "n_points": [int(d["xyz"].shape[0]) for d in data]}
+    data = [
+        read_region(p)
+        for _, p in tqdm(regions, desc=f"regions {house}", unit="region", disable=not progress, leave=False)
+    ]
+    params = {
+        "mode": views,
+        "depth_tol": depth_tol,
+        "min_fraction": min_fraction,
+        "n_sample": n_sample,
+        "fallback_views": fallback_views,
+        "seed": seed,
+        "views": [v.key for v in all_views],
+        "regions": [p.name for _, p in regions],
+        "n_points": [int(d["xyz"].shape[0]) for d in data],
+    }
     cache = out / f".{house}.views.json"
     try:
         cached = json.loads(cache.read_text()) if cache.is_file() else None
@@ -354,32 +399,70 @@ def prepare_house(house_dir: str | Path, out: str | Path, views: str = "visible"
     if isinstance(cached, dict) and cached.get("params") == params:
         chosen, fell_back = cached["chosen"], cached["fell_back"]
     else:
-        chosen, fell_back = select_views(all_views, [d["xyz"] for d in data], views, depth_dir, depth_tol,
-                                         min_fraction, n_sample, fallback_views, seed, progress)
+        chosen, fell_back = select_views(
+            all_views,
+            [d["xyz"] for d in data],
+            views,
+            depth_dir,
+            depth_tol,
+            min_fraction,
+            n_sample,
+            fallback_views,
+            seed,
+            progress,
+        )
         write_json(cache, {"params": params, "chosen": chosen, "fell_back": fell_back})
     for i in tqdm(todo, desc=f"scenes {house}", unit="scene", disable=not progress, leave=False):
         k, ply = regions[i]
         if fell_back[i]:
-            log.warning("%s region%d: no view passes the '%s' test; using the %d cameras nearest its centre",
-                        house, k, views, len(chosen[i]))
-        meta = {"source": source, "label_space": "matterport_raw", "depth_scale": DEPTH_SCALE,
-                "house": house, "region": k, "prepared_from": str(ply.resolve()), "view_selection": views,
-                "view_fallback_nearest": bool(fell_back[i]), "n_views": len(chosen[i])}
+            log.warning(
+                "%s region%d: no view passes the '%s' test; using the %d cameras nearest its centre",
+                house,
+                k,
+                views,
+                len(chosen[i]),
+            )
+        meta = {
+            "source": source,
+            "label_space": "matterport_raw",
+            "depth_scale": DEPTH_SCALE,
+            "house": house,
+            "region": k,
+            "prepared_from": str(ply.resolve()),
+            "view_selection": views,
+            "view_fallback_nearest": bool(fell_back[i]),
+            "n_views": len(chosen[i]),
+        }
         with staged_dir(dests[i]) as tmp:
-            write_scene(tmp, data[i]["xyz"], data[i]["rgb"], labels=data[i]["labels"], meta=meta,
-                        normals=data[i]["normals"])
+            write_scene(
+                tmp, data[i]["xyz"], data[i]["rgb"], labels=data[i]["labels"], meta=meta, normals=data[i]["normals"]
+            )
             for vi in chosen[i]:
                 v = all_views[vi]
                 write_frame(tmp, v.key, v.pose, v.K)
                 _link_or_copy(color_dir / v.color, tmp / "color" / f"{v.key}{Path(v.color).suffix}")
                 _link_or_copy(depth_dir / v.depth, tmp / "depth" / f"{v.key}.png")
-        log.info("prepared %s region%d -> %s: %d points, %d views", house, k, dests[i], data[i]["xyz"].shape[0],
-                 len(chosen[i]))
+        log.info(
+            "prepared %s region%d -> %s: %d points, %d views",
+            house,
+            k,
+            dests[i],
+            data[i]["xyz"].shape[0],
+            len(chosen[i]),
+        )
     return dests
 
 
-def prepare_matterport(root: str | Path, out: str | Path, houses: str | Path | None = None, views: str = "visible",
-                       overwrite: bool = False, seed: int = 0, progress: bool = True, **kwargs) -> list[Path]:
+def prepare_matterport(
+    root: str | Path,
+    out: str | Path,
+    houses: str | Path | None = None,
+    views: str = "visible",
+    overwrite: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+    **kwargs,
+) -> list[Path]:
     """Prepare every house under `root` (or `root` itself), or those of `houses`: a list file or the
     name of an official split (train / val / test)."""
     out = Path(out)

@@ -20,6 +20,7 @@ For an indoor room this makes floors, table tops and ceilings point up (+z) and 
 room, which is consistent from scene to scene (what a network taking normals as input needs).
 Pass `viewpoint=` to orient toward something else, e.g. a scanner position.
 """
+
 from __future__ import annotations
 
 import logging
@@ -58,8 +59,9 @@ def mesh_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
     out = np.zeros_like(acc)
     out[ok] = acc[ok] / length[ok, None]
     if not ok.all():
-        log.debug("mesh normals: %d of %d vertices lie on no face of non-zero area (zero normal)",
-                  int((~ok).sum()), len(v))
+        log.debug(
+            "mesh normals: %d of %d vertices lie on no face of non-zero area (zero normal)", int((~ok).sum()), len(v)
+        )
     return out.astype(np.float32)
 
 
@@ -80,8 +82,9 @@ def pca_normals(neigh: np.ndarray) -> np.ndarray:
     return vecs[:, :, 0]
 
 
-def estimate_normals(xyz: np.ndarray, k: int = 16, viewpoint: np.ndarray | None = None,
-                     chunk: int = 65536, progress: bool | None = None) -> np.ndarray:
+def estimate_normals(
+    xyz: np.ndarray, k: int = 16, viewpoint: np.ndarray | None = None, chunk: int = 65536, progress: bool | None = None
+) -> np.ndarray:
     """(N, 3) float32 unit normals by PCA over each point's k nearest neighbours, flipped so
     that dot(normal, viewpoint - point) >= 0 (default viewpoint: see the module docstring).
 
@@ -106,12 +109,12 @@ def estimate_normals(xyz: np.ndarray, k: int = 16, viewpoint: np.ndarray | None 
     starts = range(0, n, chunk)
     show = (n > 4 * chunk) if progress is None else progress
     for s in tqdm(starts, desc="normals", unit="chunk", disable=not show):
-        q = pts[s:s + chunk]
+        q = pts[s : s + chunk]
         _, idx = tree.query(q, k=k)
         idx = np.asarray(idx, dtype=np.int64).reshape(len(q), k)
         nrm = pca_normals(pts[idx])
         flip = np.einsum("mi,mi->m", nrm, vp - q) < 0
         nrm[flip] *= -1.0
-        out[s:s + chunk] = nrm
+        out[s : s + chunk] = nrm
     log.debug("normals of %d points (k=%d, %s), oriented toward %s", n, k, backend, np.round(vp, 3).tolist())
     return out

@@ -8,6 +8,7 @@ binary little-endian vertex-only clouds (x, y, z float32; red, green, blue uchar
 writes triangle meshes with any vertex and face properties, in the binary layout of ScanNet's and
 Matterport3D's released meshes.
 """
+
 from __future__ import annotations
 
 import logging
@@ -89,7 +90,9 @@ def read_ply(path: str | Path) -> dict:
     except MemoryError:
         raise
     except Exception as e:  # plyfile raises many types (PlyParseError, ValueError, EOFError, ...)
-        raise InputError(path, f"not a readable PLY file ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+        raise InputError(
+            path, f"not a readable PLY file ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+        ) from None
     n = out["xyz"].shape[0]
     if n and not np.isfinite(out["xyz"]).all():
         log.debug("%s: %d vertices with non-finite coordinates", path, int((~np.isfinite(out["xyz"])).any(1).sum()))
@@ -154,8 +157,13 @@ def _triangles(face: np.ndarray, path: Path) -> np.ndarray | None:
     return np.stack(list(lists)).astype(np.int64)
 
 
-def write_ply(path: str | Path, xyz: np.ndarray, rgb: np.ndarray | None = None, labels: np.ndarray | None = None,
-              scalars: dict[str, np.ndarray] | None = None) -> None:
+def write_ply(
+    path: str | Path,
+    xyz: np.ndarray,
+    rgb: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    scalars: dict[str, np.ndarray] | None = None,
+) -> None:
     """Write a binary little-endian PLY point cloud atomically.
 
     xyz (N, 3) -> float32 x, y, z; rgb (N, 3) uint8 -> red, green, blue; labels (N,) -> int `label`;
@@ -200,12 +208,25 @@ def write_ply(path: str | Path, xyz: np.ndarray, rgb: np.ndarray | None = None, 
         PlyData([el], text=False, byte_order="<").write(str(tmp))
 
 
-_PLY_TYPES = {"f4": "float", "f8": "double", "u1": "uchar", "i1": "char", "u2": "ushort", "i2": "short",
-              "u4": "uint", "i4": "int"}
+_PLY_TYPES = {
+    "f4": "float",
+    "f8": "double",
+    "u1": "uchar",
+    "i1": "char",
+    "u2": "ushort",
+    "i2": "short",
+    "u4": "uint",
+    "i4": "int",
+}
 
 
-def write_mesh_ply(path: str | Path, vertex: dict[str, np.ndarray], faces: np.ndarray,
-                   face: dict[str, np.ndarray] | None = None, comment: str | None = None) -> None:
+def write_mesh_ply(
+    path: str | Path,
+    vertex: dict[str, np.ndarray],
+    faces: np.ndarray,
+    face: dict[str, np.ndarray] | None = None,
+    comment: str | None = None,
+) -> None:
     """Write a binary little-endian triangle mesh atomically.
 
     `vertex` maps property names to (N,) arrays, in file order, each stored with its own dtype
@@ -227,7 +248,7 @@ def write_mesh_ply(path: str | Path, vertex: dict[str, np.ndarray], faces: np.nd
 
     def table(props: dict[str, np.ndarray], rows: int, lead: list) -> np.ndarray:
         dt = lead + [(k, np.asarray(v).dtype.newbyteorder("<")) for k, v in props.items()]
-        for k, d in dt[len(lead):]:
+        for k, d in dt[len(lead) :]:
             if d.str[1:] not in _PLY_TYPES:
                 raise ValueError(f"property {k!r} has dtype {d}, which PLY cannot store")
         out = np.empty(rows, dtype=dt)

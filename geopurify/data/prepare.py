@@ -21,6 +21,7 @@ stand-ins' splits); they then take the shipped lists' place. After every run `wr
 writes `<out>/scannetv2_<split>.txt` (Matterport: `matterport_<split>.txt`): the prepared scenes of
 each split, the files the configs' `data.val_list` and `select-subset --list` read.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,9 +30,9 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
-from collections.abc import Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -115,7 +116,7 @@ def split_lists(dataset: str, root: str | Path | None = None) -> tuple[dict[str,
     Otherwise the official lists shipped with the package."""
     if root is not None:
         here = Path(root).resolve()
-        for d in [here, *here.parents][:_SPLIT_SEARCH_UP + 1]:
+        for d in [here, *here.parents][: _SPLIT_SEARCH_UP + 1]:
             files = {s: d / SPLIT_FILES[dataset].format(s) for s in SPLITS}
             files = {s: f for s, f in files.items() if f.is_file()}
             if files:
@@ -157,9 +158,16 @@ def write_split_lists(out: str | Path, dataset: str, root: str | Path, member=la
             continue
         have = {member(s) for s in mine}
         if len(have) < len(wanted):
-            log.warning("%s split: %d of its %d %s are prepared in %s (%s); %s lists only those", split,
-                        len(have), len(wanted), "scans" if dataset == "scannet" else "houses", out, source,
-                        SPLIT_FILES[dataset].format(split))
+            log.warning(
+                "%s split: %d of its %d %s are prepared in %s (%s); %s lists only those",
+                split,
+                len(have),
+                len(wanted),
+                "scans" if dataset == "scannet" else "houses",
+                out,
+                source,
+                SPLIT_FILES[dataset].format(split),
+            )
         path = out / SPLIT_FILES[dataset].format(split)
         header = f"# geopurify prepare: the {len(mine)} prepared scenes of the {split} split ({source})\n"
         write_text(path, header + "".join(s + "\n" for s in mine))
@@ -200,13 +208,17 @@ def find_scannet_scans(root: str | Path, names: list[str] | None = None) -> list
     root = Path(root)
     if not root.is_dir():
         raise InputError(root, "raw ScanNet directory not found" if not root.exists() else "not a directory")
-    scans = [root] if is_scannet_scan(root) else sorted((p for p in root.iterdir() if is_scannet_scan(p)),
-                                                        key=lambda p: p.name)
+    scans = (
+        [root]
+        if is_scannet_scan(root)
+        else sorted((p for p in root.iterdir() if is_scannet_scan(p)), key=lambda p: p.name)
+    )
     if names is not None:
         scans = select_named(scans, names, root, "scans", "; expected <root>/sceneXXXX_XX/ directories")
     if not scans:
-        raise InputError(root, "no ScanNet scan directories (sceneXXXX_XX/ with <scene>_vh_clean_2.ply or "
-                               "<scene>.sens) found")
+        raise InputError(
+            root, "no ScanNet scan directories (sceneXXXX_XX/ with <scene>_vh_clean_2.ply or <scene>.sens) found"
+        )
     return scans
 
 
@@ -215,8 +227,9 @@ def select_named(found: list[Path], names: list[str], root: Path, what: str, hin
     by_name = {p.name: p for p in found}
     missing = [n for n in names if n not in by_name]
     if missing:
-        raise InputError(root, f"{len(missing)} of {len(names)} listed {what} not found (first: "
-                               f"{', '.join(missing[:3])}){hint}")
+        raise InputError(
+            root, f"{len(missing)} of {len(names)} listed {what} not found (first: {', '.join(missing[:3])}){hint}"
+        )
     return [by_name[n] for n in dict.fromkeys(names)]
 
 
@@ -237,8 +250,9 @@ def scannet_source(txt: Path | None) -> str:
     return "scannet"
 
 
-def prepare_scannet_scan(scan_dir: str | Path, out_dir: str | Path, frame_step: int = 20,
-                         progress: bool = True) -> Path:
+def prepare_scannet_scan(
+    scan_dir: str | Path, out_dir: str | Path, frame_step: int = 20, progress: bool = True
+) -> Path:
     """Build the scene directory `out_dir` from one raw ScanNet scan (see the module docstring).
 
     Points are the vertices of `<scene>_vh_clean_2.ply` mapped by the axisAlignment of
@@ -254,19 +268,32 @@ def prepare_scannet_scan(scan_dir: str | Path, out_dir: str | Path, frame_step: 
         raise InputError(scan_dir / f"{scan_dir.name}{R.MESH_SUFFIX}", "scan mesh not found")
     axis, axis_path = R.read_axis_alignment(scan_dir)
     if axis is None:
-        log.warning("%s: no axisAlignment in %s.txt; points and poses stay in the scan's original frame",
-                    scan_dir, scan_dir.name)
+        log.warning(
+            "%s: no axisAlignment in %s.txt; points and poses stay in the scan's original frame",
+            scan_dir,
+            scan_dir.name,
+        )
     # NYU40 labels from the .labels.ply only (load_points would fall back to the aggregation's raw ids)
-    pts = R.load_points(scan_dir, axis, label_space="nyu40" if files["labels"] is not None else None,
-                        meta={}, with_labels=files["labels"] is not None)
+    pts = R.load_points(
+        scan_dir,
+        axis,
+        label_space="nyu40" if files["labels"] is not None else None,
+        meta={},
+        with_labels=files["labels"] is not None,
+    )
     instances = raw_labels = None
     if files["aggregation"] is not None and files["segs"] is not None:
         raw_labels = scannet_raw_labels(files["aggregation"], files["segs"], pts["xyz"].shape[0])
         if files["labels"] is not None:
             instances = scannet_instances(files["aggregation"], files["segs"], pts["xyz"].shape[0])
-    meta = {"source": scannet_source(files["txt"]), "label_space": "nyu40", "depth_scale": 1000.0,
-            "prepared_from": str(scan_dir.resolve()), "axis_aligned": axis is not None,
-            "axis_alignment_file": None if axis_path is None else axis_path.name}
+    meta = {
+        "source": scannet_source(files["txt"]),
+        "label_space": "nyu40",
+        "depth_scale": 1000.0,
+        "prepared_from": str(scan_dir.resolve()),
+        "axis_aligned": axis is not None,
+        "axis_alignment_file": None if axis_path is None else axis_path.name,
+    }
     with staged_dir(out_dir) as tmp:
         if files["sens"] is not None:
             # frames first: write_frame stores poses as given only while no axis_align_matrix.txt exists
@@ -274,20 +301,32 @@ def prepare_scannet_scan(scan_dir: str | Path, out_dir: str | Path, frame_step: 
             meta.update(depth_scale=summary["depth_shift"], sens=summary)
         else:
             log.warning("%s: no %s.sens; the scene gets points only (no frames)", scan_dir, scan_dir.name)
-        write_scene(tmp, pts["xyz"], pts["rgb"], labels=pts["labels"], instances=instances, meta=meta,
-                    normals=pts["normals"])  # the mesh's vertex normals, rotated with the points
+        write_scene(
+            tmp, pts["xyz"], pts["rgb"], labels=pts["labels"], instances=instances, meta=meta, normals=pts["normals"]
+        )  # the mesh's vertex normals, rotated with the points
         if raw_labels is not None:  # ScanNet200 ground truth, read with label_space "scannet200_raw"
             save_npy(tmp / R.SCANNET200_LABELS_FILE, raw_labels)
         if axis is not None:
             write_axis_alignment(tmp, axis)
     kinds = [k for k, a in (("NYU40", pts["labels"]), ("ScanNet200 raw", raw_labels)) if a is not None]
-    log.info("prepared %s -> %s (%d points, %s)", scan_dir.name, out_dir, pts["xyz"].shape[0],
-             " + ".join(kinds) + " labels" if kinds else "unlabelled")
+    log.info(
+        "prepared %s -> %s (%d points, %s)",
+        scan_dir.name,
+        out_dir,
+        pts["xyz"].shape[0],
+        " + ".join(kinds) + " labels" if kinds else "unlabelled",
+    )
     return out_dir
 
 
-def prepare_scannet(root: str | Path, out: str | Path, frame_step: int = 20, scenes: str | Path | None = None,
-                    overwrite: bool = False, progress: bool = True) -> list[Path]:
+def prepare_scannet(
+    root: str | Path,
+    out: str | Path,
+    frame_step: int = 20,
+    scenes: str | Path | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> list[Path]:
     """Prepare every raw scan under `root` (or those named by `scenes`: a list file or a shipped
     split name) into `out/<scene>/`. Finished scenes are skipped unless `overwrite`."""
     if isinstance(frame_step, bool) or not isinstance(frame_step, (int, np.integer)) or frame_step < 1:

@@ -23,6 +23,7 @@ Fatal problems raise InputError naming the offending file. A bad frame (non-fini
 pose, missing or unreadable image) is skipped with a warning and counted in
 `scene.meta["skipped_frames"]` / `scene.meta["skip_reasons"]`, unless every frame is bad.
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,12 +34,34 @@ import numpy as np
 from tqdm import tqdm
 
 from geopurify.data.frames import select_views
-from geopurify.data.layout import (POINTS_FILE, LABELS_FILE, SCANNET200_LABELS_FILE, INSTANCES_FILE, NORMALS_FILE,
-                                   POSE_DIR, COLOR_DIR, DEPTH_DIR, LABEL_DIR, INTRINSIC_DIR, COLOR_INTRINSIC,
-                                   DEPTH_INTRINSIC, COLOR_EXTS, MESH_SUFFIX, MESH_LABEL_SUFFIX, AGGREGATION_SUFFIXES,
-                                   SEGS_SUFFIX, DEFAULT_DEPTH_SCALE, natural_key, read_matrix, read_intrinsic,
-                                   pose_problem, read_axis_alignment, read_meta, read_scene_list)
 from geopurify.data.images import COLOR_MODES, DEPTH_MODES, LABEL_MODES, image_header
+from geopurify.data.layout import (
+    AGGREGATION_SUFFIXES,
+    COLOR_DIR,
+    COLOR_EXTS,
+    COLOR_INTRINSIC,
+    DEFAULT_DEPTH_SCALE,
+    DEPTH_DIR,
+    DEPTH_INTRINSIC,
+    INSTANCES_FILE,
+    INTRINSIC_DIR,
+    LABEL_DIR,
+    LABELS_FILE,
+    MESH_LABEL_SUFFIX,
+    MESH_SUFFIX,
+    NORMALS_FILE,
+    POINTS_FILE,
+    POSE_DIR,
+    SCANNET200_LABELS_FILE,
+    SEGS_SUFFIX,
+    natural_key,
+    pose_problem,
+    read_axis_alignment,
+    read_intrinsic,
+    read_matrix,
+    read_meta,
+    read_scene_list,
+)
 from geopurify.data.ply import read_ply
 from geopurify.data.scannet import scannet_raw_labels
 from geopurify.data.scene import Frame, Scene
@@ -85,8 +108,11 @@ def check_label_range(labels: np.ndarray, space: str, path: Path) -> None:
         bad |= labels > hi
     if bad.any():
         rng = f"{lo}..{'' if hi is None else hi}"
-        raise InputError(path, f"{int(bad.sum())} label ids outside the {space} range {rng} "
-                               f"(e.g. {int(labels[bad][0])}); is meta.json's label_space right?")
+        raise InputError(
+            path,
+            f"{int(bad.sum())} label ids outside the {space} range {rng} "
+            f"(e.g. {int(labels[bad][0])}); is meta.json's label_space right?",
+        )
 
 
 def _check_xyz(xyz: np.ndarray, path: Path) -> None:
@@ -158,7 +184,10 @@ def _mesh_labels(lab_path: Path, mesh: Path, mesh_xyz: np.ndarray) -> np.ndarray
         if "labels" not in lab:
             raise InputError(lab_path, "label PLY has no vertex 'label' property")
         if lab["xyz"].shape[0] != mesh_xyz.shape[0]:
-            raise InputError(lab_path, f"{lab['xyz'].shape[0]} labelled vertices for {mesh_xyz.shape[0]} mesh vertices in {mesh.name}")
+            raise InputError(
+                lab_path,
+                f"{lab['xyz'].shape[0]} labelled vertices for {mesh_xyz.shape[0]} mesh vertices in {mesh.name}",
+            )
         if not np.allclose(lab["xyz"], mesh_xyz, atol=1e-4):
             raise InputError(lab_path, f"vertices differ from those of {mesh.name}")
         return lab["labels"].astype(np.int32)
@@ -175,8 +204,9 @@ def _check_normals(arr: np.ndarray, n: int, path: Path) -> np.ndarray:
     length = np.linalg.norm(arr.astype(np.float64), axis=1)
     bad = (np.abs(length - 1) > 1e-3) & (length > 1e-6)
     if bad.any():
-        raise InputError(path, f"{int(bad.sum())} normals are neither unit length nor zero (e.g. length "
-                               f"{length[bad][0]:.4g})")
+        raise InputError(
+            path, f"{int(bad.sum())} normals are neither unit length nor zero (e.g. length {length[bad][0]:.4g})"
+        )
     return arr.astype(np.float32)
 
 
@@ -190,14 +220,20 @@ def _scene_normals(scene_dir: Path, n: int, meta: dict | None) -> tuple[np.ndarr
     path = scene_dir / NORMALS_FILE
     if not path.is_file():
         if said not in (None, "pca"):
-            raise InputError(path, f"missing: meta.json says the scene's normals come from {said!r} and are stored "
-                                   f"in {NORMALS_FILE}")
+            raise InputError(
+                path, f"missing: meta.json says the scene's normals come from {said!r} and are stored in {NORMALS_FILE}"
+            )
         return None, "pca"
     return _check_normals(_load_npy(path), n, path), (said if said in NORMAL_SOURCES else "file")
 
 
-def load_points(scene_dir: Path, axis: np.ndarray | None, label_space: str | None = None,
-                meta: dict | None = None, with_labels: bool = True) -> dict:
+def load_points(
+    scene_dir: Path,
+    axis: np.ndarray | None,
+    label_space: str | None = None,
+    meta: dict | None = None,
+    with_labels: bool = True,
+) -> dict:
     """Points, colours, labels, instances and normals of a scene directory, in the world frame.
 
     Labels come from the file of `label_space` (see `label_sources`; default: the scene's default
@@ -208,8 +244,11 @@ def load_points(scene_dir: Path, axis: np.ndarray | None, label_space: str | Non
     """
     sources = label_sources(scene_dir, meta) if with_labels else {}
     if label_space is not None and label_space not in sources:
-        raise InputError(scene_dir, f"no labels in raw id space {label_space!r} (the scene has "
-                                    f"{', '.join(f'{k} ({v.name})' for k, v in sources.items()) or 'no labels'})")
+        raise InputError(
+            scene_dir,
+            f"no labels in raw id space {label_space!r} (the scene has "
+            f"{', '.join(f'{k} ({v.name})' for k, v in sources.items()) or 'no labels'})",
+        )
     space = label_space if label_space is not None else next(iter(sources), None)
     pts_path = scene_dir / POINTS_FILE
     out: dict = {"labels": None, "instances": None, "label_space": space}
@@ -225,8 +264,14 @@ def load_points(scene_dir: Path, axis: np.ndarray | None, label_space: str | Non
         if not np.isfinite(rgb).all() or rgb.min() < 0 or rgb.max() > 255:
             raise InputError(pts_path, "colours (columns 3-5) must be finite values in 0..255")
         normals, source = _scene_normals(scene_dir, xyz.shape[0], meta)
-        out.update(xyz=xyz, rgb=np.rint(rgb).astype(np.uint8), points_file=pts_path, in_world=True,
-                   normals=normals, normals_source=source)
+        out.update(
+            xyz=xyz,
+            rgb=np.rint(rgb).astype(np.uint8),
+            points_file=pts_path,
+            in_world=True,
+            normals=normals,
+            normals_source=source,
+        )
         if space is not None:
             lab_path = sources[space]
             out["labels"] = _check_labels(_load_npy(lab_path), xyz.shape[0], lab_path, "labels")
@@ -255,8 +300,14 @@ def load_points(scene_dir: Path, axis: np.ndarray | None, label_space: str | Non
             xyz = (xyz.astype(np.float64) @ axis[:3, :3].T + axis[:3, 3]).astype(np.float32)
             if normals is not None:
                 normals = (normals.astype(np.float64) @ axis[:3, :3].T).astype(np.float32)
-        out.update(xyz=xyz, rgb=rgb, points_file=mesh, in_world=axis is not None, normals=normals,
-                   normals_source="pca" if normals is None else "mesh")
+        out.update(
+            xyz=xyz,
+            rgb=rgb,
+            points_file=mesh,
+            in_world=axis is not None,
+            normals=normals,
+            normals_source="pca" if normals is None else "mesh",
+        )
     inst_path = scene_dir / INSTANCES_FILE
     if inst_path.is_file():
         out["instances"] = _check_labels(_load_npy(inst_path), out["xyz"].shape[0], inst_path, "instance ids")
@@ -271,8 +322,15 @@ def _image(dirpath: Path, key: str, exts: tuple[str, ...]) -> Path | None:
     return None
 
 
-def _frame(scene_dir: Path, key: str, axis: np.ndarray | None, k_color: np.ndarray | None,
-           k_depth: np.ndarray | None, depth_scale: float, dirs: dict[str, bool]) -> Frame:
+def _frame(
+    scene_dir: Path,
+    key: str,
+    axis: np.ndarray | None,
+    k_color: np.ndarray | None,
+    k_depth: np.ndarray | None,
+    depth_scale: float,
+    dirs: dict[str, bool],
+) -> Frame:
     """One frame, or InputError(file, problem) saying why it must be skipped."""
     pose_path = scene_dir / POSE_DIR / f"{key}.txt"
     pose = read_matrix(pose_path)
@@ -293,9 +351,11 @@ def _frame(scene_dir: Path, key: str, axis: np.ndarray | None, k_color: np.ndarr
 
     paths: dict[str, Path | None] = {}
     sizes: dict[str, tuple[int, int]] = {}
-    for kind, sub, exts, modes in (("color", COLOR_DIR, COLOR_EXTS, COLOR_MODES),
-                                   ("depth", DEPTH_DIR, (".png",), DEPTH_MODES),
-                                   ("label", LABEL_DIR, (".png",), LABEL_MODES)):
+    for kind, sub, exts, modes in (
+        ("color", COLOR_DIR, COLOR_EXTS, COLOR_MODES),
+        ("depth", DEPTH_DIR, (".png",), DEPTH_MODES),
+        ("label", LABEL_DIR, (".png",), LABEL_MODES),
+    ):
         p = _image(scene_dir / sub, key, exts) if dirs[kind] else None
         if dirs[kind] and p is None:
             raise InputError(scene_dir / sub / f"{key}{exts[0]}", f"{kind} image missing")
@@ -311,19 +371,34 @@ def _frame(scene_dir: Path, key: str, axis: np.ndarray | None, k_color: np.ndarr
     ref = sizes.get("color") or sizes.get("label")
     if k_d is None and "depth" in sizes and ref is not None and sizes["depth"] != ref:
         (wd, hd), (wc, hc) = sizes["depth"], ref
-        raise InputError(paths["depth"], f"depth image is {wd}x{hd} but the colour image is {wc}x{hc}, and there are no "
-                                         f"depth intrinsics ({INTRINSIC_DIR}/{DEPTH_INTRINSIC}) to place its pixels")
+        raise InputError(
+            paths["depth"],
+            f"depth image is {wd}x{hd} but the colour image is {wc}x{hc}, and there are no "
+            f"depth intrinsics ({INTRINSIC_DIR}/{DEPTH_INTRINSIC}) to place its pixels",
+        )
     for kind, (w, h) in sizes.items():
         kk = k_d if kind == "depth" and k_d is not None else k_c
         if not (0 < kk[0, 2] < w and 0 < kk[1, 2] < h):
-            raise InputError(paths[kind], f"principal point ({kk[0, 2]:.1f}, {kk[1, 2]:.1f}) lies outside this {w}x{h} "
-                                          f"{kind} image: intrinsics do not match it")
-    return Frame(name=key, pose=pose, intrinsic=k_c, color_path=paths["color"], depth_path=paths["depth"],
-                 depth_intrinsic=k_d, depth_scale=depth_scale, label_path=paths["label"])
+            raise InputError(
+                paths[kind],
+                f"principal point ({kk[0, 2]:.1f}, {kk[1, 2]:.1f}) lies outside this {w}x{h} "
+                f"{kind} image: intrinsics do not match it",
+            )
+    return Frame(
+        name=key,
+        pose=pose,
+        intrinsic=k_c,
+        color_path=paths["color"],
+        depth_path=paths["depth"],
+        depth_intrinsic=k_d,
+        depth_scale=depth_scale,
+        label_path=paths["label"],
+    )
 
 
-def load_frames(scene_dir: Path, axis: np.ndarray | None, depth_scale: float,
-                frame_step: int = 1, meta: dict | None = None) -> tuple[list[Frame], list[str], int]:
+def load_frames(
+    scene_dir: Path, axis: np.ndarray | None, depth_scale: float, frame_step: int = 1, meta: dict | None = None
+) -> tuple[list[Frame], list[str], int]:
     """(frames, skip reasons, number of pose files) of the pose keys that are views
     (`geopurify.data.frames.select_views`: raw frame id a multiple of `frame_step`)."""
     pose_dir = scene_dir / POSE_DIR
@@ -338,8 +413,11 @@ def load_frames(scene_dir: Path, axis: np.ndarray | None, depth_scale: float,
     k_depth = read_intrinsic(intr / DEPTH_INTRINSIC) if (intr / DEPTH_INTRINSIC).is_file() else None
     if k_color is None and not all((intr / f"{k}.txt").is_file() for k in chosen):
         raise InputError(intr / COLOR_INTRINSIC, f"colour intrinsics missing; {pose_dir} holds {len(keys)} poses")
-    dirs = {"color": (scene_dir / COLOR_DIR).is_dir(), "depth": (scene_dir / DEPTH_DIR).is_dir(),
-            "label": (scene_dir / LABEL_DIR).is_dir()}
+    dirs = {
+        "color": (scene_dir / COLOR_DIR).is_dir(),
+        "depth": (scene_dir / DEPTH_DIR).is_dir(),
+        "label": (scene_dir / LABEL_DIR).is_dir(),
+    }
     frames: list[Frame] = []
     errors: list[InputError] = []
     for key in tqdm(chosen, desc=f"frames {scene_dir.name}", unit="frame", disable=len(chosen) < 200):
@@ -352,7 +430,9 @@ def load_frames(scene_dir: Path, axis: np.ndarray | None, depth_scale: float,
         raise InputError(errors[0].path, f"{errors[0].problem} (all {len(chosen)} frames of the scene are unusable)")
     reasons = [str(e) for e in errors]
     if len(reasons) > _WARN_FRAMES:
-        log.warning("%s: %d of %d frames skipped (see scene.meta['skip_reasons'])", scene_dir, len(reasons), len(chosen))
+        log.warning(
+            "%s: %d of %d frames skipped (see scene.meta['skip_reasons'])", scene_dir, len(reasons), len(chosen)
+        )
     return frames, reasons, len(keys)
 
 
@@ -395,15 +475,30 @@ def load_scene(path: str | Path, frame_step: int = 1, label_space: str | None = 
         "labels_file": str(pts["labels_file"]) if pts["labels"] is not None else None,
         "normals": pts["normals_source"],
     }
-    scene = Scene(name=scene_dir.name, xyz=pts["xyz"], rgb=pts["rgb"], labels=pts["labels"],
-                  instances=pts["instances"], frames=frames, label_space=label_space,
-                  source=str(source), path=scene_dir, meta={**meta, **notes})
+    scene = Scene(
+        name=scene_dir.name,
+        xyz=pts["xyz"],
+        rgb=pts["rgb"],
+        labels=pts["labels"],
+        instances=pts["instances"],
+        frames=frames,
+        label_space=label_space,
+        source=str(source),
+        path=scene_dir,
+        meta={**meta, **notes},
+    )
     if pts["normals"] is not None:
         scene.set_normals(pts["normals"], pts["normals_source"])
     scene.validate()
-    log.info("loaded %s: %d points, %d frames%s%s, %s normals", scene_dir, scene.n_points, len(frames),
-             f" ({len(reasons)} skipped)" if reasons else "", "" if scene.labels is not None else ", no labels",
-             scene.normals_source)
+    log.info(
+        "loaded %s: %d points, %d frames%s%s, %s normals",
+        scene_dir,
+        scene.n_points,
+        len(frames),
+        f" ({len(reasons)} skipped)" if reasons else "",
+        "" if scene.labels is not None else ", no labels",
+        scene.normals_source,
+    )
     return scene
 
 

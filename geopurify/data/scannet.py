@@ -6,6 +6,7 @@ each, over segment ids) and `<scene>_vh_clean_2.0.010000.segs.json` assigns ever
 ids (`scannet_instances`) and raw category ids (`scannet_raw_labels`, what ScanNet200 scores).
 Both the scene reader (mesh scenes) and `geopurify prepare scannet` use them.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,11 @@ def _segment_index(segs: Path, n_vertices: int) -> tuple[np.ndarray, np.ndarray]
     """(sorted distinct segment ids, per-vertex position in them) from a `.segs.json`."""
     seg_idx = _read_json(segs).get("segIndices")
     if not isinstance(seg_idx, list) or len(seg_idx) != n_vertices:
-        raise InputError(segs, f"segIndices must list one segment per vertex ({n_vertices}), "
-                               f"got {len(seg_idx) if isinstance(seg_idx, list) else type(seg_idx).__name__}")
+        raise InputError(
+            segs,
+            f"segIndices must list one segment per vertex ({n_vertices}), "
+            f"got {len(seg_idx) if isinstance(seg_idx, list) else type(seg_idx).__name__}",
+        )
     try:
         seg_arr = np.asarray(seg_idx, dtype=np.int64)
     except (TypeError, ValueError, OverflowError):
@@ -113,6 +117,10 @@ def scannet_raw_labels(aggregation: str | Path, segs: str | Path, n_vertices: in
             unknown.add(label)
         groups.append((table.get(label, 0), members))
     if unknown:
-        log.warning("%s: %d segment-group categories are not in ScanNet's raw category table and stay "
-                    "unannotated (e.g. %s)", aggregation, len(unknown), ", ".join(sorted(map(repr, unknown))[:3]))
+        log.warning(
+            "%s: %d segment-group categories are not in ScanNet's raw category table and stay unannotated (e.g. %s)",
+            aggregation,
+            len(unknown),
+            ", ".join(sorted(map(repr, unknown))[:3]),
+        )
     return _paint_groups(uniq, inv, groups)

@@ -10,6 +10,7 @@ Conventions (all readers convert to these):
 - `Frame.intrinsic` is 3x3 for the colour image; `Frame.depth_intrinsic` 3x3 for the depth image.
 - Images are loaded lazily: a frame keeps paths, not pixels.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -24,15 +24,16 @@ procedural ScanNet-format scans (geopurify.standins.rooms.scannet_raw) are writt
 pose/<i>.txt, intrinsic/{intrinsic,extrinsic}_{color,depth}.txt) through geopurify.data.writers,
 keeping the JPEG bytes as stored (no re-encoding) and the depth values unchanged.
 """
+
 from __future__ import annotations
 
 import io
 import logging
 import struct
 import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Iterable, Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -110,7 +111,7 @@ def read_sens_header(path: str | Path) -> SensHeader:
             raise InputError(path, f"corrupt .sens header: sensor name length {strlen}")
         name = _read_exact(f, strlen, path, "sensor name").decode("utf-8", errors="replace")
         vals = _HEAD_REST.unpack(_read_exact(f, _HEAD_REST.size, path, "header"))
-        mats = [np.array(vals[i * 16:(i + 1) * 16], dtype=np.float32).reshape(4, 4) for i in range(4)]
+        mats = [np.array(vals[i * 16 : (i + 1) * 16], dtype=np.float32).reshape(4, 4) for i in range(4)]
         c_type, d_type, cw, ch, dw, dh, shift, n = vals[64:]
         if c_type not in COLOR_COMPRESSION or d_type not in DEPTH_COMPRESSION:
             raise InputError(path, f"corrupt .sens header: compression types {c_type}, {d_type}")
@@ -122,29 +123,49 @@ def read_sens_header(path: str | Path) -> SensHeader:
             raise InputError(path, "corrupt .sens header: calibration matrices hold NaN/inf")
         pos = f.tell()
         if n * _FRAME_HEAD.size > size - pos:
-            raise InputError(path, f"truncated .sens file: header announces {n} frames, the file holds at most "
-                                   f"{(size - pos) // _FRAME_HEAD.size}")
+            raise InputError(
+                path,
+                f"truncated .sens file: header announces {n} frames, the file holds at most "
+                f"{(size - pos) // _FRAME_HEAD.size}",
+            )
         offsets = np.empty(n, dtype=np.int64)
         csz = np.empty(n, dtype=np.int64)
         dsz = np.empty(n, dtype=np.int64)
         for i in range(n):
             head = f.read(_FRAME_HEAD.size)
             if len(head) != _FRAME_HEAD.size:
-                raise InputError(path, f"truncated .sens file: frame {i} of {n} starts at byte {pos}, "
-                                       f"the file has {size} bytes")
+                raise InputError(
+                    path, f"truncated .sens file: frame {i} of {n} starts at byte {pos}, the file has {size} bytes"
+                )
             c, d = _FRAME_HEAD.unpack(head)[18:20]
             end = pos + _FRAME_HEAD.size + c + d
             if end > size:
-                raise InputError(path, f"truncated .sens file: frame {i} of {n} ends at byte {end}, "
-                                       f"the file has {size} bytes")
+                raise InputError(
+                    path, f"truncated .sens file: frame {i} of {n} ends at byte {end}, the file has {size} bytes"
+                )
             offsets[i], csz[i], dsz[i] = pos, c, d
             pos = end
             f.seek(pos)
-    return SensHeader(path=path, version=version, sensor_name=name, intrinsic_color=mats[0], extrinsic_color=mats[1],
-                      intrinsic_depth=mats[2], extrinsic_depth=mats[3], color_compression=COLOR_COMPRESSION[c_type],
-                      depth_compression=DEPTH_COMPRESSION[d_type], color_width=cw, color_height=ch, depth_width=dw,
-                      depth_height=dh, depth_shift=float(shift), n_frames=int(n), frame_offsets=offsets,
-                      color_sizes=csz, depth_sizes=dsz)
+    return SensHeader(
+        path=path,
+        version=version,
+        sensor_name=name,
+        intrinsic_color=mats[0],
+        extrinsic_color=mats[1],
+        intrinsic_depth=mats[2],
+        extrinsic_depth=mats[3],
+        color_compression=COLOR_COMPRESSION[c_type],
+        depth_compression=DEPTH_COMPRESSION[d_type],
+        color_width=cw,
+        color_height=ch,
+        depth_width=dw,
+        depth_height=dh,
+        depth_shift=float(shift),
+        n_frames=int(n),
+        frame_offsets=offsets,
+        color_sizes=csz,
+        depth_sizes=dsz,
+    )
 
 
 def iter_sens_frames(header: SensHeader, indices=None) -> Iterator[SensFrame]:
@@ -159,8 +180,14 @@ def iter_sens_frames(header: SensHeader, indices=None) -> Iterator[SensFrame]:
             c, d = vals[18], vals[19]
             color = _read_exact(f, c, header.path, f"frame {i} colour")
             depth = _read_exact(f, d, header.path, f"frame {i} depth")
-            yield SensFrame(index=int(i), camera_to_world=np.array(vals[:16], dtype=np.float32).reshape(4, 4),
-                            timestamp_color=vals[16], timestamp_depth=vals[17], color_data=color, depth_data=depth)
+            yield SensFrame(
+                index=int(i),
+                camera_to_world=np.array(vals[:16], dtype=np.float32).reshape(4, 4),
+                timestamp_color=vals[16],
+                timestamp_depth=vals[17],
+                color_data=color,
+                depth_data=depth,
+            )
 
 
 def decode_depth(header: SensHeader, frame: SensFrame) -> np.ndarray:
@@ -177,8 +204,9 @@ def decode_depth(header: SensHeader, frame: SensFrame) -> np.ndarray:
         raise InputError(header.path, f"depth compression '{kind}' is not supported (zlib_ushort and raw_ushort are)")
     h, w = header.depth_height, header.depth_width
     if len(raw) != h * w * 2:
-        raise InputError(header.path, f"frame {frame.index}: depth holds {len(raw)} bytes, a {w}x{h} uint16 "
-                                      f"image needs {h * w * 2}")
+        raise InputError(
+            header.path, f"frame {frame.index}: depth holds {len(raw)} bytes, a {w}x{h} uint16 image needs {h * w * 2}"
+        )
     return np.frombuffer(raw, dtype="<u2").reshape(h, w).astype(np.uint16)
 
 
@@ -186,8 +214,11 @@ def color_image_size(header: SensHeader, frame: SensFrame) -> tuple[int, int]:
     """(width, height) of a frame's colour image, from the JPEG/PNG header only (raw: from the byte count)."""
     if header.color_compression == "raw":
         if len(frame.color_data) != header.color_width * header.color_height * 3:
-            raise InputError(header.path, f"frame {frame.index}: raw colour holds {len(frame.color_data)} bytes, "
-                                          f"expected {header.color_width * header.color_height * 3}")
+            raise InputError(
+                header.path,
+                f"frame {frame.index}: raw colour holds {len(frame.color_data)} bytes, "
+                f"expected {header.color_width * header.color_height * 3}",
+            )
         return header.color_width, header.color_height
     from PIL import Image, UnidentifiedImageError
 
@@ -195,15 +226,19 @@ def color_image_size(header: SensHeader, frame: SensFrame) -> tuple[int, int]:
         with Image.open(io.BytesIO(frame.color_data)) as img:
             return img.size
     except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise InputError(header.path, f"frame {frame.index}: colour data is not a readable "
-                                      f"{header.color_compression} image ({type(e).__name__})") from None
+        raise InputError(
+            header.path,
+            f"frame {frame.index}: colour data is not a readable {header.color_compression} image ({type(e).__name__})",
+        ) from None
 
 
 def decode_color(header: SensHeader, frame: SensFrame) -> np.ndarray:
     """(color_height, color_width, 3) uint8 RGB."""
     if header.color_compression == "raw":
         color_image_size(header, frame)
-        return np.frombuffer(frame.color_data, dtype=np.uint8).reshape(header.color_height, header.color_width, 3).copy()
+        return (
+            np.frombuffer(frame.color_data, dtype=np.uint8).reshape(header.color_height, header.color_width, 3).copy()
+        )
     if header.color_compression not in ("jpeg", "png"):
         raise InputError(header.path, f"colour compression '{header.color_compression}' is not supported")
     from PIL import Image
@@ -212,10 +247,15 @@ def decode_color(header: SensHeader, frame: SensFrame) -> np.ndarray:
         with Image.open(io.BytesIO(frame.color_data)) as img:
             arr = np.asarray(img.convert("RGB"), dtype=np.uint8)
     except (OSError, ValueError) as e:
-        raise InputError(header.path, f"frame {frame.index}: colour data does not decode ({type(e).__name__})") from None
+        raise InputError(
+            header.path, f"frame {frame.index}: colour data does not decode ({type(e).__name__})"
+        ) from None
     if arr.shape[:2] != (header.color_height, header.color_width):
-        raise InputError(header.path, f"frame {frame.index}: colour is {arr.shape[1]}x{arr.shape[0]}, the header "
-                                      f"says {header.color_width}x{header.color_height}")
+        raise InputError(
+            header.path,
+            f"frame {frame.index}: colour is {arr.shape[1]}x{arr.shape[0]}, the header "
+            f"says {header.color_width}x{header.color_height}",
+        )
     return arr
 
 
@@ -252,11 +292,23 @@ def encode_depth(depth: np.ndarray, compression: str = "zlib_ushort", level: int
     raise ValueError(f"depth compression must be zlib_ushort or raw_ushort, got {compression!r}")
 
 
-def write_sens(path: str | Path, frames: Iterable[SensFrame], *, intrinsic_color: np.ndarray,
-               intrinsic_depth: np.ndarray, color_width: int, color_height: int, depth_width: int,
-               depth_height: int, depth_shift: float = 1000.0, sensor_name: str = "StructureSensor",
-               extrinsic_color: np.ndarray | None = None, extrinsic_depth: np.ndarray | None = None,
-               color_compression: str = "jpeg", depth_compression: str = "zlib_ushort") -> int:
+def write_sens(
+    path: str | Path,
+    frames: Iterable[SensFrame],
+    *,
+    intrinsic_color: np.ndarray,
+    intrinsic_depth: np.ndarray,
+    color_width: int,
+    color_height: int,
+    depth_width: int,
+    depth_height: int,
+    depth_shift: float = 1000.0,
+    sensor_name: str = "StructureSensor",
+    extrinsic_color: np.ndarray | None = None,
+    extrinsic_depth: np.ndarray | None = None,
+    color_compression: str = "jpeg",
+    depth_compression: str = "zlib_ushort",
+) -> int:
     """Write a SensorData v4 file atomically, streaming `frames` (their data already encoded with
     `encode_color` / `encode_depth`); returns the number of frames. Matrices are 4x4 (3x3
     intrinsics are padded); extrinsics default to identity; no IMU frames are stored.
@@ -280,13 +332,31 @@ def write_sens(path: str | Path, frames: Iterable[SensFrame], *, intrinsic_color
     n = 0
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(_HEAD_FIXED.pack(SENS_VERSION, len(name)) + name)
-        f.write(_HEAD_REST.pack(*mats, codes[0][color_compression], codes[1][depth_compression], int(color_width),
-                                int(color_height), int(depth_width), int(depth_height), float(depth_shift), 0))
+        f.write(
+            _HEAD_REST.pack(
+                *mats,
+                codes[0][color_compression],
+                codes[1][depth_compression],
+                int(color_width),
+                int(color_height),
+                int(depth_width),
+                int(depth_height),
+                float(depth_shift),
+                0,
+            )
+        )
         count_at = f.tell() - 8  # num_frames is the header's last field: patched once the frames are written
         for fr in frames:
             pose = np.asarray(fr.camera_to_world, dtype=np.float32).reshape(16)
-            f.write(_FRAME_HEAD.pack(*pose.tolist(), int(fr.timestamp_color), int(fr.timestamp_depth),
-                                     len(fr.color_data), len(fr.depth_data)))
+            f.write(
+                _FRAME_HEAD.pack(
+                    *pose.tolist(),
+                    int(fr.timestamp_color),
+                    int(fr.timestamp_depth),
+                    len(fr.color_data),
+                    len(fr.depth_data),
+                )
+            )
             f.write(fr.color_data)
             f.write(fr.depth_data)
             n += 1
@@ -332,22 +402,33 @@ def export_sens(path: str | Path, scene_dir: str | Path, frame_step: int = 1, pr
     chosen = range(0, header.n_frames, int(frame_step))
     written, bad = [], []
     frames = iter_sens_frames(header, chosen)
-    for fr in tqdm(frames, total=len(chosen), desc=f"frames {header.path.stem}", unit="frame", disable=not progress,
-                   leave=False):
+    for fr in tqdm(
+        frames, total=len(chosen), desc=f"frames {header.path.stem}", unit="frame", disable=not progress, leave=False
+    ):
         pose = fr.camera_to_world.astype(np.float64)
         problem = L.pose_problem(pose)
         if problem:
             bad.append(fr.index)
-            (log.warning if len(bad) <= _WARN_POSES else log.debug)("%s: frame %d skipped: %s",
-                                                                    header.path, fr.index, problem)
+            (log.warning if len(bad) <= _WARN_POSES else log.debug)(
+                "%s: frame %d skipped: %s", header.path, fr.index, problem
+            )
             continue
         w, h = color_image_size(header, fr)
         if (w, h) != (header.color_width, header.color_height):
-            raise InputError(header.path, f"frame {fr.index}: colour is {w}x{h}, the header says "
-                                          f"{header.color_width}x{header.color_height}")
+            raise InputError(
+                header.path,
+                f"frame {fr.index}: colour is {w}x{h}, the header says {header.color_width}x{header.color_height}",
+            )
         depth = decode_depth(header, fr)
-        write_frame(scene_dir, fr.index, pose, k_color, depth=depth.astype(np.float64) / header.depth_shift,
-                    depth_scale=header.depth_shift, depth_intrinsic=k_depth)
+        write_frame(
+            scene_dir,
+            fr.index,
+            pose,
+            k_color,
+            depth=depth.astype(np.float64) / header.depth_shift,
+            depth_scale=header.depth_shift,
+            depth_intrinsic=k_depth,
+        )
         cpath = scene_dir / L.COLOR_DIR / f"{fr.index}{ext}"
         if header.color_compression == "raw":
             from geopurify.data.images import write_color
@@ -360,9 +441,22 @@ def export_sens(path: str | Path, scene_dir: str | Path, frame_step: int = 1, pr
         log.warning("%s: %d of %d selected frames skipped for invalid poses", header.path, len(bad), len(chosen))
     if not written:
         raise InputError(header.path, f"none of the {len(chosen)} selected frames has a valid camera pose")
-    log.info("%s: exported %d of %d frames (every %d-th) to %s", header.path, len(written), header.n_frames,
-             frame_step, scene_dir)
-    return {"sens": header.path.name, "sensor_name": header.sensor_name, "n_frames": header.n_frames,
-            "frame_step": int(frame_step), "exported": len(written), "skipped_invalid_pose": bad,
-            "depth_shift": header.depth_shift, "color_size": [header.color_width, header.color_height],
-            "depth_size": [header.depth_width, header.depth_height]}
+    log.info(
+        "%s: exported %d of %d frames (every %d-th) to %s",
+        header.path,
+        len(written),
+        header.n_frames,
+        frame_step,
+        scene_dir,
+    )
+    return {
+        "sens": header.path.name,
+        "sensor_name": header.sensor_name,
+        "n_frames": header.n_frames,
+        "frame_step": int(frame_step),
+        "exported": len(written),
+        "skipped_invalid_pose": bad,
+        "depth_shift": header.depth_shift,
+        "color_size": [header.color_width, header.color_height],
+        "depth_size": [header.depth_width, header.depth_height],
+    }

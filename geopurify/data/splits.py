@@ -7,6 +7,7 @@ first when missing: `data.dataset: synthetic`, the procedural stand-in rooms
 (geopurify.standins.rooms.export.synthetic_rooms): train = the first `synthetic.n_train` rooms,
 val = the next `synthetic.n_val`, all seeded from `synthetic.seed`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,9 +23,13 @@ SPLITS = ("train", "val")
 
 # data.dataset -> a function(cfg) writing the whole data set under data.root (when missing) and
 # returning its scene directories, train scenes first: the generated (stand-in) data sets
-GENERATED = Registry("data.dataset", "generated data set", {
-    "synthetic": "geopurify.standins.rooms.export:synthetic_rooms",
-})
+GENERATED = Registry(
+    "data.dataset",
+    "generated data set",
+    {
+        "synthetic": "geopurify.standins.rooms.export:synthetic_rooms",
+    },
+)
 
 
 def resolve_scenes(cfg: dict, split: str) -> list[Path]:

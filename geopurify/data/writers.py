@@ -4,6 +4,7 @@ Every file is written atomically (`geopurify.io`). Poses are given camera-to-wor
 world frame; if the directory already holds an axis alignment A, the pose file stores
 inv(A) @ pose so that reading it back (pose_world = A @ pose_file) returns what was written.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,9 +46,16 @@ def _update_meta(scene_dir: Path, updates: dict) -> None:
         write_json(path, new)
 
 
-def write_scene(scene_dir: str | Path, xyz: np.ndarray, rgb: np.ndarray, labels: np.ndarray | None = None,
-                instances: np.ndarray | None = None, meta: dict | None = None, normals: np.ndarray | None = None,
-                normals_source: str = "mesh") -> Path:
+def write_scene(
+    scene_dir: str | Path,
+    xyz: np.ndarray,
+    rgb: np.ndarray,
+    labels: np.ndarray | None = None,
+    instances: np.ndarray | None = None,
+    meta: dict | None = None,
+    normals: np.ndarray | None = None,
+    normals_source: str = "mesh",
+) -> Path:
     """Write a scene's points (points_xyzrgb.npy float32 (N, 6)), labels_nyu40.npy / instances.npy
     (int32), normals.npy (float32 (N, 3), world frame) and meta.json (merged into an existing one),
     whose "normals" says where the normals come from: `normals_source` ("mesh", "analytic"; see
@@ -95,10 +103,18 @@ def write_scene(scene_dir: str | Path, xyz: np.ndarray, rgb: np.ndarray, labels:
     return scene_dir
 
 
-def write_frame(scene_dir: str | Path, key: str | int, pose: np.ndarray, intrinsic: np.ndarray,
-                color: np.ndarray | None = None, depth: np.ndarray | None = None, depth_scale: float = 1000.0,
-                label_image: np.ndarray | None = None, depth_intrinsic: np.ndarray | None = None,
-                color_ext: str = ".jpg") -> None:
+def write_frame(
+    scene_dir: str | Path,
+    key: str | int,
+    pose: np.ndarray,
+    intrinsic: np.ndarray,
+    color: np.ndarray | None = None,
+    depth: np.ndarray | None = None,
+    depth_scale: float = 1000.0,
+    label_image: np.ndarray | None = None,
+    depth_intrinsic: np.ndarray | None = None,
+    color_ext: str = ".jpg",
+) -> None:
     """Write one posed frame in ScanNet's SensReader export layout.
 
     pose: 4x4 camera-to-world (world frame), OpenCV axes. intrinsic / depth_intrinsic: 3x3 or 4x4,
@@ -128,8 +144,10 @@ def write_frame(scene_dir: str | Path, key: str | int, pose: np.ndarray, intrins
     write_text(scene_dir / L.POSE_DIR / f"{key}.txt", format_matrix(pose))
 
     intr = scene_dir / L.INTRINSIC_DIR
-    for k, shared, own in ((intrinsic, L.COLOR_INTRINSIC, f"{key}.txt"),
-                           (depth_intrinsic, L.DEPTH_INTRINSIC, f"{key}_depth.txt")):
+    for k, shared, own in (
+        (intrinsic, L.COLOR_INTRINSIC, f"{key}.txt"),
+        (depth_intrinsic, L.DEPTH_INTRINSIC, f"{key}_depth.txt"),
+    ):
         if k is None:
             continue
         k4 = _as_4x4_intrinsic(k, "intrinsic")
@@ -162,4 +180,3 @@ def write_axis_alignment(scene_dir: str | Path, matrix: np.ndarray) -> None:
     if problem:
         raise ValueError("axis alignment " + problem.replace("pose ", ""))
     write_text(Path(scene_dir) / L.AXIS_FILE, format_matrix(m))
-

@@ -11,6 +11,7 @@
 Checkpoints (save, load, digest, the official GeoPurify conversion) live with the student
 (geopurify.student.checkpoint, geopurify.student.official).
 """
+
 from geopurify.distill.loss import info_nce, ranking_accuracy
 from geopurify.distill.sampling import Pairs, n_anchors_for, sample_pairs
 

@@ -7,6 +7,7 @@ torchrun world (geopurify.distill.processes). It writes epoch and `last.pth` che
 to the identical run), `train_log.jsonl`, and the final `model/geopurify.pth`
 (geopurify.student.checkpoint).
 """
+
 from __future__ import annotations
 
 import functools
@@ -23,8 +24,16 @@ from geopurify.data.splits import resolve_scenes
 from geopurify.device import resolve_device
 from geopurify.distill.processes import average_buffers, barrier, gather_digests, init_distributed, mean_over_ranks
 from geopurify.distill.scenes import SceneStore
-from geopurify.distill.schedule import (LRSchedule, build_optimizer, epoch_order, lr_factor, rng_state,
-                                        seed_everything, set_rng_state, slot_generator)
+from geopurify.distill.schedule import (
+    LRSchedule,
+    build_optimizer,
+    epoch_order,
+    lr_factor,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    slot_generator,
+)
 from geopurify.distill.step import recalibrate_batchnorm, train_step
 from geopurify.errors import InputError
 from geopurify.io import write_text
@@ -46,11 +55,18 @@ def _meta(cfg: dict, vlm_info: dict, in_channels: int, teacher, epoch: int, mode
     """What a checkpoint says about itself; the student's width / blocks / out_dim are read from the
     module as built (the `paper` preset ignores the config's width and blocks)."""
     s = cfg["student"]
-    return {"teacher": {"name": teacher.name, "stand_in": bool(getattr(teacher, "stand_in", False))},
-            "vlm": {"name": vlm_info.get("vlm", cfg["lift"]["vlm"]), "simulated": bool(vlm_info.get("simulated")),
-                    "dim": in_channels - 6, "fusion": vlm_info.get("fusion", cfg["lift"]["fusion"])},
-            "student": {"preset": s["preset"], **model.architecture(), "voxel_size": s["voxel_size"]},
-            "epoch": int(epoch), "device": str(device)}
+    return {
+        "teacher": {"name": teacher.name, "stand_in": bool(getattr(teacher, "stand_in", False))},
+        "vlm": {
+            "name": vlm_info.get("vlm", cfg["lift"]["vlm"]),
+            "simulated": bool(vlm_info.get("simulated")),
+            "dim": in_channels - 6,
+            "fusion": vlm_info.get("fusion", cfg["lift"]["fusion"]),
+        },
+        "student": {"preset": s["preset"], **model.architecture(), "voxel_size": s["voxel_size"]},
+        "epoch": int(epoch),
+        "device": str(device),
+    }
 
 
 def _append_log(path: Path, record: dict) -> None:
@@ -76,12 +92,17 @@ def _truncate_log(path: Path, step: int) -> None:
 def _check_resume_config(ckpt: dict, cfg: dict, in_channels: int, path: Path) -> None:
     old = ckpt["config"]
     if old.get("student") != cfg["student"] or int(ckpt["in_channels"]) != in_channels:
-        raise InputError(path, f"cannot resume: checkpoint student {old.get('student')} with {ckpt['in_channels']} "
-                               f"input channels, config asks {cfg['student']} with {in_channels}")
+        raise InputError(
+            path,
+            f"cannot resume: checkpoint student {old.get('student')} with {ckpt['in_channels']} "
+            f"input channels, config asks {cfg['student']} with {in_channels}",
+        )
     changed = [k for k in cfg["distill"] if old.get("distill", {}).get(k) != cfg["distill"][k]]
     if changed:
-        log.warning("resuming with changed distill settings %s: the result will differ from an uninterrupted run",
-                    ", ".join(changed))
+        log.warning(
+            "resuming with changed distill settings %s: the result will differ from an uninterrupted run",
+            ", ".join(changed),
+        )
 
 
 def check_settings(cfg: dict) -> None:
@@ -117,20 +138,30 @@ def train(cfg: dict, exp_dir: str | Path, resume: bool = False, device: str | to
         scenes = resolve_scenes(cfg, "train")
     vlm = functools.cache(lambda: build_vlm(cfg, device=device))  # loaded only if a scene's features are not cached
     teacher = build_teacher(cfg, device=device)
-    log.info("distill: %d training scenes, VLM %s, teacher %s, %d process(es) on %s", len(scenes),
-             cfg["lift"]["vlm"], teacher.describe() if hasattr(teacher, "describe") else teacher.name, dist.world,
-             device)
+    log.info(
+        "distill: %d training scenes, VLM %s, teacher %s, %d process(es) on %s",
+        len(scenes),
+        cfg["lift"]["vlm"],
+        teacher.describe() if hasattr(teacher, "describe") else teacher.name,
+        dist.world,
+        device,
+    )
 
     # fill the caches once (each rank its share), so iterations only read them
     store = SceneStore(cfg, vlm, teacher, cache_dir, device, float(d["memory_cache_gb"]))
-    for p in tqdm(scenes[dist.rank::dist.world], desc="features", unit="scene", disable=not dist.main):
+    for p in tqdm(scenes[dist.rank :: dist.world], desc="features", unit="scene", disable=not dist.main):
         store.get(p)
     barrier(dist)
     if store.in_channels is None:  # this rank prepared nothing (more ranks than scenes)
         store.get(scenes[0])
     in_channels, vlm_info = store.in_channels, store.vlm_info
-    log.info("lifted features: %s%s, %s fusion, %d-d", vlm_info.get("vlm"),
-             " (SIMULATED stand-in)" if vlm_info.get("simulated") else "", vlm_info.get("fusion"), in_channels - 6)
+    log.info(
+        "lifted features: %s%s, %s fusion, %d-d",
+        vlm_info.get("vlm"),
+        " (SIMULATED stand-in)" if vlm_info.get("simulated") else "",
+        vlm_info.get("fusion"),
+        in_channels - 6,
+    )
 
     seed_everything(seed)
     model = build_student(cfg["student"], in_channels).to(device)
@@ -163,16 +194,26 @@ def train(cfg: dict, exp_dir: str | Path, resume: bool = False, device: str | to
     if dist.world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        net = DDP(model, device_ids=[dist.local_rank] if device.startswith("cuda") else None,
-                  broadcast_buffers=False, find_unused_parameters=False)
+        net = DDP(
+            model,
+            device_ids=[dist.local_rank] if device.startswith("cuda") else None,
+            broadcast_buffers=False,
+            find_unused_parameters=False,
+        )
 
     if dist.main:
         exp_dir.mkdir(parents=True, exist_ok=True)
         if start_epoch == 0:
             write_text(log_path, "")
-        log.info("student: %s; %d epochs x %d iterations/rank, lr %.2g (warm-up %d it, cosine), groups %s",
-                 model.describe() if hasattr(model, "describe") else type(model).__name__, d["epochs"], iters,
-                 d["lr"], warmup, {g["name"]: g["lr_mult"] for g in opt.param_groups})
+        log.info(
+            "student: %s; %d epochs x %d iterations/rank, lr %.2g (warm-up %d it, cosine), groups %s",
+            model.describe() if hasattr(model, "describe") else type(model).__name__,
+            d["epochs"],
+            iters,
+            d["lr"],
+            warmup,
+            {g["name"]: g["lr_mult"] for g in opt.param_groups},
+        )
     bar = tqdm(total=total, initial=step, desc="train", unit="it", disable=not dist.main)
     for epoch in range(start_epoch, int(d["epochs"])):
         model.train()
@@ -188,10 +229,22 @@ def train(cfg: dict, exp_dir: str | Path, resume: bool = False, device: str | to
             loss_all = float(mean_over_ranks(loss.detach(), dist))
             losses.append(loss_all)
             if dist.main:
-                _append_log(log_path, {"event": "iter", "epoch": epoch + 1, "iter": it + 1, "step": step,
-                                       "scene": batch.name, "loss": round(loss_all, 6), "lr": lr_now,
-                                       "n_points": int(batch.xyz.shape[0]), "n_voxels": int(batch.coords.shape[0]),
-                                       "n_anchors": len(pairs), "s": round(time.perf_counter() - t0, 4)})
+                _append_log(
+                    log_path,
+                    {
+                        "event": "iter",
+                        "epoch": epoch + 1,
+                        "iter": it + 1,
+                        "step": step,
+                        "scene": batch.name,
+                        "loss": round(loss_all, 6),
+                        "lr": lr_now,
+                        "n_points": int(batch.xyz.shape[0]),
+                        "n_voxels": int(batch.coords.shape[0]),
+                        "n_anchors": len(pairs),
+                        "s": round(time.perf_counter() - t0, 4),
+                    },
+                )
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss_all:.4f}", lr=f"{lr_now:.2e}")
             bar.update(1)
         # exact BatchNorm statistics of this epoch's final weights over this rank's scenes, then
@@ -201,17 +254,38 @@ def train(cfg: dict, exp_dir: str | Path, resume: bool = False, device: str | to
         dt = time.perf_counter() - t_epoch
         mean_loss = float(np.mean(losses))
         if dist.main:
-            log.info("epoch %d/%d: loss %.4f, lr %.3g, %.2f it/s", epoch + 1, d["epochs"], mean_loss,
-                     lr_now, iters / dt)
-            _append_log(log_path, {"event": "epoch", "epoch": epoch + 1, "step": step, "loss": round(mean_loss, 6),
-                                   "it_per_s": round(iters / dt, 4), "s": round(dt, 3)})
+            log.info(
+                "epoch %d/%d: loss %.4f, lr %.3g, %.2f it/s", epoch + 1, d["epochs"], mean_loss, lr_now, iters / dt
+            )
+            _append_log(
+                log_path,
+                {
+                    "event": "epoch",
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "loss": round(mean_loss, 6),
+                    "it_per_s": round(iters / dt, 4),
+                    "s": round(dt, 3),
+                },
+            )
             if (epoch + 1) % int(d["ckpt_every"]) == 0 or epoch + 1 == int(d["epochs"]):
-                state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                         "epoch": epoch + 1, "step": step, "config": cfg,
-                         "rng": {**rng_state(), "sampling": {"seed": seed, "stream": "torch.Generator seeded by "
-                                                             "SeedSequence([seed, epoch, slot]) per scene-slot"}},
-                         "in_channels": in_channels,
-                         "meta": _meta(cfg, vlm_info, in_channels, teacher, epoch + 1, model, device)}
+                state = {
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "config": cfg,
+                    "rng": {
+                        **rng_state(),
+                        "sampling": {
+                            "seed": seed,
+                            "stream": "torch.Generator seeded by SeedSequence([seed, epoch, slot]) per scene-slot",
+                        },
+                    },
+                    "in_channels": in_channels,
+                    "meta": _meta(cfg, vlm_info, in_channels, teacher, epoch + 1, model, device),
+                }
                 save_checkpoint(last, state)  # first: a kill between the two still resumes from this epoch
                 save_checkpoint(model_dir / f"epoch_{epoch + 1:03d}.pth", state)
         barrier(dist)
@@ -221,14 +295,38 @@ def train(cfg: dict, exp_dir: str | Path, resume: bool = False, device: str | to
     final = model_dir / FINAL
     if dist.main:
         epochs_done = max(start_epoch, int(d["epochs"]))
-        save_checkpoint(final, {"model": model.state_dict(), "epoch": epochs_done, "step": step, "config": cfg,
-                                "in_channels": in_channels,
-                                "meta": _meta(cfg, vlm_info, in_channels, teacher, epochs_done, model, device)})
-        _append_log(log_path, {"event": "done", "step": step, "epochs": epochs_done, "weights_digest": digests,
-                               "ranks_agree": len(set(digests)) == 1, "world_size": dist.world, "device": device,
-                               "teacher": teacher.name, "teacher_stand_in": bool(getattr(teacher, "stand_in", False)),
-                               "vlm": vlm_info.get("vlm"), "vlm_simulated": bool(vlm_info.get("simulated"))})
-        log.info("wrote %s (weights digest %s%s)", final, digests[0],
-                 "" if len(set(digests)) == 1 else f"; RANKS DISAGREE: {digests}")
+        save_checkpoint(
+            final,
+            {
+                "model": model.state_dict(),
+                "epoch": epochs_done,
+                "step": step,
+                "config": cfg,
+                "in_channels": in_channels,
+                "meta": _meta(cfg, vlm_info, in_channels, teacher, epochs_done, model, device),
+            },
+        )
+        _append_log(
+            log_path,
+            {
+                "event": "done",
+                "step": step,
+                "epochs": epochs_done,
+                "weights_digest": digests,
+                "ranks_agree": len(set(digests)) == 1,
+                "world_size": dist.world,
+                "device": device,
+                "teacher": teacher.name,
+                "teacher_stand_in": bool(getattr(teacher, "stand_in", False)),
+                "vlm": vlm_info.get("vlm"),
+                "vlm_simulated": bool(vlm_info.get("simulated")),
+            },
+        )
+        log.info(
+            "wrote %s (weights digest %s%s)",
+            final,
+            digests[0],
+            "" if len(set(digests)) == 1 else f"; RANKS DISAGREE: {digests}",
+        )
     barrier(dist)
     return final

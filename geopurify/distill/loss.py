@@ -5,6 +5,7 @@ For anchor a with positive p and negatives n_1..n_M, with s = cosine of student 
 i.e. cross-entropy with target 0 over the logits [s_ap, s_an_1, ..., s_an_M] / tau.
 The loss is the mean over anchors.
 """
+
 from __future__ import annotations
 
 import torch

@@ -7,6 +7,7 @@ running statistics are averaged over ranks at the end of every epoch (`average_b
 writes checkpoints and logs. A single process (WORLD_SIZE unset or 1) is a world of one, for which
 every collective here does nothing.
 """
+
 from __future__ import annotations
 
 import logging

@@ -18,6 +18,7 @@ For each anchor point the teacher decides which other points the student must pu
 Exact and memory-bounded: anchors are processed in chunks, each a (chunk, N) cosine block
 reduced with argmax / topk, so memory is O(chunk * N) rather than O(A * N) (chunk = max(8, chunk_elems // N)).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -76,13 +77,22 @@ def check_sizes(n_points: int, n_macro: int, n_micro: int, micro_k: int) -> None
         raise ValueError(f"micro_k ({micro_k}) must exceed n_micro ({n_micro}): the positive is excluded")
     need = max(n_macro + 2, micro_k + 1)
     if n_points < need:
-        raise ValueError(f"{n_points} points are too few for {n_macro} macro-negatives and {micro_k} neighbours (need >= {need})")
+        raise ValueError(
+            f"{n_points} points are too few for {n_macro} macro-negatives and {micro_k} neighbours (need >= {need})"
+        )
 
 
 @torch.no_grad()
-def sample_pairs(teacher: torch.Tensor, xyz, n_anchors: int, n_macro: int = 48, n_micro: int = 15,
-                 micro_k: int = 96, generator: torch.Generator | None = None,
-                 chunk_elems: int = CHUNK_ELEMS) -> Pairs:
+def sample_pairs(
+    teacher: torch.Tensor,
+    xyz,
+    n_anchors: int,
+    n_macro: int = 48,
+    n_micro: int = 15,
+    micro_k: int = 96,
+    generator: torch.Generator | None = None,
+    chunk_elems: int = CHUNK_ELEMS,
+) -> Pairs:
     """Sample `n_anchors` anchors uniformly without replacement and their positive and negatives.
 
     teacher: (N, D) L2-normalised teacher embeddings (cosine = dot product; computed in float32,
@@ -107,17 +117,17 @@ def sample_pairs(teacher: torch.Tensor, xyz, n_anchors: int, n_macro: int = 48, 
     chunk = min(n_anchors, max(MIN_CHUNK, chunk_elems // n))
     block = torch.empty(chunk, n, dtype=tf.dtype, device=device)  # reused: no page faults per chunk
     for s in range(0, n_anchors, chunk):
-        a = anchor[s:s + chunk]
+        a = anchor[s : s + chunk]
         rows = torch.arange(len(a), device=device)
-        sim = torch.mm(tf[a], tf.T, out=block[:len(a)])  # (c, N)
-        local = sim.gather(1, nbr[s:s + chunk])  # (c, micro_k), before any masking
+        sim = torch.mm(tf[a], tf.T, out=block[: len(a)])  # (c, N)
+        local = sim.gather(1, nbr[s : s + chunk])  # (c, micro_k), before any masking
         sim[rows, a] = -torch.inf
         pos = sim.argmax(1)
         sim[rows, a] = torch.inf
         sim[rows, pos] = torch.inf
         macro = sim.topk(n_macro, dim=1, largest=False).indices
-        local = local.masked_fill(nbr[s:s + chunk] == pos[:, None], torch.inf)
-        micro = nbr[s:s + chunk].gather(1, local.topk(n_micro, dim=1, largest=False).indices)
-        positive[s:s + chunk] = pos
-        negatives[s:s + chunk] = torch.cat([macro, micro], 1)
+        local = local.masked_fill(nbr[s : s + chunk] == pos[:, None], torch.inf)
+        micro = nbr[s : s + chunk].gather(1, local.topk(n_micro, dim=1, largest=False).indices)
+        positive[s : s + chunk] = pos
+        negatives[s : s + chunk] = torch.cat([macro, micro], 1)
     return Pairs(anchor, positive, negatives, n_macro)

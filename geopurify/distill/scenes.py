@@ -5,6 +5,7 @@ Preparing a scene loads it, reads (or computes and caches) its lifted features a
 embeddings (geopurify.lift.cache, geopurify.teacher.cache), voxelises it and builds the student's
 input; no labels are read.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -47,8 +48,13 @@ def prepare_scene(path: Path, cfg: dict, vlm, teacher, cache_dir: Path, device: 
     lifted = cached_lift(scene, cfg, vlm, cache_dir, device=device)
     tfeat = cached_teacher(scene, teacher, cache_dir, cfg["teacher"]["cache_dtype"]).to(device)
     coords, inverse = voxelize(torch.from_numpy(scene.xyz).to(device), cfg["student"]["voxel_size"])
-    feats = student_input(lifted.feat.to(device).float(), torch.from_numpy(scene.rgb).to(device),
-                          torch.from_numpy(np.ascontiguousarray(scene.normals)).to(device), inverse, coords.shape[0])
+    feats = student_input(
+        lifted.feat.to(device).float(),
+        torch.from_numpy(scene.rgb).to(device),
+        torch.from_numpy(np.ascontiguousarray(scene.normals)).to(device),
+        inverse,
+        coords.shape[0],
+    )
     return SceneBatch(scene.name, feats, coords, inverse, tfeat, scene.xyz, dict(lifted.info))
 
 
@@ -60,7 +66,7 @@ class SceneStore:
 
     def __init__(self, cfg: dict, vlm, teacher, cache_dir: Path, device: str, budget_gb: float):
         self.cfg, self.vlm, self.teacher, self.cache_dir, self.device = cfg, vlm, teacher, cache_dir, device
-        self.budget = int(budget_gb * 2 ** 30)
+        self.budget = int(budget_gb * 2**30)
         self.used = 0
         self.kept: dict[Path, SceneBatch] = {}
         self.in_channels: int | None = None  # set by the first scene: lifted dim + 6
@@ -70,18 +76,34 @@ class SceneStore:
         path = Path(path)
         if path in self.kept:
             b = self.kept[path]
-            return SceneBatch(b.name, b.feats.to(self.device), b.coords.to(self.device), b.inverse.to(self.device),
-                              b.teacher.to(self.device), b.xyz, b.vlm)
+            return SceneBatch(
+                b.name,
+                b.feats.to(self.device),
+                b.coords.to(self.device),
+                b.inverse.to(self.device),
+                b.teacher.to(self.device),
+                b.xyz,
+                b.vlm,
+            )
         batch = prepare_scene(path, self.cfg, self.vlm, self.teacher, self.cache_dir, self.device)
         if self.in_channels is None:
             self.in_channels, self.vlm_info = int(batch.feats.shape[1]), batch.vlm
         elif batch.feats.shape[1] != self.in_channels:
-            raise InputError(path, f"lifted features give {batch.feats.shape[1]} student input channels, "
-                                   f"other scenes {self.in_channels}")
+            raise InputError(
+                path,
+                f"lifted features give {batch.feats.shape[1]} student input channels, other scenes {self.in_channels}",
+            )
         size = sum(t.numel() * t.element_size() for t in (batch.feats, batch.coords, batch.inverse, batch.teacher))
         size += batch.xyz.nbytes
         if self.used + size <= self.budget:
-            self.kept[path] = SceneBatch(batch.name, batch.feats.cpu(), batch.coords.cpu(), batch.inverse.cpu(),
-                                         batch.teacher.cpu(), batch.xyz, batch.vlm)
+            self.kept[path] = SceneBatch(
+                batch.name,
+                batch.feats.cpu(),
+                batch.coords.cpu(),
+                batch.inverse.cpu(),
+                batch.teacher.cpu(),
+                batch.xyz,
+                batch.vlm,
+            )
             self.used += size
         return batch

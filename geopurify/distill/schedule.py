@@ -10,6 +10,7 @@ a run resumed from any epoch checkpoint takes exactly the steps of an uninterrup
 distributed run samples the same pairs as a single process would. The global torch / numpy /
 python RNGs are seeded too (model initialisation) and saved in checkpoints.
 """
+
 from __future__ import annotations
 
 import math
@@ -47,15 +48,25 @@ def param_groups(model: torch.nn.Module, lr: float, lr_mult: dict[str, float]) -
     for prefix in lr_mult:
         if not any(n.startswith(prefix) for n in names):
             tops = sorted({n.split(".")[0] for n in names})
-            raise InputError(None, f"config key 'distill.lr_mult': prefix '{prefix}' matches no student "
-                                   f"parameter (names start with {', '.join(tops)})")
+            raise InputError(
+                None,
+                f"config key 'distill.lr_mult': prefix '{prefix}' matches no student "
+                f"parameter (names start with {', '.join(tops)})",
+            )
     groups: dict[str, dict] = {}
     for n, p in model.named_parameters():
         if not p.requires_grad:
             continue
         match = max((k for k in lr_mult if n.startswith(k)), key=len, default=None)
-        g = groups.setdefault(match or "", {"params": [], "lr": lr * float(lr_mult.get(match, 1.0)),
-                                            "name": match or "default", "lr_mult": float(lr_mult.get(match, 1.0))})
+        g = groups.setdefault(
+            match or "",
+            {
+                "params": [],
+                "lr": lr * float(lr_mult.get(match, 1.0)),
+                "name": match or "default",
+                "lr_mult": float(lr_mult.get(match, 1.0)),
+            },
+        )
         g["params"].append(p)
     return list(groups.values())
 
@@ -85,9 +96,16 @@ def slot_generator(seed: int, epoch: int, slot: int) -> torch.Generator:
 def rng_state(generator: torch.Generator | None = None) -> dict:
     """Global RNG states (torch, numpy, python) and, optionally, a generator's, in plain types."""
     st = np.random.get_state()
-    out = {"torch": torch.get_rng_state(), "numpy": {"key": torch.from_numpy(st[1].astype(np.int64)),
-                                                      "pos": int(st[2]), "has_gauss": int(st[3]), "gauss": float(st[4])},
-           "python": random.getstate()}
+    out = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "key": torch.from_numpy(st[1].astype(np.int64)),
+            "pos": int(st[2]),
+            "has_gauss": int(st[3]),
+            "gauss": float(st[4]),
+        },
+        "python": random.getstate(),
+    }
     if torch.cuda.is_available():
         out["cuda"] = torch.cuda.get_rng_state_all()
     if generator is not None:
@@ -111,5 +129,5 @@ def _tuplify(x):
 def seed_everything(seed: int) -> None:
     """Seed the global torch / numpy / python RNGs (model initialisation and any library code)."""
     torch.manual_seed(seed)
-    np.random.seed(seed % (2 ** 32))
+    np.random.seed(seed % (2**32))
     random.seed(seed)

@@ -7,6 +7,7 @@ reference code) only the voxels holding a sampled point, a sparse sub-tensor who
 fewer neighbours (the reference averages only the sampled points of each voxel; we feed those
 voxels' means over all their points, the student input purification uses).
 """
+
 from __future__ import annotations
 
 import functools
@@ -24,16 +25,24 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def scene_loss(model, batch: SceneBatch, cfg: dict, generator: torch.Generator,
-               timings: dict | None = None) -> tuple[torch.Tensor, Pairs]:
+def scene_loss(
+    model, batch: SceneBatch, cfg: dict, generator: torch.Generator, timings: dict | None = None
+) -> tuple[torch.Tensor, Pairs]:
     """InfoNCE of the student on one scene; pairs sampled on points, embeddings per voxel, from a
     forward over the whole scene or over the sampled voxels only (`distill.student_input`).
     `timings`, when given, receives sample_s and forward_s (seconds)."""
     d = cfg["distill"]
     n = batch.xyz.shape[0]
     t0 = time.perf_counter()
-    pairs = sample_pairs(batch.teacher, batch.xyz, n_anchors_for(n, d["max_anchors"], d["anchor_div"]),
-                         d["n_macro"], d["n_micro"], d["micro_k"], generator=generator)
+    pairs = sample_pairs(
+        batch.teacher,
+        batch.xyz,
+        n_anchors_for(n, d["max_anchors"], d["anchor_div"]),
+        d["n_macro"],
+        d["n_micro"],
+        d["micro_k"],
+        generator=generator,
+    )
     _sync(batch.feats.device)
     t1 = time.perf_counter()
     inv = batch.inverse
@@ -77,8 +86,9 @@ def recalibrate_batchnorm(model: torch.nn.Module, batches) -> None:
     model.train(was_training)
 
 
-def train_step(net, opt, sched, batch: SceneBatch, cfg: dict, generator: torch.Generator,
-               timings: dict | None = None) -> tuple[torch.Tensor, Pairs]:
+def train_step(
+    net, opt, sched, batch: SceneBatch, cfg: dict, generator: torch.Generator, timings: dict | None = None
+) -> tuple[torch.Tensor, Pairs]:
     """One optimiser step on one scene (sampling, forward, InfoNCE, backward, AdamW, schedule).
     `timings`, when given, also receives backward_s (backward + optimiser step)."""
     loss, pairs = scene_loss(net, batch, cfg, generator, timings)

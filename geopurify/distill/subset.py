@@ -13,6 +13,7 @@ seeded Lloyd's k-means below, so cluster boundaries can differ where k-means has
 Everything is deterministic: scenes are processed in name order, k-means uses an explicit seed, and
 ties go to the first name.
 """
+
 from __future__ import annotations
 
 import logging
@@ -98,8 +99,9 @@ class Selection:
     score: dict[str, float] = field(default_factory=dict)  # kept scenes only
 
 
-def select_subset_details(histograms: Mapping[str, np.ndarray], k: int = 20, gamma: float = 1.0,
-                          seed: int = 0) -> Selection:
+def select_subset_details(
+    histograms: Mapping[str, np.ndarray], k: int = 20, gamma: float = 1.0, seed: int = 0
+) -> Selection:
     """The subset with its intermediate quantities (see the module docstring for the rule)."""
     if not histograms:
         raise ValueError("no scenes to select from")
@@ -112,8 +114,15 @@ def select_subset_details(histograms: Mapping[str, np.ndarray], k: int = 20, gam
     hc = np.array([s[1] for s in stats])
     med_nc, med_hc = float(np.median(nc)), float(np.median(hc))
     keep = np.flatnonzero((nc >= med_nc) & (hc >= med_hc) & (hists.sum(1) > 0))
-    sel = Selection([], dict(zip(names, nc.astype(int).tolist())), dict(zip(names, hc.tolist())),
-                    med_nc, med_hc, [names[i] for i in keep], 0)
+    sel = Selection(
+        [],
+        dict(zip(names, nc.astype(int).tolist())),
+        dict(zip(names, hc.tolist())),
+        med_nc,
+        med_hc,
+        [names[i] for i in keep],
+        0,
+    )
     if keep.size == 0:
         log.warning("no scene has both Nc >= %.1f and Hc >= %.3f: empty subset", med_nc, med_hc)
         return sel

@@ -18,6 +18,7 @@ classes. Choices, stated once here:
 - f-mIoU / f-mAcc are the same means over the classes not named in `exclude` (wall, floor,
   ceiling), the long-tail metric of ScanNet200.
 """
+
 from __future__ import annotations
 
 import math
@@ -56,8 +57,10 @@ def confusion(pred, gt, n_classes: int, ignore: int = IGNORE) -> np.ndarray:
     for arr, what in ((pred, "predictions"), (gt, "ground truth")):
         bad = ((arr < 0) | (arr >= n_classes)) & (arr != ignore)
         if bad.any():
-            raise ValueError(f"{int(bad.sum())} {what} ids lie outside 0..{n_classes - 1} and are not the ignore "
-                             f"id {ignore} (e.g. {int(arr[bad][0])})")
+            raise ValueError(
+                f"{int(bad.sum())} {what} ids lie outside 0..{n_classes - 1} and are not the ignore "
+                f"id {ignore} (e.g. {int(arr[bad][0])})"
+            )
     valid = gt != ignore
     col = np.where(pred[valid] == ignore, n_classes, pred[valid])  # abstentions -> the last column
     flat = gt[valid] * (n_classes + 1) + col
@@ -101,12 +104,14 @@ def metrics(conf: np.ndarray, names: Sequence[str], exclude: Sequence[str] = ("w
     drop = {e.lower() for e in exclude}
     in_f = np.array([n.lower() not in drop for n in names], dtype=bool)
     per_class = [
-        {"name": n,
-         "iou": None if math.isnan(iou[c]) else float(iou[c]),
-         "acc": None if math.isnan(acc[c]) else float(acc[c]),
-         "gt_points": int(gt_points[c]),
-         "pred_points": int(pred_points[c]),
-         "unpredicted_points": int(unpredicted[c])}
+        {
+            "name": n,
+            "iou": None if math.isnan(iou[c]) else float(iou[c]),
+            "acc": None if math.isnan(acc[c]) else float(acc[c]),
+            "gt_points": int(gt_points[c]),
+            "pred_points": int(pred_points[c]),
+            "unpredicted_points": int(unpredicted[c]),
+        }
         for c, n in enumerate(names)
     ]
     return {
@@ -137,15 +142,19 @@ def format_table(m: dict, title: str | None = None) -> str:
     for r in rows:
         note = "  (absent from ground truth)" if r["iou"] is None else ""
         note += "  (not in f-metrics)" if r["name"] in excluded else ""
-        lines.append(f"{r['name']:<{width}}  {_pct(r['iou'], 100):>5}  {_pct(r['acc'], 100):>5}  "
-                     f"{r['gt_points']:>10d}  {r['pred_points']:>10d}{note}")
+        lines.append(
+            f"{r['name']:<{width}}  {_pct(r['iou'], 100):>5}  {_pct(r['acc'], 100):>5}  "
+            f"{r['gt_points']:>10d}  {r['pred_points']:>10d}{note}"
+        )
     lines.append("-" * len(head))
     n_present = sum(r["iou"] is not None for r in rows)
-    lines.append(f"mIoU {_pct(m['mIoU'])}   mAcc {_pct(m['mAcc'])}   f-mIoU {_pct(m['f_mIoU'])}   "
-                 f"f-mAcc {_pct(m['f_mAcc'])}   ({n_present} of {len(rows)} classes present, "
-                 f"{m.get('n_points', 0)} points)")
+    lines.append(
+        f"mIoU {_pct(m['mIoU'])}   mAcc {_pct(m['mAcc'])}   f-mIoU {_pct(m['f_mIoU'])}   "
+        f"f-mAcc {_pct(m['f_mAcc'])}   ({n_present} of {len(rows)} classes present, "
+        f"{m.get('n_points', 0)} points)"
+    )
     if m.get("unpredicted_points"):
-        lines.append(f"{m['unpredicted_points']} labelled points had no prediction (-1); counted as errors of "
-                     "their true class")
+        lines.append(
+            f"{m['unpredicted_points']} labelled points had no prediction (-1); counted as errors of their true class"
+        )
     return "\n".join(lines)
-

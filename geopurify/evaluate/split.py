@@ -13,6 +13,7 @@ pooled once, and each setting labels a point by the argmax over its own prompts'
 what a run with that setting's prompts alone would give (pooling is linear, channel by channel).
 Lifting itself (consensus fusion, the simulated VLM) uses the primary setting's prompts.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -68,8 +69,11 @@ def scene_ground_truth(scene, label_set) -> np.ndarray:
     if scene.labels is None:
         raise InputError(where, "scene has no labels to evaluate against")
     if scene.label_space not in label_set.spaces:
-        raise InputError(where, f"labels are {scene.label_space} ids but label set {label_set.name} is defined on "
-                                f"{', '.join(label_set.spaces)}")
+        raise InputError(
+            where,
+            f"labels are {scene.label_space} ids but label set {label_set.name} is defined on "
+            f"{', '.join(label_set.spaces)}",
+        )
     return label_set.map(scene.labels, space=scene.label_space)
 
 
@@ -82,8 +86,9 @@ def _per_setting(scores: torch.Tensor, columns: dict[str, list[int]], inverse=No
     return out
 
 
-def predict_scene(scene, lifted, model, text_emb, cfg, device="cpu", methods=METHODS,
-                  columns: dict[str, list[int]] | None = None) -> dict[str, dict[str, np.ndarray]]:
+def predict_scene(
+    scene, lifted, model, text_emb, cfg, device="cpu", methods=METHODS, columns: dict[str, list[int]] | None = None
+) -> dict[str, dict[str, np.ndarray]]:
     """Per method, per class setting: per-point class indices (CPU numpy), the argmax over that
     setting's `columns` of `text_emb` (P, C) (default: one setting "all" over every row), computed on
     `device`.
@@ -109,17 +114,26 @@ def prediction_key(scene, cfg: dict, model_digest: str, methods) -> str:
     fingerprint of every input file of the lifting (scene files, VLM / feature / prompt files), the
     student's weights (a digest of their values), the purification / student / label-set settings and
     the methods."""
-    obj = {"scene": scene_fingerprint(scene), "lift": lift_settings(cfg), "files": lift_files_fingerprint(scene, cfg),
-           "model": model_digest,
-           "purify": cfg["purify"], "student": cfg["student"], "label_set": cfg["data"]["label_set"],
-           "class_settings": [ls.name for ls in class_settings(cfg)],
-           "prompt_template": cfg["lift"]["prompt_template"], "methods": list(methods)}
+    obj = {
+        "scene": scene_fingerprint(scene),
+        "lift": lift_settings(cfg),
+        "files": lift_files_fingerprint(scene, cfg),
+        "model": model_digest,
+        "purify": cfg["purify"],
+        "student": cfg["student"],
+        "label_set": cfg["data"]["label_set"],
+        "class_settings": [ls.name for ls in class_settings(cfg)],
+        "prompt_template": cfg["lift"]["prompt_template"],
+        "methods": list(methods),
+    }
     return hashlib.blake2b(json.dumps(obj, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
 
 
 def pred_file(pred_dir: Path, scene_name: str, method: str, setting: str, primary: str) -> Path:
     """`<scene>.<method>.npy` for the primary class setting, `<scene>.<method>.<setting>.npy` for others."""
-    return Path(pred_dir) / (f"{scene_name}.{method}.npy" if setting == primary else f"{scene_name}.{method}.{setting}.npy")
+    return Path(pred_dir) / (
+        f"{scene_name}.{method}.npy" if setting == primary else f"{scene_name}.{method}.{setting}.npy"
+    )
 
 
 def _finished(pred_dir: Path, scene, key: str, methods, settings: list[str]) -> tuple[dict, int] | None:
@@ -133,8 +147,13 @@ def _finished(pred_dir: Path, scene, key: str, methods, settings: list[str]) -> 
         done = json.loads(rec.read_text())
         if done.get("key") != key:
             return None
-        preds = {m: {s: np.load(pred_file(pred_dir, scene.name, m, s, settings[0]), allow_pickle=False).astype(np.int64)
-                     for s in settings} for m in methods}
+        preds = {
+            m: {
+                s: np.load(pred_file(pred_dir, scene.name, m, s, settings[0]), allow_pickle=False).astype(np.int64)
+                for s in settings
+            }
+            for m in methods
+        }
     except (OSError, ValueError):
         return None
     if any(p.shape != (scene.n_points,) for by_set in preds.values() for p in by_set.values()):
@@ -146,8 +165,17 @@ def _score(conf: np.ndarray, label_set, cfg: dict) -> dict:
     return metrics(conf, label_set.names, exclude=tuple(cfg["eval"]["exclude_from_f"]))
 
 
-def evaluate_scenes(cfg: dict, scene_paths: list[Path], model, out_dir: Path, cache_dir: Path,
-                    device: str = "cpu", methods=METHODS, vlm=None, reuse: bool = True) -> dict:
+def evaluate_scenes(
+    cfg: dict,
+    scene_paths: list[Path],
+    model,
+    out_dir: Path,
+    cache_dir: Path,
+    device: str = "cpu",
+    methods=METHODS,
+    vlm=None,
+    reuse: bool = True,
+) -> dict:
     """Predict and score every scene; write per-scene predictions, metrics JSON and tables.
 
     Scenes whose predictions an earlier (e.g. killed) run already wrote for the same checkpoint,
@@ -208,15 +236,21 @@ def evaluate_scenes(cfg: dict, scene_paths: list[Path], model, out_dir: Path, ca
                 conf[ls.name][m] += c
                 miou = metrics(c, ls.names)["mIoU"]
                 per_scene[ls.name][scene.name][m] = None if miou is None else round(miou, 2)
-        log.info("%s: %s", scene.name, ", ".join(f"{m} mIoU {_fmt(v, 1)}" for m, v in per_scene[names[0]][scene.name].items()))
+        log.info(
+            "%s: %s",
+            scene.name,
+            ", ".join(f"{m} mIoU {_fmt(v, 1)}" for m, v in per_scene[names[0]][scene.name].items()),
+        )
     results = {ls.name: {m: _score(conf[ls.name][m], ls, cfg) for m in methods} for ls in sets}
     report = {
         "metrics": results[names[0]],
         "per_scene": per_scene[names[0]],
         "label_set": label_set.name,
         "class_setting": describe_setting(label_set.name),
-        "also": {s: {"class_setting": describe_setting(s), "metrics": results[s], "per_scene": per_scene[s]}
-                 for s in names[1:]},
+        "also": {
+            s: {"class_setting": describe_setting(s), "metrics": results[s], "per_scene": per_scene[s]}
+            for s in names[1:]
+        },
         "vlm": vlm.describe(),
         "vlm_simulated": bool(vlm.simulated),
         "scenes": [Path(p).name for p in scene_paths],
@@ -226,8 +260,11 @@ def evaluate_scenes(cfg: dict, scene_paths: list[Path], model, out_dir: Path, ca
         "device": str(device),
     }
     write_json(out_dir / "metrics.json", report)
-    write_text(out_dir / "per_class.txt", "\n\n".join(
-        f"[{m}] {describe_setting(s)}\n{format_table(results[s][m])}" for s in names for m in methods) + "\n")
+    write_text(
+        out_dir / "per_class.txt",
+        "\n\n".join(f"[{m}] {describe_setting(s)}\n{format_table(results[s][m])}" for s in names for m in methods)
+        + "\n",
+    )
     return report
 
 

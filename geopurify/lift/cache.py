@@ -15,6 +15,7 @@ broken file: a warning, and it is recomputed.
 
 Layout: <cache_dir>/lift/<scene>.<key>.lift.pt.
 """
+
 from __future__ import annotations
 
 import logging
@@ -103,8 +104,9 @@ def lift_settings(cfg: dict) -> dict:
 
 
 def lift_cache_path(scene, cfg: dict, cache_dir: str | Path) -> Path:
-    key = cache_key({"scene": scene_fingerprint(scene), "settings": lift_settings(cfg),
-                "files": lift_files_fingerprint(scene, cfg)})
+    key = cache_key(
+        {"scene": scene_fingerprint(scene), "settings": lift_settings(cfg), "files": lift_files_fingerprint(scene, cfg)}
+    )
     return Path(cache_dir) / "lift" / f"{scene.name}.{key}.lift.pt"
 
 
@@ -121,7 +123,9 @@ def cached_lift(scene, cfg: dict, vlm, cache_dir: str | Path, device: str = "cpu
         try:
             return load_lifted(path, n_points=scene.n_points)
         except _READ_ERRORS as e:
-            log.warning("lift cache %s unusable (%s); recomputing", path, str(e).splitlines()[0] if str(e) else type(e).__name__)
+            log.warning(
+                "lift cache %s unusable (%s); recomputing", path, str(e).splitlines()[0] if str(e) else type(e).__name__
+            )
     if callable(vlm) and not hasattr(vlm, "frame_features"):
         vlm = vlm()
     text_emb = None
@@ -132,6 +136,11 @@ def cached_lift(scene, cfg: dict, vlm, cache_dir: str | Path, device: str = "cpu
         text_emb = text_embeddings(vlm, get_label_set(cfg["data"]["label_set"]), cfg["lift"]["prompt_template"])
     log.info("lifting %s with %s (%s fusion) -> %s", scene.name, vlm.describe(), cfg["lift"]["fusion"], path)
     result = lift_scene(scene, vlm, cfg, text_emb=text_emb, device=device)
-    save_lifted(path, result, {"vlm": vlm.name, "simulated": bool(vlm.simulated), "fusion": cfg["lift"]["fusion"],
-                               "scene": scene.name})
-    return load_lifted(path, n_points=scene.n_points, dim=vlm.dim)  # the float16-rounded value, as a later call reads it
+    save_lifted(
+        path,
+        result,
+        {"vlm": vlm.name, "simulated": bool(vlm.simulated), "fusion": cfg["lift"]["fusion"], "scene": scene.name},
+    )
+    return load_lifted(
+        path, n_points=scene.n_points, dim=vlm.dim
+    )  # the float16-rounded value, as a later call reads it

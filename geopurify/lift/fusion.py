@@ -9,6 +9,7 @@ so memory never holds an N x views array:
   N x k x C) and softmax-weights their features.
 - `nearest_fill`: points no view saw take the fused feature of their nearest seen point.
 """
+
 from __future__ import annotations
 
 import logging
@@ -141,8 +142,9 @@ class TopKFusion:
         return torch.einsum("nk,nkc->nc", w, self.feats)
 
 
-def nearest_fill(xyz: np.ndarray | torch.Tensor, feat: torch.Tensor, seen: torch.Tensor,
-                 inplace: bool = False) -> torch.Tensor:
+def nearest_fill(
+    xyz: np.ndarray | torch.Tensor, feat: torch.Tensor, seen: torch.Tensor, inplace: bool = False
+) -> torch.Tensor:
     """Give every unseen point the feature of its nearest seen point (Euclidean, kd-tree).
 
     Returns a new tensor (or `feat` itself, filled, when `inplace`); if nothing was seen the

@@ -11,6 +11,7 @@ files); its info records the views (`frames`: frame names, i.e. raw frame ids on
 lifting order) and how many of them had no depth image and were occlusion-tested against the
 points' z-buffer (`z_buffered`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,6 +32,7 @@ from geopurify.ops.resize import map_index, resize_nearest
 from geopurify.schema import check
 
 log = logging.getLogger(__name__)
+
 
 def _header_hw(path: Path | None) -> tuple[int, int] | None:
     if path is None:
@@ -78,8 +80,12 @@ def _frames_for(scene: Scene, vlm, cfg: dict) -> tuple[Scene, bool]:
     W, H = cfg["lift"]["image_size"]
     n = int(cfg["lift"]["virtual_frames"])
     frames = virtual_frames(scene.xyz, n, image_hw=(H, W), seed=int(cfg["lift"]["virtual_seed"]))
-    log.info("scene %s has no frames: lifting from %d virtual cameras (the simulated VLM renders their "
-             "label images; a stand-in, not real views)", scene.name, len(frames))
+    log.info(
+        "scene %s has no frames: lifting from %d virtual cameras (the simulated VLM renders their "
+        "label images; a stand-in, not real views)",
+        scene.name,
+        len(frames),
+    )
     return dataclasses.replace(scene, frames=frames), True
 
 
@@ -90,8 +96,9 @@ def _feature_table(fmap: torch.Tensor, dim: int, where) -> torch.Tensor:
     return fmap.reshape(dim, -1).t().contiguous().float()
 
 
-def lift_scene(scene: Scene, vlm, cfg: dict, text_emb: torch.Tensor | None = None,
-               device: str | torch.device = "cpu") -> LiftResult:
+def lift_scene(
+    scene: Scene, vlm, cfg: dict, text_emb: torch.Tensor | None = None, device: str | torch.device = "cpu"
+) -> LiftResult:
     """Fuse `vlm` feature maps of every frame of `scene` onto its points; see the module docstring.
 
     `cfg` is the full config (keys under `lift`). Consensus fusion needs the class text
@@ -103,10 +110,14 @@ def lift_scene(scene: Scene, vlm, cfg: dict, text_emb: torch.Tensor | None = Non
     """
     if getattr(vlm, "lifts_points", False):
         res = vlm.lift(scene)
-        log.info("%s: per-point features from %s (fused over views by their producer; no projection here)",
-                 scene.name, vlm.describe())
-        return LiftResult(res.feat.to(device), res.seen.to(device), res.n_views.to(device),
-                          {**res.info, "device": str(device)})
+        log.info(
+            "%s: per-point features from %s (fused over views by their producer; no projection here)",
+            scene.name,
+            vlm.describe(),
+        )
+        return LiftResult(
+            res.feat.to(device), res.seen.to(device), res.n_views.to(device), {**res.info, "device": str(device)}
+        )
     check(cfg, "lift", skip=() if not scene.frames else ("lift.virtual_frames",))  # ranges: geopurify.schema
     lc = cfg["lift"]
     fusion = lc["fusion"]
@@ -116,10 +127,20 @@ def lift_scene(scene: Scene, vlm, cfg: dict, text_emb: torch.Tensor | None = Non
     n, dim = scene.n_points, int(vlm.dim)
     where = scene.path if scene.path is not None else scene.name
     xyz = torch.from_numpy(np.ascontiguousarray(scene.xyz, dtype=np.float32)).to(device)
-    kw = dict(border=int(lc["border"]), thr=float(lc["occlusion_thr"]), splat=int(lc["zbuffer_splat"]),
-              chunk=int(lc["chunk_points"]))
-    log.info("lifting %s: %d points, %d frames, VLM %s, %s fusion", scene.name, n, len(scene_v.frames),
-             vlm.describe(), fusion)
+    kw = dict(
+        border=int(lc["border"]),
+        thr=float(lc["occlusion_thr"]),
+        splat=int(lc["zbuffer_splat"]),
+        chunk=int(lc["chunk_points"]),
+    )
+    log.info(
+        "lifting %s: %d points, %d frames, VLM %s, %s fusion",
+        scene.name,
+        n,
+        len(scene_v.frames),
+        vlm.describe(),
+        fusion,
+    )
 
     def views(desc: str):
         """Yield (point indices, feature-map cells, (h*w, C) cell table) per frame; the visibility
@@ -175,17 +196,31 @@ def lift_scene(scene: Scene, vlm, cfg: dict, text_emb: torch.Tensor | None = Non
     feat = nearest_fill(scene.xyz, feat, seen, inplace=True)
     n_frames, n_depth = len(scene_v.frames) - len(bad), n_depth[0]
     read_skips = [] if virtual else list(scene.meta.get("skip_reasons", []))
-    info = {"vlm": vlm.name, "simulated": bool(vlm.simulated), "fusion": fusion, "scene": scene.name,
-            "n_frames": n_frames, "frames_with_depth": n_depth, "device": str(device),
-            # the views, by frame name (raw frame id on ScanNet), and how many had no depth image
-            "frames": [f.name for i, f in enumerate(scene_v.frames) if i not in bad],
-            "z_buffered": n_frames - n_depth,
-            "virtual_frames": virtual, "seen_frac": float(seen.float().mean()) if n else 0.0,
-            # frames left out: by the reader (bad pose, missing image, ...) and here (unreadable pixels)
-            "skipped_frames": int(scene.meta.get("skipped_frames", len(read_skips))) + len(bad),
-            "skip_reasons": read_skips + [str(e) for e in bad.values()]}
-    log.info("lifted %s: %.1f%% of points seen (%d frames, %d with depth, %d z-buffered%s)%s", scene.name,
-             100 * info["seen_frac"], n_frames, n_depth, n_frames - n_depth,
-             f", {info['skipped_frames']} skipped" if info["skipped_frames"] else "",
-             " [SIMULATED VLM]" if vlm.simulated else "")
+    info = {
+        "vlm": vlm.name,
+        "simulated": bool(vlm.simulated),
+        "fusion": fusion,
+        "scene": scene.name,
+        "n_frames": n_frames,
+        "frames_with_depth": n_depth,
+        "device": str(device),
+        # the views, by frame name (raw frame id on ScanNet), and how many had no depth image
+        "frames": [f.name for i, f in enumerate(scene_v.frames) if i not in bad],
+        "z_buffered": n_frames - n_depth,
+        "virtual_frames": virtual,
+        "seen_frac": float(seen.float().mean()) if n else 0.0,
+        # frames left out: by the reader (bad pose, missing image, ...) and here (unreadable pixels)
+        "skipped_frames": int(scene.meta.get("skipped_frames", len(read_skips))) + len(bad),
+        "skip_reasons": read_skips + [str(e) for e in bad.values()],
+    }
+    log.info(
+        "lifted %s: %.1f%% of points seen (%d frames, %d with depth, %d z-buffered%s)%s",
+        scene.name,
+        100 * info["seen_frac"],
+        n_frames,
+        n_depth,
+        n_frames - n_depth,
+        f", {info['skipped_frames']} skipped" if info["skipped_frames"] else "",
+        " [SIMULATED VLM]" if vlm.simulated else "",
+    )
     return LiftResult(feat, seen, n_views, info)

@@ -21,6 +21,7 @@ object: its text side is a prompt-embedding file or a CLIP checkpoint (geopurify
 and it has no per-view features (they were fused by OpenScene already). It lives with lifting
 because what it gives is lifted features; the VLM registry names it (`lift.vlm: openscene`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -47,7 +48,9 @@ def _as_bool_mask(m, path: Path, key: str) -> torch.Tensor:
     if isinstance(m, np.ndarray):
         m = torch.from_numpy(m)
     if not torch.is_tensor(m) or m.dim() != 1:
-        raise InputError(path, f"'{key}' must be a 1-D boolean mask, got {type(m).__name__} {tuple(getattr(m, 'shape', ()))}")
+        raise InputError(
+            path, f"'{key}' must be a 1-D boolean mask, got {type(m).__name__} {tuple(getattr(m, 'shape', ()))}"
+        )
     if m.dtype != torch.bool:
         if m.is_floating_point() or (m.numel() and (int(m.min()) < 0 or int(m.max()) > 1)):
             raise InputError(path, f"'{key}' must be boolean (or 0/1), got {m.dtype}")
@@ -55,8 +58,9 @@ def _as_bool_mask(m, path: Path, key: str) -> torch.Tensor:
     return m
 
 
-def read_openscene_file(path: str | Path, n_points: int | None = None, dim: int | None = None
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
+def read_openscene_file(
+    path: str | Path, n_points: int | None = None, dim: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(feat (M, C) as stored, mask (N,) bool) of one OpenScene feature file, validated.
 
     Row i of `feat` belongs to the i-th True entry of `mask`. Raises InputError(path, problem)
@@ -100,15 +104,19 @@ def read_openscene_file(path: str | Path, n_points: int | None = None, dim: int 
         new[mask.nonzero().flatten()[rows]] = True
         mask = new
     if n_points is not None and mask.shape[0] != n_points:
-        raise InputError(path, f"'mask_full' covers {mask.shape[0]} points but the scene has {n_points} (the features "
-                               "must come from the same point cloud, in the same order)")
+        raise InputError(
+            path,
+            f"'mask_full' covers {mask.shape[0]} points but the scene has {n_points} (the features "
+            "must come from the same point cloud, in the same order)",
+        )
     if feat.shape[0] != int(mask.sum()):
         raise InputError(path, f"'feat' has {feat.shape[0]} rows but 'mask_full' marks {int(mask.sum())} points")
     if dim is not None and feat.shape[1] != dim:
-        raise InputError(path, f"features are {feat.shape[1]}-d, the text embeddings are {dim}-d "
-                               "(OpenSeg: 768, LSeg: 512)")
+        raise InputError(
+            path, f"features are {feat.shape[1]}-d, the text embeddings are {dim}-d (OpenSeg: 768, LSeg: 512)"
+        )
     for s in range(0, feat.shape[0], _ROWS_PER_CHUNK):
-        if not torch.isfinite(feat[s:s + _ROWS_PER_CHUNK]).all():
+        if not torch.isfinite(feat[s : s + _ROWS_PER_CHUNK]).all():
             raise InputError(path, "'feat' holds NaN/inf")
     return feat, mask
 
@@ -134,7 +142,7 @@ def load_openscene_features(path: str | Path | list, n_points: int, xyz=None, di
             raise InputError(p, f"features are {feat.shape[1]}-d but {paths[0].name} has {total.shape[1]}-d")
         idx = mask.nonzero().flatten()
         for s in range(0, idx.numel(), _ROWS_PER_CHUNK):
-            total.index_add_(0, idx[s:s + _ROWS_PER_CHUNK], feat[s:s + _ROWS_PER_CHUNK].float())
+            total.index_add_(0, idx[s : s + _ROWS_PER_CHUNK], feat[s : s + _ROWS_PER_CHUNK].float())
         count[idx] += 1
         del feat
     seen = count > 0
@@ -145,11 +153,21 @@ def load_openscene_features(path: str | Path | list, n_points: int, xyz=None, di
             raise ValueError(f"xyz has {len(xyz)} points, expected {n_points}")
         total = nearest_fill(xyz, total, seen, inplace=True)
     elif not bool(seen.all()):
-        log.warning("%d unseen points keep zero features (no coordinates given for the nearest fill)", int((~seen).sum()))
+        log.warning(
+            "%d unseen points keep zero features (no coordinates given for the nearest fill)", int((~seen).sum())
+        )
     frac = float(seen.float().mean()) if n_points else 0.0
-    info = {"vlm": "openscene", "simulated": False, "fusion": "openscene (released, multi-view mean)",
-            "n_frames": 0, "frames_with_depth": 0, "virtual_frames": False, "seen_frac": frac,
-            "files": [p.name for p in paths], "nearest_fill": xyz is not None}
+    info = {
+        "vlm": "openscene",
+        "simulated": False,
+        "fusion": "openscene (released, multi-view mean)",
+        "n_frames": 0,
+        "frames_with_depth": 0,
+        "virtual_frames": False,
+        "seen_frac": frac,
+        "files": [p.name for p in paths],
+        "nearest_fill": xyz is not None,
+    }
     return LiftResult(total, seen, seen.to(torch.int64), info)
 
 
@@ -160,8 +178,9 @@ def openscene_files(feature_dir: str | Path, scene_name: str, sample: int | str 
     if not feature_dir.is_dir():
         raise InputError(feature_dir, "OpenScene feature directory not found")
     pat = re.compile(rf"^{re.escape(scene_name)}_(\d+)\.pt$")
-    numbered = sorted(((int(m.group(1)), p) for p in feature_dir.iterdir() if (m := pat.match(p.name))),
-                      key=lambda t: t[0])
+    numbered = sorted(
+        ((int(m.group(1)), p) for p in feature_dir.iterdir() if (m := pat.match(p.name))), key=lambda t: t[0]
+    )
     if sample != "all":
         want = int(sample)
         hit = [p for n, p in numbered if n == want]
@@ -173,19 +192,29 @@ def openscene_files(feature_dir: str | Path, scene_name: str, sample: int | str 
     single = feature_dir / f"{scene_name}.pt"
     if single.is_file():
         return [single]
-    raise InputError(feature_dir, f"no OpenScene features for scene {scene_name!r} "
-                                  f"(expected {scene_name}_0.pt, {scene_name}_1.pt, ...)")
+    raise InputError(
+        feature_dir,
+        f"no OpenScene features for scene {scene_name!r} (expected {scene_name}_0.pt, {scene_name}_1.pt, ...)",
+    )
 
 
-def lift_from_openscene(scene, feature_dir: str | Path, dim: int | None = None, sample: int | str = "all") -> LiftResult:
+def lift_from_openscene(
+    scene, feature_dir: str | Path, dim: int | None = None, sample: int | str = "all"
+) -> LiftResult:
     """The lifted features of `scene` from OpenScene's files in `feature_dir` (every sample merged,
     or only `{scene}_{sample}.pt`); unseen points filled from their nearest seen point."""
     paths = openscene_files(feature_dir, scene.name, sample)
     res = load_openscene_features(paths, scene.n_points, xyz=scene.xyz, dim=dim)
     res.info["scene"] = scene.name
-    log.info("OpenScene features for %s from %s: %d-d, %.1f%% of %d points seen, the rest filled from the nearest "
-             "seen point", scene.name, ", ".join(res.info["files"]), res.feat.shape[1], 100 * res.info["seen_frac"],
-             scene.n_points)
+    log.info(
+        "OpenScene features for %s from %s: %d-d, %.1f%% of %d points seen, the rest filled from the nearest "
+        "seen point",
+        scene.name,
+        ", ".join(res.info["files"]),
+        res.feat.shape[1],
+        100 * res.info["seen_frac"],
+        scene.n_points,
+    )
     return res
 
 
@@ -211,8 +240,11 @@ class OpenSceneVLM(VLM):
         return self.text.encode_text(prompts)
 
     def frame_features(self, scene, frame_index: int, image_hw: tuple[int, int]) -> torch.Tensor:
-        raise InputError(self.feature_dir, "OpenScene features are per point, already fused over views; lift with "
-                                           "geopurify.lift.openscene.lift_from_openscene (lift.vlm = openscene)")
+        raise InputError(
+            self.feature_dir,
+            "OpenScene features are per point, already fused over views; lift with "
+            "geopurify.lift.openscene.lift_from_openscene (lift.vlm = openscene)",
+        )
 
     def lift(self, scene) -> LiftResult:
         res = lift_from_openscene(scene, self.feature_dir, dim=self.dim)
@@ -226,8 +258,11 @@ class OpenSceneVLM(VLM):
         text_embeddings.pt / .npy inside that directory."""
         root, text = cfg["lift"].get("vlm_path"), cfg["lift"].get("text_path")
         if not root:
-            raise InputError("config lift.vlm_path", "the openscene backend needs lift.vlm_path: the directory of "
-                                                     "OpenScene's {scene}_{n}.pt point-feature files")
+            raise InputError(
+                "config lift.vlm_path",
+                "the openscene backend needs lift.vlm_path: the directory of "
+                "OpenScene's {scene}_{n}.pt point-feature files",
+            )
         if not Path(root).is_dir():
             raise InputError(root, "OpenScene feature directory not found (lift.vlm_path)")
         return cls(text or find_text_file(root), root, device=device)

@@ -4,6 +4,7 @@
 provenance (VLM, fusion, scene; the views lifted from, by frame name, and how many of them were
 occlusion-tested against the points' z-buffer); `load_lifted` reads one back, validated.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ def views_summary(info: dict, show: int = 6) -> str:
     frames = info.get("frames")
     if frames is None:
         return f"{info.get('n_frames', 0)} views"
-    names = frames if len(frames) <= show else frames[:show - 2] + ["..."] + frames[-1:]
+    names = frames if len(frames) <= show else frames[: show - 2] + ["..."] + frames[-1:]
     listed = f"frames {', '.join(names)}; " if frames else ""
     return f"{len(frames)} views ({listed}{info.get('z_buffered', 0)} z-buffered)"
 
@@ -60,8 +61,15 @@ def save_lifted(path: str | Path, result: LiftResult, meta: dict | None = None) 
     save_torch(path, obj)
 
 
-_KEYS = {"feat": torch.Tensor, "seen": torch.Tensor, "n_views": torch.Tensor, "vlm": str,
-         "simulated": bool, "fusion": str, "scene": str}
+_KEYS = {
+    "feat": torch.Tensor,
+    "seen": torch.Tensor,
+    "n_views": torch.Tensor,
+    "vlm": str,
+    "simulated": bool,
+    "fusion": str,
+    "scene": str,
+}
 
 
 def load_lifted(path: str | Path, n_points: int | None = None, dim: int | None = None) -> LiftResult:
@@ -105,6 +113,8 @@ def load_lifted(path: str | Path, n_points: int | None = None, dim: int | None =
         if not isinstance(frames, list) or not all(isinstance(f, str) for f in frames):
             raise InputError(path, "'frames' must be a list of frame names")
         if isinstance(zbuf, bool) or not isinstance(zbuf, int) or not 0 <= zbuf <= len(frames):
-            raise InputError(path, f"'z_buffered' must be an int in 0..{len(frames)} (the number of views), got {zbuf!r}")
+            raise InputError(
+                path, f"'z_buffered' must be an int in 0..{len(frames)} (the number of views), got {zbuf!r}"
+            )
         info.update(frames=frames, z_buffered=zbuf, n_frames=len(frames))
     return LiftResult(feat.float(), seen, n_views.to(torch.int64), info)

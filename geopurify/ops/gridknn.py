@@ -22,6 +22,7 @@ beside this file (or in the user's cache directory), so later processes only loa
 starting together (two test workers, two commands) take turns on a lock file for that first use, so
 one compiles and the others load its cache instead of compiling the same kernels at the same time.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -85,7 +86,7 @@ def _grow(a, n):
     if a.shape[0] >= n:
         return a
     b = np.empty(max(n, 2 * a.shape[0]), a.dtype)
-    b[:a.shape[0]] = a
+    b[: a.shape[0]] = a
     return b
 
 
@@ -95,7 +96,7 @@ def _gather(cs, oidx, cc, cstart, colkeys, colstart, nc, cell, r0, r1, cnt, bx, 
     cells at Chebyshev distance r0..r1 from `cell`, ordered by that distance (shell 0 is the cell
     itself, in index order); shell_end[r] = end of shell r. Returns the buffers (grown if needed)."""
     n0 = 0 if r0 == 0 else shell_end[r0 - 1]
-    cnt[r0:r1 + 1] = 0
+    cnt[r0 : r1 + 1] = 0
     for rep in range(2):  # 1: count the voxels of each shell, 2: copy them
         if rep == 1:
             n = n0
@@ -137,7 +138,7 @@ def _select(d2, ix, n, bound, k, hist, buf, row):
     """row (k,) = the first k by (squared distance, index) of n >= k candidates (d2[:n], ix[:n]),
     all closer than `bound`. Returns the k-th distance and the work buffer (grown if needed)."""
     eb = min(bound, _HIST)
-    hist[:eb + 1] = 0
+    hist[: eb + 1] = 0
     for j in range(n):  # histogram of the distances below eb (bucket eb: the rest)
         hist[min(d2[j], eb)] += 1
     if n - hist[eb] < k:  # the k-th distance is beyond the histogram: sort
@@ -201,8 +202,24 @@ def _knn_block(cs, oidx, cc, cstart, colkeys, colstart, nc, s, k, c0, c1, out):
             while True:
                 if r > R:  # gather more shells
                     R1 = min(r, rmax)
-                    bx, by, bz, bi = _gather(cs, oidx, cc, cstart, colkeys, colstart, nc, cell, R + 1, R1, per_shell,
-                                             bx, by, bz, bi, shell_end)
+                    bx, by, bz, bi = _gather(
+                        cs,
+                        oidx,
+                        cc,
+                        cstart,
+                        colkeys,
+                        colstart,
+                        nc,
+                        cell,
+                        R + 1,
+                        R1,
+                        per_shell,
+                        bx,
+                        by,
+                        bz,
+                        bi,
+                        shell_end,
+                    )
                     R = R1
                     d2 = _grow(d2, bx.shape[0])
                     ix = _grow(ix, bx.shape[0])
@@ -318,6 +335,5 @@ def _knn_grid(c: np.ndarray, k: int, s: int | None, threads: int | None) -> np.n
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(threads) as ex:
-            list(ex.map(lambda b: _knn_block(*args, np.int64(edges[b]), np.int64(edges[b + 1]), out),
-                        range(nblocks)))
+            list(ex.map(lambda b: _knn_block(*args, np.int64(edges[b]), np.int64(edges[b + 1]), out), range(nblocks)))
     return out

@@ -10,6 +10,7 @@ order (squared distance, then index), so it is the same graph on every device an
 cell lists on the integer grid (`geopurify.ops.gridknn`, compiled, CPU), kd-tree candidates with
 tie re-queries (CPU, non-integral coordinates), or chunked exact distances (CUDA).
 """
+
 from __future__ import annotations
 
 import logging
@@ -113,8 +114,9 @@ def knn_graph(coords, k: int = 96, method: str = "auto") -> torch.Tensor:
     raise ValueError(f"unknown kNN method {method!r} (auto | grid | kdtree | brute)")
 
 
-def _select_canonical(cand: np.ndarray, d2: np.ndarray, rows: np.ndarray, k: int, V: int,
-                      integral: bool) -> tuple[np.ndarray, np.ndarray]:
+def _select_canonical(
+    cand: np.ndarray, d2: np.ndarray, rows: np.ndarray, k: int, V: int, integral: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """From candidate neighbours (R, m) with exact squared distances, the k first by (d2, index),
     self excluded, and whether that choice is provably global: it is when some candidate lies
     strictly beyond the k-th distance (every non-candidate is at least that far) or when the
@@ -131,7 +133,7 @@ def _select_canonical(cand: np.ndarray, d2: np.ndarray, rows: np.ndarray, k: int
         d2 = np.where(is_self, np.inf, d2)
         order = np.lexsort((cand, d2), axis=-1)[:, :k]
         idx = np.take_along_axis(cand, order, 1)
-        dk = np.take_along_axis(d2, order[:, k - 1:k], 1)[:, 0]
+        dk = np.take_along_axis(d2, order[:, k - 1 : k], 1)[:, 0]
         far = np.where(is_self, -np.inf, d2).max(1)
     ok = (far > dk) | (cand.shape[1] >= V)
     return idx, ok
@@ -192,7 +194,7 @@ def _knn_brute(c: torch.Tensor, k: int) -> torch.Tensor:
         for a in range(3):  # per axis: no (rows, V, 3) temporary
             d2 += (cf[s:e, a, None] - cf[None, :, a]) ** 2
         d2[torch.arange(e - s, device=c.device), ar[s:e]] = torch.inf
-        dk = torch.topk(d2, k, dim=1, largest=False, sorted=True).values[:, k - 1:k]
+        dk = torch.topk(d2, k, dim=1, largest=False, sorted=True).values[:, k - 1 : k]
         less = d2 < dk
         tie = d2 == dk
         need = k - less.sum(1, keepdim=True)
@@ -201,5 +203,3 @@ def _knn_brute(c: torch.Tensor, k: int) -> torch.Tensor:
         order = torch.sort(d2.gather(1, cols), dim=1, stable=True).indices
         out[s:e] = cols.gather(1, order)
     return out
-
-

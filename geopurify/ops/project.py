@@ -9,6 +9,7 @@ image the pixels refer to. A point projects to the pixel (col, row) = round(u, v
 at integer coordinates). Everything is torch, runs on the tensors' device, and accepts a batch
 of views (poses (V, 4, 4), intrinsics (V, 3, 3)) as well as a single one.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -89,8 +90,9 @@ def in_bounds(col, row, hw: tuple[int, int], border: int = 0):
     return (col >= border) & (row >= border) & (col < W - border) & (row < H - border)
 
 
-def in_image(uv: torch.Tensor, z: torch.Tensor, hw: tuple[int, int], border: int = 10
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+def in_image(
+    uv: torch.Tensor, z: torch.Tensor, hw: tuple[int, int], border: int = 10
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Which projections land inside the image minus `border` pixels, in front of the camera.
 
     Returns (mask bool (..., N), pix int64 (..., N, 2) = rounded (col, row); pix is 0 where the
@@ -107,8 +109,9 @@ def depth_test(z: torch.Tensor, depth_at: torch.Tensor, thr: float) -> torch.Ten
     return (depth_at > 0) & ((depth_at - z).abs() <= thr * depth_at)
 
 
-def zbuffer(xyz: torch.Tensor, pose, K, hw: tuple[int, int], splat: int = 2,
-            chunk: int = 200_000) -> tuple[torch.Tensor, torch.Tensor]:
+def zbuffer(
+    xyz: torch.Tensor, pose, K, hw: tuple[int, int], splat: int = 2, chunk: int = 200_000
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Depth image rendered from the points themselves, for views without a depth frame.
 
     Each point covers the (2*splat+1)^2 pixels around its projection, so background points
@@ -124,7 +127,7 @@ def zbuffer(xyz: torch.Tensor, pose, K, hw: tuple[int, int], splat: int = 2,
     if not xyz.is_floating_point():
         xyz = xyz.float()
     n = xyz.shape[0]
-    if n >= 2 ** 32:
+    if n >= 2**32:
         raise ValueError("zbuffer packs point indices in 32 bits")
     H, W = hw
     pose_b = _as_tensor(pose, xyz).to(torch.float64)
@@ -135,7 +138,7 @@ def zbuffer(xyz: torch.Tensor, pose, K, hw: tuple[int, int], splat: int = 2,
     keys = torch.full((V * H * W,), _EMPTY_KEY, dtype=torch.int64, device=xyz.device)
     offsets = [(dy, dx) for dy in range(-splat, splat + 1) for dx in range(-splat, splat + 1)]
     for s in range(0, n, chunk):
-        u, v, z = _project_soa(xyz[s:s + chunk].t(), P)  # (V, n_c) each
+        u, v, z = _project_soa(xyz[s : s + chunk].t(), P)  # (V, n_c) each
         col, row = torch.round(u), torch.round(v)
         ok = (z > 0) & in_bounds(col, row, hw, -splat)
         vi, pi = ok.nonzero(as_tuple=True)
@@ -143,7 +146,7 @@ def zbuffer(xyz: torch.Tensor, pose, K, hw: tuple[int, int], splat: int = 2,
             continue
         c = col[vi, pi].long()
         r = row[vi, pi].long()
-        zq = (z[vi, pi].double() * _Z_QUANT).round().clamp_(max=2 ** 31 - 1).long()
+        zq = (z[vi, pi].double() * _Z_QUANT).round().clamp_(max=2**31 - 1).long()
         key = (zq << 32) | (pi + s)
         base = vi * (H * W)
         for dy, dx in offsets:
@@ -169,9 +172,18 @@ def zbuffer(xyz: torch.Tensor, pose, K, hw: tuple[int, int], splat: int = 2,
     return depth, index
 
 
-def visible(xyz: torch.Tensor, pose, K, hw: tuple[int, int], border: int = 10, thr: float = 0.05,
-            depth: torch.Tensor | None = None, K_depth=None, splat: int = 2,
-            chunk: int = 200_000) -> tuple[torch.Tensor, torch.Tensor]:
+def visible(
+    xyz: torch.Tensor,
+    pose,
+    K,
+    hw: tuple[int, int],
+    border: int = 10,
+    thr: float = 0.05,
+    depth: torch.Tensor | None = None,
+    K_depth=None,
+    splat: int = 2,
+    chunk: int = 200_000,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Points of one view that pass the image, z > 0 and occlusion tests.
 
     `depth` (H, W) metres, at image size `hw`, projected with `K_depth` (defaults to K; pass it
@@ -193,7 +205,7 @@ def visible(xyz: torch.Tensor, pose, K, hw: tuple[int, int], border: int = 10, t
     H, W = hw
     idx_out, pix_out = [], []
     for s in range(0, xyz.shape[0], chunk):
-        pts_t = xyz[s:s + chunk].t()
+        pts_t = xyz[s : s + chunk].t()
         u, v, z = (a[0] for a in _project_soa(pts_t, P))
         col, row = torch.round(u), torch.round(v)
         mask = (z > 0) & in_bounds(col, row, hw, border)

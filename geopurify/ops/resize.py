@@ -5,6 +5,7 @@ the output pixel whose centre it holds. Nearest resizing therefore takes, for ou
 input pixel floor((2 i + 1) W / (2 W')): no blending, so depths and label ids stay values the
 input held. `map_index` samples a coarse feature map at image pixels by the same rule.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -5,6 +5,7 @@ common to every class, so the scores S = F W_hat^T (`text_scores`, dot products 
 prompts) give the same argmax as the cosines (`cosine_scores`) at one matrix product. Everything
 runs in row chunks (bounded memory) on the features' device, the prompts moved there.
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,11 +27,13 @@ def text_scores(feat: torch.Tensor, text_emb: torch.Tensor, chunk: int = 65536) 
     feat = torch.as_tensor(feat)
     w = unit_text(text_emb).to(feat.device)
     if feat.ndim != 2 or w.ndim != 2 or feat.shape[1] != w.shape[1]:
-        raise ValueError(f"features (V, C) and text embeddings (P, C) must have the same C, "
-                         f"got {tuple(feat.shape)} and {tuple(w.shape)}")
+        raise ValueError(
+            f"features (V, C) and text embeddings (P, C) must have the same C, "
+            f"got {tuple(feat.shape)} and {tuple(w.shape)}"
+        )
     out = torch.empty(feat.shape[0], w.shape[0], dtype=torch.float32, device=feat.device)
     for s in range(0, feat.shape[0], chunk):
-        out[s:s + chunk] = feat[s:s + chunk].float() @ w.T
+        out[s : s + chunk] = feat[s : s + chunk].float() @ w.T
     return out
 
 
@@ -39,7 +42,7 @@ def cosine_scores(feat: torch.Tensor, text_emb: torch.Tensor, chunk: int = 65536
     feat = torch.as_tensor(feat)
     out = text_scores(feat, text_emb, chunk)
     for s in range(0, feat.shape[0], chunk):
-        out[s:s + chunk] /= feat[s:s + chunk].float().norm(dim=1, keepdim=True).clamp_min(1e-12)
+        out[s : s + chunk] /= feat[s : s + chunk].float().norm(dim=1, keepdim=True).clamp_min(1e-12)
     return out
 
 

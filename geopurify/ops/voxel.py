@@ -4,6 +4,7 @@ A voxel is the cell floor(xyz / voxel_size); coordinates are shifted so the smal
 every axis (spconv needs non-negative sites). Voxels are ordered by their linearised key
 (x-major), so the same points always give the same voxel order.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,8 +22,10 @@ def voxelize(xyz: torch.Tensor | np.ndarray, voxel_size: float = 0.02) -> tuple[
     if not voxel_size > 0:
         raise ValueError(f"voxel_size must be positive, got {voxel_size}")
     if xyz.shape[0] == 0:
-        return (torch.zeros(0, 3, dtype=torch.int32, device=xyz.device),
-                torch.zeros(0, dtype=torch.int64, device=xyz.device))
+        return (
+            torch.zeros(0, 3, dtype=torch.int32, device=xyz.device),
+            torch.zeros(0, dtype=torch.int64, device=xyz.device),
+        )
     # float64 division: float32 xyz / 0.02 can round a point into the neighbouring cell
     cell = torch.floor(xyz.to(torch.float64) / voxel_size).to(torch.int64)
     cell -= cell.min(0).values
@@ -42,11 +45,13 @@ def voxel_mean(values: torch.Tensor, inverse: torch.Tensor, n_voxels: int) -> to
     if squeeze:
         values = values[:, None]
     if values.ndim != 2 or inverse.shape != (values.shape[0],):
-        raise ValueError(f"values (N, C) and inverse (N,) must match, got {tuple(values.shape)} and {tuple(inverse.shape)}")
+        raise ValueError(
+            f"values (N, C) and inverse (N,) must match, got {tuple(values.shape)} and {tuple(inverse.shape)}"
+        )
     dtype = torch.float64 if values.dtype == torch.float64 else torch.float32
     out = torch.zeros(n_voxels, values.shape[1], dtype=dtype, device=values.device)
     for s in range(0, values.shape[0], _CHUNK):
-        out.index_add_(0, inverse[s:s + _CHUNK], values[s:s + _CHUNK].to(dtype))
+        out.index_add_(0, inverse[s : s + _CHUNK], values[s : s + _CHUNK].to(dtype))
     count = torch.bincount(inverse, minlength=n_voxels).clamp_(min=1).to(dtype)
     out /= count[:, None]
     return out[:, 0] if squeeze else out

@@ -16,6 +16,7 @@ seen point; with `reference` (the reference code's rule) every voxel keeps its o
 lifted features were already filled from the nearest seen point) and only a voxel whose pooled
 features are still all zero takes the result of the nearest voxel whose are not.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,7 +35,6 @@ from geopurify.schema import check, check_value
 from geopurify.student.network import student_input
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass
@@ -84,16 +84,21 @@ def _check_inputs(scene, lifted, text_emb, device) -> tuple[torch.Tensor, torch.
     dev = torch.device(device)
     feat = torch.as_tensor(lifted.feat)
     if feat.ndim != 2 or feat.shape[0] != n:
-        raise InputError(_where(scene), f"lifted features are {tuple(feat.shape)} for {n} points "
-                                        "(stale feature cache or another scene?)")
+        raise InputError(
+            _where(scene),
+            f"lifted features are {tuple(feat.shape)} for {n} points (stale feature cache or another scene?)",
+        )
     seen = torch.as_tensor(lifted.seen).bool().cpu()
     if seen.shape != (n,):
         raise InputError(_where(scene), f"lifted 'seen' mask is {tuple(seen.shape)} for {n} points")
     if text_emb is not None:
         te = torch.as_tensor(text_emb)
         if te.ndim != 2 or te.shape[1] != feat.shape[1]:
-            raise InputError(_where(scene), f"text embeddings are {tuple(te.shape)} but lifted features have "
-                                            f"{feat.shape[1]} channels (features and prompts from different VLMs?)")
+            raise InputError(
+                _where(scene),
+                f"text embeddings are {tuple(te.shape)} but lifted features have "
+                f"{feat.shape[1]} channels (features and prompts from different VLMs?)",
+            )
         text_emb = te.to(dev, torch.float32)
     return feat.to(dev), seen, text_emb
 
@@ -168,8 +173,21 @@ def _student_voxels(scene, feat: torch.Tensor, voxel_size: float, timings: dict 
     return coords, inverse, x
 
 
-def _pool_voxels(coords, inverse, feat_v, seen, emb, text_emb, cfg, device, pooling, timings,
-                 weights_name: str, scene_name: str, n_points: int) -> PurifyResult:
+def _pool_voxels(
+    coords,
+    inverse,
+    feat_v,
+    seen,
+    emb,
+    text_emb,
+    cfg,
+    device,
+    pooling,
+    timings,
+    weights_name: str,
+    scene_name: str,
+    n_points: int,
+) -> PurifyResult:
     """Shared tail: kNN graph, weights (student affinities or uniform), pooling, fill, points."""
     k, tau, steps, pooling, _ = _settings(cfg, pooling)
     V = coords.shape[0]
@@ -202,17 +220,54 @@ def _pool_voxels(coords, inverse, feat_v, seen, emb, text_emb, cfg, device, pool
         norms = norms[fill]
     inv = inverse.to(dev)
     labels = labels_v[inv].cpu().numpy().astype(np.int64)
-    info = {"scene": scene_name, "n_points": n_points, "n_voxels": V, "k": k_eff, "tau": tau, "steps": steps,
-            "pooling": pooling, "weights": weights_name, "unseen_voxels": int((~seen_v).sum()), "device": str(dev),
-            "unseen_policy": cfg["purify"]["unseen"], "filled_voxels": int((~src_v).sum()),
-            **{key: round(v, 4) for key, v in timings.items()}}
-    log.info("%s: %s pooling (of %s), %d points / %d voxels, k %d, T %d, %d unseen voxels, %d filled (%s); "
-             "knn %.2fs weights %.2fs pool %.2fs", scene_name, weights_name, pooling, n_points, V, k_eff, steps,
-             info["unseen_voxels"], info["filled_voxels"], info["unseen_policy"], timings["knn_s"],
-             timings["weights_s"], timings["pool_s"])
-    return PurifyResult(labels=labels, voxel_scores=scores, raw_labels=np.zeros(0, np.int64), inverse=inverse,
-                        coords=coords, emb=emb, voxel_labels=labels_v, idx=idx, weights=W, voxel_feat=feat_v,
-                        fill=fill, pooled_norm=norms, steps=steps, info=info)
+    info = {
+        "scene": scene_name,
+        "n_points": n_points,
+        "n_voxels": V,
+        "k": k_eff,
+        "tau": tau,
+        "steps": steps,
+        "pooling": pooling,
+        "weights": weights_name,
+        "unseen_voxels": int((~seen_v).sum()),
+        "device": str(dev),
+        "unseen_policy": cfg["purify"]["unseen"],
+        "filled_voxels": int((~src_v).sum()),
+        **{key: round(v, 4) for key, v in timings.items()},
+    }
+    log.info(
+        "%s: %s pooling (of %s), %d points / %d voxels, k %d, T %d, %d unseen voxels, %d filled (%s); "
+        "knn %.2fs weights %.2fs pool %.2fs",
+        scene_name,
+        weights_name,
+        pooling,
+        n_points,
+        V,
+        k_eff,
+        steps,
+        info["unseen_voxels"],
+        info["filled_voxels"],
+        info["unseen_policy"],
+        timings["knn_s"],
+        timings["weights_s"],
+        timings["pool_s"],
+    )
+    return PurifyResult(
+        labels=labels,
+        voxel_scores=scores,
+        raw_labels=np.zeros(0, np.int64),
+        inverse=inverse,
+        coords=coords,
+        emb=emb,
+        voxel_labels=labels_v,
+        idx=idx,
+        weights=W,
+        voxel_feat=feat_v,
+        fill=fill,
+        pooled_norm=norms,
+        steps=steps,
+        info=info,
+    )
 
 
 def _student_embeddings(model, x: torch.Tensor, coords: torch.Tensor, device) -> torch.Tensor:
@@ -232,8 +287,9 @@ def _raw_labels(feat: torch.Tensor, text_emb: torch.Tensor) -> np.ndarray:
     return classify_by_text(feat, text_emb).cpu().numpy().astype(np.int64)
 
 
-def purify_scene(scene, lifted, model, text_emb: torch.Tensor, cfg: dict, device: str = "cpu",
-                 pooling: str | None = None) -> PurifyResult:
+def purify_scene(
+    scene, lifted, model, text_emb: torch.Tensor, cfg: dict, device: str = "cpu", pooling: str | None = None
+) -> PurifyResult:
     """GeoPurify inference on one scene.
 
     scene: geopurify.data.scene.Scene; lifted: LiftResult (.feat (N, C), .seen (N,)); model: the
@@ -249,14 +305,28 @@ def purify_scene(scene, lifted, model, text_emb: torch.Tensor, cfg: dict, device
     emb = _student_embeddings(model, x, coords, device)
     timings["student_s"] = time.perf_counter() - t
     C = feat.shape[1]
-    res = _pool_voxels(coords, inverse, x[:, :C], seen, emb, text_emb, cfg, device, pooling, timings,
-                       "student affinities", scene.name, scene.n_points)
+    res = _pool_voxels(
+        coords,
+        inverse,
+        x[:, :C],
+        seen,
+        emb,
+        text_emb,
+        cfg,
+        device,
+        pooling,
+        timings,
+        "student affinities",
+        scene.name,
+        scene.n_points,
+    )
     res.raw_labels = _raw_labels(feat, text_emb)
     return res
 
 
-def knn_mean_scene(scene, lifted, text_emb: torch.Tensor, cfg: dict, device: str = "cpu",
-                   pooling: str | None = None) -> PurifyResult:
+def knn_mean_scene(
+    scene, lifted, text_emb: torch.Tensor, cfg: dict, device: str = "cpu", pooling: str | None = None
+) -> PurifyResult:
     """Baseline: the same K and T as purify_scene but uniform weights 1/K (plain kNN-mean smoothing,
     no student). `.labels` are its per-point predictions."""
     *_, pooling, voxel_size = _settings(cfg, pooling)
@@ -266,8 +336,21 @@ def knn_mean_scene(scene, lifted, text_emb: torch.Tensor, cfg: dict, device: str
     coords, inverse = _voxelise(scene, voxel_size)
     feat_v = voxel_mean(feat, inverse, coords.shape[0]).float()
     timings["voxelise_s"] = time.perf_counter() - t
-    res = _pool_voxels(coords, inverse, feat_v, seen, None, text_emb, cfg, device, pooling, timings,
-                       "uniform (kNN-mean baseline)", scene.name, scene.n_points)
+    res = _pool_voxels(
+        coords,
+        inverse,
+        feat_v,
+        seen,
+        None,
+        text_emb,
+        cfg,
+        device,
+        pooling,
+        timings,
+        "uniform (kNN-mean baseline)",
+        scene.name,
+        scene.n_points,
+    )
     res.raw_labels = _raw_labels(feat, text_emb)
     return res
 
@@ -285,8 +368,11 @@ def query_scores(result: PurifyResult, text_emb_new: torch.Tensor) -> np.ndarray
     single = te.ndim == 1
     te = te.reshape(-1, te.shape[-1]).to(result.voxel_feat.device)
     if te.shape[1] != result.voxel_feat.shape[1]:
-        raise InputError(None, f"prompt embeddings have {te.shape[1]} channels, the lifted features "
-                               f"{result.voxel_feat.shape[1]} (different VLMs?)")
+        raise InputError(
+            None,
+            f"prompt embeddings have {te.shape[1]} channels, the lifted features "
+            f"{result.voxel_feat.shape[1]} (different VLMs?)",
+        )
     s = pool(text_scores(result.voxel_feat, te), result.idx, result.weights, result.steps, progress=False)
     if result.pooled_norm is not None:
         s = s / result.pooled_norm.clamp_min(1e-12)[:, None]
@@ -306,8 +392,8 @@ def purified_features(scene, lifted, model, cfg: dict, device: str = "cpu") -> t
     k_eff = min(k, V - 1)
     if k_eff >= 1:
         idx = cached_knn_graph(coords, k_eff, dev)
-        pooled = pool(x[:, :feat.shape[1]], idx, affinity_weights(emb, idx, tau), steps)
+        pooled = pool(x[:, : feat.shape[1]], idx, affinity_weights(emb, idx, tau), steps)
     else:
-        pooled = x[:, :feat.shape[1]]
+        pooled = x[:, : feat.shape[1]]
     fill = nearest_seen(coords, fill_sources(cfg, seen_voxels(seen, inverse, V), pooled)).to(dev)
     return pooled[fill[inverse.to(dev)]].cpu()

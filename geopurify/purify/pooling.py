@@ -21,6 +21,7 @@ gather + weighted sum) on both. Voxels come x-major sorted from voxelize, so the
 consecutive rows overlap and their gathers hit the cache. Every kernel works in row or channel chunks
 so memory stays bounded (never V x K x C).
 """
+
 from __future__ import annotations
 
 import logging
@@ -73,8 +74,9 @@ def edge_cosines(emb: torch.Tensor, idx: torch.Tensor, method: str = "auto", chu
             e = min(V, s + chunk)
             n = e - s
             crow = torch.arange(0, n * k + 1, k, dtype=torch.int64, device=g.device)
-            A = torch.sparse_csr_tensor(crow, idx[s:e].reshape(-1), torch.zeros(n * k, device=g.device), size=(n, V),
-                                        check_invariants=False)
+            A = torch.sparse_csr_tensor(
+                crow, idx[s:e].reshape(-1), torch.zeros(n * k, device=g.device), size=(n, V), check_invariants=False
+            )
             out[s:e] = torch.sparse.sampled_addmm(A, g[s:e], gt, beta=0.0).values().view(n, k)
     return out
 
@@ -101,12 +103,20 @@ def uniform_weights(idx: torch.Tensor) -> torch.Tensor:
 def _check_graph(values: torch.Tensor, idx: torch.Tensor, W: torch.Tensor) -> None:
     V = values.shape[0]
     if idx.ndim != 2 or idx.shape[0] != V or W.shape != idx.shape:
-        raise ValueError(f"values ({V}, C), idx (V, k) and W (V, k) must match, "
-                         f"got {tuple(values.shape)}, {tuple(idx.shape)}, {tuple(W.shape)}")
+        raise ValueError(
+            f"values ({V}, C), idx (V, k) and W (V, k) must match, "
+            f"got {tuple(values.shape)}, {tuple(idx.shape)}, {tuple(W.shape)}"
+        )
 
 
-def pool(values: torch.Tensor, idx: torch.Tensor, W: torch.Tensor, steps: int = 18,
-         method: str = "auto", progress: bool = True) -> torch.Tensor:
+def pool(
+    values: torch.Tensor,
+    idx: torch.Tensor,
+    W: torch.Tensor,
+    steps: int = 18,
+    method: str = "auto",
+    progress: bool = True,
+) -> torch.Tensor:
     """F(steps) with F(0) = values (V, C) and F(t+1)_i = sum_j W_ij F(t)_{idx_ij}.
 
     method "bag" (default, CPU and CUDA): one torch embedding_bag per step, a fused gather and
@@ -137,17 +147,18 @@ def pool(values: torch.Tensor, idx: torch.Tensor, W: torch.Tensor, steps: int = 
             idx = _bag_indices(idx)
         blocks = range(0, C, _POOL_CHANNELS)
         out = vals if len(blocks) == 1 else torch.empty_like(vals)
-        bar = tqdm(total=len(blocks) * steps, desc="pooling", unit="step", leave=False,
-                   disable=None if progress else True)
+        bar = tqdm(
+            total=len(blocks) * steps, desc="pooling", unit="step", leave=False, disable=None if progress else True
+        )
         for c0 in blocks:
-            f = vals[:, c0:c0 + _POOL_CHANNELS].contiguous()
+            f = vals[:, c0 : c0 + _POOL_CHANNELS].contiguous()
             for _ in range(steps):
                 f = _step_bag(f, idx, W) if method == "bag" else _step_gather(f, idx, W)
                 bar.update()
             if len(blocks) == 1:
                 out = f
             else:
-                out[:, c0:c0 + _POOL_CHANNELS] = f
+                out[:, c0 : c0 + _POOL_CHANNELS] = f
         bar.close()
     return out[:, 0] if squeeze else out
 
@@ -180,8 +191,14 @@ def _step_gather(f: torch.Tensor, idx: torch.Tensor, W: torch.Tensor) -> torch.T
 # classification: the reference and the fast formulation (scores: geopurify.ops.scores)
 
 
-def pool_reference(feat: torch.Tensor, idx: torch.Tensor, W: torch.Tensor, text_emb: torch.Tensor,
-                   steps: int = 18, method: str = "auto") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pool_reference(
+    feat: torch.Tensor,
+    idx: torch.Tensor,
+    W: torch.Tensor,
+    text_emb: torch.Tensor,
+    steps: int = 18,
+    method: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Reference formulation: pool all C channels, classify by cosine.
     -> (labels (V,) int64, cosine scores (V, P), pooled-feature norms (V,))."""
     pooled = pool(feat, idx, W, steps, method)
@@ -190,8 +207,14 @@ def pool_reference(feat: torch.Tensor, idx: torch.Tensor, W: torch.Tensor, text_
     return scores.argmax(1), scores, norms
 
 
-def pool_scores(feat: torch.Tensor, idx: torch.Tensor, W: torch.Tensor, text_emb: torch.Tensor,
-                steps: int = 18, method: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+def pool_scores(
+    feat: torch.Tensor,
+    idx: torch.Tensor,
+    W: torch.Tensor,
+    text_emb: torch.Tensor,
+    steps: int = 18,
+    method: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Fast formulation: pool the class scores S = F W_hat^T (P channels instead of C).
     -> (labels (V,) int64, pooled scores (V, P) = F(T) . w_c/|w_c|); same labels as pool_reference."""
     pooled = pool(text_scores(feat, text_emb), idx, W, steps, method)

@@ -19,6 +19,7 @@ which pooling shrinks where a neighbourhood's features disagree. The cosine itse
 C channels pooled for every T. Points whose voxel holds no seen point take the nearest seen voxel's
 values (as purify_scene does).
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,9 +30,16 @@ import numpy as np
 import torch
 
 from geopurify.errors import InputError
-from geopurify.purify.infer import (_check_inputs, _settings, _student_embeddings, _student_voxels, cached_knn_graph,
-                                    nearest_seen, seen_voxels)
 from geopurify.ops.scores import classify_by_text, unit_text
+from geopurify.purify.infer import (
+    _check_inputs,
+    _settings,
+    _student_embeddings,
+    _student_voxels,
+    cached_knn_graph,
+    nearest_seen,
+    seen_voxels,
+)
 from geopurify.purify.pooling import affinity_weights, uniform_weights
 
 log = logging.getLogger(__name__)
@@ -57,8 +65,11 @@ class PoolingMatrix:
         n = max(1, min(threads or torch.get_num_threads(), V))
         bounds = np.linspace(0, V, n + 1).astype(np.int64)
         indptr = np.arange(0, V * k + 1, k, dtype=np.int64)
-        self.blocks = [sp.csr_matrix((W[a:b].ravel(), idx[a:b].ravel(), indptr[: b - a + 1]), shape=(b - a, V))
-                       for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+        self.blocks = [
+            sp.csr_matrix((W[a:b].ravel(), idx[a:b].ravel(), indptr[: b - a + 1]), shape=(b - a, V))
+            for a, b in zip(bounds[:-1], bounds[1:])
+            if b > a
+        ]
 
     def __matmul__(self, values: np.ndarray) -> np.ndarray:
         if len(self.blocks) == 1:
@@ -167,8 +178,11 @@ def prompt_steps(session: QuerySession, text_emb, method: str | None = None) -> 
     with T and map it to points with `session.to_points` (see `prompt_relevance`)."""
     w = torch.as_tensor(text_emb).detach().cpu().float().reshape(-1)
     if w.shape[0] != session.voxel_feat.shape[1]:
-        raise InputError(None, f"prompt embedding is {w.shape[0]}-d, the lifted features "
-                               f"{session.voxel_feat.shape[1]}-d (different VLMs?)")
+        raise InputError(
+            None,
+            f"prompt embedding is {w.shape[0]}-d, the lifted features "
+            f"{session.voxel_feat.shape[1]}-d (different VLMs?)",
+        )
     method = method or session.relevance_pool
     if session.pool.get(method) is None:
         raise ValueError(f"no {method} weights in this session (no student loaded?)")
@@ -201,8 +215,9 @@ def feature_at(session: QuerySession, point: int, steps: int, method: str | None
     return (row @ session.voxel_feat).astype(np.float32)
 
 
-def top_scores(session: QuerySession, point: int, steps: int, prompts: dict[str, np.ndarray] | None = None,
-               n: int = 5) -> dict:
+def top_scores(
+    session: QuerySession, point: int, steps: int, prompts: dict[str, np.ndarray] | None = None, n: int = 5
+) -> dict:
     """Top-`n` classes of the label set and of the given prompts (name -> embedding) at one point after
     `steps` pooling rounds: {"classes": [(name, score)], "prompts": [(text, score)]}, scores as the
     heat map shows them (pooled feature . unit embedding)."""
@@ -247,18 +262,43 @@ def build_session(scene, lifted, model, class_emb, class_names, cfg: dict, devic
     fill = nearest_seen(coords, seen_voxels(seen, inverse, V))
     te = unit_text(torch.as_tensor(class_emb).detach().cpu().float())
     raw = classify_by_text(feat.cpu(), te).numpy().astype(np.int64)
-    info = {"scene": scene.name, "n_points": scene.n_points, "n_voxels": V, "k": k_eff, "tau": tau, "steps": steps,
-            "student": model is not None, **{key: round(v, 4) for key, v in timings.items()}}
-    log.info("%s: loaded for prompts: %d points / %d voxels, k %d, %s; voxelise %.2fs%s knn %.2fs weights %.2fs",
-             scene.name, scene.n_points, V, k_eff, "student affinities" if emb is not None else "no student (kNN-mean)",
-             timings["voxelise_s"], f" student {timings['student_s']:.2f}s" if emb is not None else "",
-             timings["knn_s"], timings["weights_s"])
+    info = {
+        "scene": scene.name,
+        "n_points": scene.n_points,
+        "n_voxels": V,
+        "k": k_eff,
+        "tau": tau,
+        "steps": steps,
+        "student": model is not None,
+        **{key: round(v, 4) for key, v in timings.items()},
+    }
+    log.info(
+        "%s: loaded for prompts: %d points / %d voxels, k %d, %s; voxelise %.2fs%s knn %.2fs weights %.2fs",
+        scene.name,
+        scene.n_points,
+        V,
+        k_eff,
+        "student affinities" if emb is not None else "no student (kNN-mean)",
+        timings["voxelise_s"],
+        f" student {timings['student_s']:.2f}s" if emb is not None else "",
+        timings["knn_s"],
+        timings["weights_s"],
+    )
     if pool["knn_mean"] is None:  # a single voxel: nothing to pool over, every step equals step 0
         one = PoolingMatrix(torch.zeros(1, 1, dtype=torch.int64), torch.ones(1, 1))  # A = [1]: values stay
         pool = {"purified": None if emb is None else one, "knn_mean": one}
-    return QuerySession(name=scene.name, n_points=scene.n_points, point_voxel=fill[inverse.cpu()].numpy(),
-                        voxel_feat=x[:, :feat.shape[1]].float().cpu().numpy(), pool=pool, class_names=list(class_names),
-                        class_emb=te.numpy(), raw_labels=raw, steps=steps, info=info)
+    return QuerySession(
+        name=scene.name,
+        n_points=scene.n_points,
+        point_voxel=fill[inverse.cpu()].numpy(),
+        voxel_feat=x[:, : feat.shape[1]].float().cpu().numpy(),
+        pool=pool,
+        class_names=list(class_names),
+        class_emb=te.numpy(),
+        raw_labels=raw,
+        steps=steps,
+        info=info,
+    )
 
 
 @dataclass
@@ -280,8 +320,10 @@ def stand_ins(scene, vlm, lifted_info: dict, meta: dict | None) -> list[str]:
     out = []
     ckpt_vlm = (meta or {}).get("vlm") or {}
     if vlm.simulated or lifted_info.get("simulated") or ckpt_vlm.get("simulated"):
-        out.append("SIMULATED VLM: lifted features and prompt embeddings come from an offline stand-in "
-                   "(not CLIP/X-Decoder); free-text relevance reflects its text space only")
+        out.append(
+            "SIMULATED VLM: lifted features and prompt embeddings come from an offline stand-in "
+            "(not CLIP/X-Decoder); free-text relevance reflects its text space only"
+        )
     teacher = (meta or {}).get("teacher") or {}
     if teacher.get("stand_in"):
         out.append(f"student distilled from the teacher '{teacher.get('name', '?')}', an offline stand-in: not Sonata")
@@ -290,20 +332,29 @@ def stand_ins(scene, vlm, lifted_info: dict, meta: dict | None) -> list[str]:
     return out
 
 
-def load_session(scene_dir, ckpt=None, features=None, config=None, vlm: str | None = None,
-                 vlm_path: str | None = None, sets=(), cache_dir=None, fallback_cache_dir=None,
-                 device="cpu") -> tuple[QuerySession, Loaded]:
+def load_session(
+    scene_dir,
+    ckpt=None,
+    features=None,
+    config=None,
+    vlm: str | None = None,
+    vlm_path: str | None = None,
+    sets=(),
+    cache_dir=None,
+    fallback_cache_dir=None,
+    device="cpu",
+) -> tuple[QuerySession, Loaded]:
     """Read a scene, its lifted features (`features`: a `.lift.pt` file; else lifted with the
     configured VLM through the cache: `cache_dir`, else the config's data.cache_dir, else
     `fallback_cache_dir`) and optionally a student checkpoint, and build the session. Config, later
     wins: `config` if given, else the defaults with the checkpoint's stored config; `vlm` /
     `vlm_path` (lift.vlm / lift.vlm_path); `sets` (`--set KEY=VALUE` strings)."""
-    from geopurify.lift.cache import cached_lift
     from geopurify.config import apply_sets, load_config, merge
     from geopurify.data.labels import get_label_set
     from geopurify.data.readers import load_scene
-    from geopurify.student.checkpoint import check_compatible, load_student
+    from geopurify.lift.cache import cached_lift
     from geopurify.lift.result import load_lifted
+    from geopurify.student.checkpoint import check_compatible, load_student
     from geopurify.vlm import build_vlm, text_embeddings
 
     if ckpt is None and features is None:
@@ -325,8 +376,12 @@ def load_session(scene_dir, ckpt=None, features=None, config=None, vlm: str | No
     if features is not None:
         lifted = load_lifted(features, n_points=scene.n_points, dim=encoder.dim)
         if lifted.info.get("vlm") != encoder.name:
-            log.warning("%s: features come from %r but prompts are embedded by %r", features, lifted.info.get("vlm"),
-                        encoder.name)
+            log.warning(
+                "%s: features come from %r but prompts are embedded by %r",
+                features,
+                lifted.info.get("vlm"),
+                encoder.name,
+            )
     else:
         cache_dir = cache_dir or cfg["data"]["cache_dir"] or fallback_cache_dir
         if cache_dir is None:
@@ -334,6 +389,13 @@ def load_session(scene_dir, ckpt=None, features=None, config=None, vlm: str | No
         lifted = cached_lift(scene, cfg, encoder, cache_dir, device=device)
     class_emb = text_embeddings(encoder, label_set, cfg["lift"]["prompt_template"])
     session = build_session(scene, lifted, model, class_emb, label_set.names, cfg, device)
-    loaded = Loaded(scene=scene, vlm=encoder, label_set=label_set, cfg=cfg, meta=meta,
-                    stand_ins=stand_ins(scene, encoder, lifted.info, meta), lifted_info=dict(lifted.info))
+    loaded = Loaded(
+        scene=scene,
+        vlm=encoder,
+        label_set=label_set,
+        cfg=cfg,
+        meta=meta,
+        stand_ins=stand_ins(scene, encoder, lifted.info, meta),
+        lifted_info=dict(lifted.info),
+    )
     return session, loaded

@@ -18,6 +18,7 @@ share of the squared norm (weight^2), concatenated and L2-normalised:
 All loops are over fixed-size chunks of points (memory bounded); ~3-4 s for an 80k-point ScanNet
 scene on one CPU core, a third of it the k = 64 kd-tree query.
 """
+
 from __future__ import annotations
 
 import logging
@@ -73,8 +74,14 @@ def eigen_features(xyz: np.ndarray, idx: np.ndarray, scales=(16, 32, 64)) -> np.
         lam = np.clip(lam, 0.0, None)
         l3, l2, l1 = lam[:, 0], lam[:, 1], lam[:, 2]
         d1 = l1 + _EPS
-        out += [(l1 - l2) / d1, (l2 - l3) / d1, l3 / d1, l3 / (lam.sum(1) + _EPS),
-                np.abs(vec[:, 2, 0]), np.abs(vec[:, 2, 2])]
+        out += [
+            (l1 - l2) / d1,
+            (l2 - l3) / d1,
+            l3 / d1,
+            l3 / (lam.sum(1) + _EPS),
+            np.abs(vec[:, 2, 0]),
+            np.abs(vec[:, 2, 2]),
+        ]
     return np.stack(out, 1).astype(np.float32)
 
 
@@ -86,8 +93,9 @@ def _soft_hist(x: np.ndarray, valid: np.ndarray, bins: int) -> np.ndarray:
     lo = np.minimum(np.floor(t).astype(np.int64), bins - 2)
     frac = (t - lo) * valid
     flat = (np.arange(n)[:, None] * bins + lo).ravel()
-    h = (np.bincount(flat, (valid - frac).ravel(), n * bins)
-         + np.bincount(flat + 1, frac.ravel(), n * bins)).reshape(n, bins)
+    h = (np.bincount(flat, (valid - frac).ravel(), n * bins) + np.bincount(flat + 1, frac.ravel(), n * bins)).reshape(
+        n, bins
+    )
     return h / np.maximum(valid.sum(1, keepdims=True), 1)
 
 
@@ -104,9 +112,11 @@ def spfh(xyz: np.ndarray, normals: np.ndarray, centre: np.ndarray, idx: np.ndarr
     n_p = normals[src].astype(np.float64)
     n_q = normals[idx].astype(np.float64)
     half_pi = np.pi / 2
-    angles = (np.arccos(np.clip(np.abs((n_p * n_q).sum(2)), 0, 1)) / half_pi,
-              np.arcsin(np.clip(np.abs((n_p * d).sum(2)), 0, 1)) / half_pi,
-              np.arcsin(np.clip(np.abs((n_q * d).sum(2)), 0, 1)) / half_pi)
+    angles = (
+        np.arccos(np.clip(np.abs((n_p * n_q).sum(2)), 0, 1)) / half_pi,
+        np.arcsin(np.clip(np.abs((n_p * d).sum(2)), 0, 1)) / half_pi,
+        np.arcsin(np.clip(np.abs((n_q * d).sum(2)), 0, 1)) / half_pi,
+    )
     return np.concatenate([_soft_hist(a, valid, bins) for a in angles], 1)
 
 
@@ -114,9 +124,9 @@ def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     """uint8 sRGB (N, 3) -> CIE Lab (D65) float32 (N, 3), L in [0, 100]."""
     c = rgb.astype(np.float64) / 255.0
     c = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-    m = np.array([[0.4124564, 0.3575761, 0.1804375],
-                  [0.2126729, 0.7151522, 0.0721750],
-                  [0.0193339, 0.1191920, 0.9503041]])
+    m = np.array(
+        [[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750], [0.0193339, 0.1191920, 0.9503041]]
+    )
     xyz = c @ m.T / np.array([0.95047, 1.0, 1.08883])
     e = 216 / 24389
     f = np.where(xyz > e, np.cbrt(xyz), (24389 / 27 * xyz + 16) / 116)
@@ -127,8 +137,17 @@ def normal_outer(normals: np.ndarray) -> np.ndarray:
     """(N, 6) unique entries of n n^T (off-diagonals x sqrt 2, so norms match): sign-invariant."""
     n = normals.astype(np.float32)
     r2 = np.float32(np.sqrt(2.0))
-    return np.stack([n[:, 0] ** 2, n[:, 1] ** 2, n[:, 2] ** 2,
-                     r2 * n[:, 0] * n[:, 1], r2 * n[:, 0] * n[:, 2], r2 * n[:, 1] * n[:, 2]], 1)
+    return np.stack(
+        [
+            n[:, 0] ** 2,
+            n[:, 1] ** 2,
+            n[:, 2] ** 2,
+            r2 * n[:, 0] * n[:, 1],
+            r2 * n[:, 0] * n[:, 2],
+            r2 * n[:, 1] * n[:, 2],
+        ],
+        1,
+    )
 
 
 def standardise(block: np.ndarray, weight: float) -> np.ndarray:
@@ -145,8 +164,15 @@ class GeometricTeacher(Teacher):
     name = NAME
     stand_in = True
 
-    def __init__(self, scales: tuple[int, ...] = (16, 32, 64), fpfh_k: int = 16, bins: int = 5,
-                 colour_k: int = 16, weights: dict | None = None, chunk: int = 32768):
+    def __init__(
+        self,
+        scales: tuple[int, ...] = (16, 32, 64),
+        fpfh_k: int = 16,
+        bins: int = 5,
+        colour_k: int = 16,
+        weights: dict | None = None,
+        chunk: int = 32768,
+    ):
         scales = tuple(sorted(scales))
         if min(scales) < 3 or fpfh_k < 1 or bins < 2 or colour_k < 1 or chunk < 1:
             raise ValueError("scales >= 3, fpfh_k >= 1, bins >= 2, colour_k >= 1 and chunk >= 1 required")
@@ -166,13 +192,12 @@ class GeometricTeacher(Teacher):
         shape = np.empty((n, 6 * len(self.scales)), np.float32)
         hist = np.empty((n, 3 * self.bins), np.float32)
         starts = range(0, n, self.chunk)
-        for s in tqdm(starts, desc="geometric teacher (stand-in)", unit="chunk", leave=False,
-                      disable=len(starts) < 4):
+        for s in tqdm(starts, desc="geometric teacher (stand-in)", unit="chunk", leave=False, disable=len(starts) < 4):
             sl = slice(s, s + self.chunk)
             shape[sl] = eigen_features(xyz, idx[sl], self.scales)
-            hist[sl] = spfh(xyz, normals, np.arange(s, min(s + self.chunk, n)), idx[sl, 1: self.fpfh_k + 1], self.bins)
+            hist[sl] = spfh(xyz, normals, np.arange(s, min(s + self.chunk, n)), idx[sl, 1 : self.fpfh_k + 1], self.bins)
         # FPFH-style: a point's histogram averaged with its neighbours' (inverse-distance weights)
-        nb = idx[:, 1: self.fpfh_k + 1]
+        nb = idx[:, 1 : self.fpfh_k + 1]
         fpfh = np.empty_like(hist)
         for s in range(0, n, self.chunk):
             sl = slice(s, s + self.chunk)
@@ -183,16 +208,23 @@ class GeometricTeacher(Teacher):
         lab = srgb_to_lab(rgb)
         lab_nb = np.empty_like(lab)
         for s in range(0, n, self.chunk):
-            lab_nb[s: s + self.chunk] = lab[idx[s: s + self.chunk, : self.colour_k]].mean(1)
+            lab_nb[s : s + self.chunk] = lab[idx[s : s + self.chunk, : self.colour_k]].mean(1)
         height = (xyz[:, 2] - np.percentile(xyz[:, 2], 1))[:, None]
-        return {"shape": shape, "fpfh": fpfh, "normal": normal_outer(normals),
-                "colour": np.concatenate([lab, lab_nb], 1), "height": height}
+        return {
+            "shape": shape,
+            "fpfh": fpfh,
+            "normal": normal_outer(normals),
+            "colour": np.concatenate([lab, lab_nb], 1),
+            "height": height,
+        }
 
     def descriptor(self, xyz: np.ndarray, rgb: np.ndarray, normals: np.ndarray) -> np.ndarray:
         """(N, dim) float32 concatenation of the standardised, weighted blocks (not normalised)."""
         n = len(xyz)
         if np.shape(xyz) != (n, 3) or np.shape(rgb) != (n, 3) or np.shape(normals) != (n, 3):
-            raise ValueError(f"xyz, rgb and normals must be (N, 3), got {np.shape(xyz)}, {np.shape(rgb)}, {np.shape(normals)}")
+            raise ValueError(
+                f"xyz, rgb and normals must be (N, 3), got {np.shape(xyz)}, {np.shape(rgb)}, {np.shape(normals)}"
+            )
         blocks = self.blocks(xyz, rgb, normals)
         return np.concatenate([standardise(blocks[b], self.weights[b]) for b in DEFAULT_WEIGHTS], 1)
 
@@ -200,8 +232,14 @@ class GeometricTeacher(Teacher):
         t0 = time.perf_counter()
         normals = np.asarray(scene.normals, dtype=np.float32)
         feat = finish_embedding(self.descriptor(scene.xyz, scene.rgb, normals))
-        logger.info("%s: %s, %d points -> %d-d in %.1f s", NAME, scene.name, feat.shape[0], feat.shape[1],
-                    time.perf_counter() - t0)
+        logger.info(
+            "%s: %s, %d points -> %d-d in %.1f s",
+            NAME,
+            scene.name,
+            feat.shape[0],
+            feat.shape[1],
+            time.perf_counter() - t0,
+        )
         return feat
 
     @classmethod

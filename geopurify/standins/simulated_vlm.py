@@ -20,6 +20,7 @@ Per view (frame), in order:
 5. (d) Gaussian noise `noise_std` per channel, then L2 normalisation.
 Every random draw comes from a generator seeded by (vlm_sim.seed, scene name, frame index).
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,14 +31,14 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from geopurify.data.scene import Frame, Scene
 from geopurify.config import defaults
+from geopurify.data.scene import Frame, Scene
 from geopurify.errors import InputError
 from geopurify.ops.project import rescale_intrinsic, zbuffer
 from geopurify.ops.resize import resize_nearest
-from geopurify.vlm.base import VLM
 from geopurify.ops.scores import l2_normalize
 from geopurify.schema import check
+from geopurify.vlm.base import VLM
 from geopurify.vlm.text import DEFAULT_TEMPLATE, MiniLMTextEncoder, prompts_for
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ _KEY_SHIFT = 40  # object key = class << 40 | sub-id
 
 
 # ---------------------------------------------------------------- geometry helpers
+
 
 def frame_image_hw(frame: Frame, image_hw: tuple[int, int]) -> tuple[int, int]:
     """(H, W) of the image that `frame.intrinsic` belongs to: the colour image, else the label
@@ -62,8 +64,9 @@ def frame_image_hw(frame: Frame, image_hw: tuple[int, int]) -> tuple[int, int]:
     return int(image_hw[0]), int(image_hw[1])
 
 
-def render_point_labels(scene: Scene, frame: Frame, image_hw: tuple[int, int], splat: int = 2,
-                        labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+def render_point_labels(
+    scene: Scene, frame: Frame, image_hw: tuple[int, int], splat: int = 2, labels: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Per-pixel raw label ids (0 = nothing) and instance ids (or None) of the points visible in a view.
 
     Uses the z-buffer of the points themselves (`geopurify.ops.project.zbuffer`, as lifting's
@@ -72,8 +75,7 @@ def render_point_labels(scene: Scene, frame: Frame, image_hw: tuple[int, int], s
     """
     labels = scene.labels if labels is None else labels
     if labels is None:
-        raise InputError(scene.path or scene.name,
-                         "the simulated VLM needs per-point labels or per-frame label images")
+        raise InputError(scene.path or scene.name, "the simulated VLM needs per-point labels or per-frame label images")
     K = rescale_intrinsic(frame.intrinsic, frame_image_hw(frame, image_hw), image_hw)
     xyz = torch.from_numpy(np.ascontiguousarray(scene.xyz, dtype=np.float32))
     _, index = zbuffer(xyz, np.asarray(frame.pose, np.float64), K, tuple(image_hw), splat=splat)
@@ -90,8 +92,8 @@ def render_point_labels(scene: Scene, frame: Frame, image_hw: tuple[int, int], s
 
 # ---------------------------------------------------------------- pure degradation steps
 
-def object_map(cls_map: np.ndarray, n_cls: int, instances: np.ndarray | None = None
-               ) -> tuple[np.ndarray, np.ndarray]:
+
+def object_map(cls_map: np.ndarray, n_cls: int, instances: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Split a class map into objects: (obj (H, W) int64, -1 on background; obj_cls (M,) int64).
 
     An object is one (class, instance id) pair where the instance id is > 0, else one 8-connected
@@ -131,8 +133,13 @@ def close_class_probs(class_emb: torch.Tensor, temp: float) -> np.ndarray:
     return torch.softmax(s, dim=1).numpy()
 
 
-def corrupt_classes(obj_cls: np.ndarray, rng: np.random.Generator, close_probs: np.ndarray,
-                    confusion_prob: float, mask_error_prob: float) -> np.ndarray:
+def corrupt_classes(
+    obj_cls: np.ndarray,
+    rng: np.random.Generator,
+    close_probs: np.ndarray,
+    confusion_prob: float,
+    mask_error_prob: float,
+) -> np.ndarray:
     """New class per object: a whole-mask error (uniform other class) with prob `mask_error_prob`,
     else a semantic confusion (drawn from `close_probs[c]`) with prob `confusion_prob`, else unchanged.
 
@@ -169,8 +176,9 @@ def patch_fractions(cls_map: np.ndarray, n_slots: int, patch: int) -> np.ndarray
     return counts / counts.sum(-1, keepdims=True)
 
 
-def features_from_fractions(frac: np.ndarray, table: torch.Tensor, noise_std: float,
-                            rng: np.random.Generator) -> torch.Tensor:
+def features_from_fractions(
+    frac: np.ndarray, table: torch.Tensor, noise_std: float, rng: np.random.Generator
+) -> torch.Tensor:
     """(C, h, w) unit features: class-share-weighted embedding mix, plus N(0, noise_std) per channel."""
     f = torch.from_numpy(frac) @ table.float()
     if noise_std > 0:
@@ -184,6 +192,7 @@ def view_rng(seed: int, scene_name: str, frame_index: int) -> np.random.Generato
 
 
 # ---------------------------------------------------------------- the backend
+
 
 @dataclass
 class SimView:
@@ -226,11 +235,20 @@ class SimulatedVLM(VLM):
         self.background_emb = self.text.encode([BACKGROUND_PROMPT])  # (1, C)
         self.table = torch.cat([self.class_emb, self.background_emb], 0)  # slot K = background
         self.close_probs = close_class_probs(self.class_emb, self.sim["confusion_temp"])
-        log.info("SIMULATED VLM (offline stand-in, not a real vision model): %d classes of label set %s in "
-                 "the %s text space; patch=%d confusion_prob=%.3g confusion_temp=%.3g mask_error_prob=%.3g "
-                 "noise_std=%.3g seed=%d", self.n_classes, getattr(label_set, "name", "?"), self.text.name,
-                 self.sim["patch"], self.sim["confusion_prob"], self.sim["confusion_temp"],
-                 self.sim["mask_error_prob"], self.sim["noise_std"], self.sim["seed"])
+        log.info(
+            "SIMULATED VLM (offline stand-in, not a real vision model): %d classes of label set %s in "
+            "the %s text space; patch=%d confusion_prob=%.3g confusion_temp=%.3g mask_error_prob=%.3g "
+            "noise_std=%.3g seed=%d",
+            self.n_classes,
+            getattr(label_set, "name", "?"),
+            self.text.name,
+            self.sim["patch"],
+            self.sim["confusion_prob"],
+            self.sim["confusion_temp"],
+            self.sim["mask_error_prob"],
+            self.sim["noise_std"],
+            self.sim["seed"],
+        )
 
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         """(P, 384) unit all-MiniLM-L6-v2 embeddings (the real text encoder)."""
@@ -263,12 +281,15 @@ class SimulatedVLM(VLM):
             self._point_labels = (key, load_labels(scene.path, space, scene.n_points))
         return self._point_labels[1], space
 
-    def view_classes(self, scene: Scene, frame_index: int, image_hw: tuple[int, int],
-                     rng: np.random.Generator | None = None) -> SimView:
+    def view_classes(
+        self, scene: Scene, frame_index: int, image_hw: tuple[int, int], rng: np.random.Generator | None = None
+    ) -> SimView:
         """Ground-truth and corrupted class maps of one view at `image_hw` (before pooling and noise)."""
         if not 0 <= frame_index < len(scene.frames):
-            raise InputError(scene.path or scene.name, f"frame index {frame_index} out of range "
-                                                       f"(scene has {len(scene.frames)} frames)")
+            raise InputError(
+                scene.path or scene.name,
+                f"frame index {frame_index} out of range (scene has {len(scene.frames)} frames)",
+            )
         if rng is None:
             rng = view_rng(self.sim["seed"], scene.name, frame_index)
         frame = scene.frames[frame_index]
@@ -284,8 +305,9 @@ class SimulatedVLM(VLM):
         gt = np.asarray(self.map_raw(raw.reshape(-1), scene, space), dtype=np.int64).reshape(H, W)
         gt = np.where((gt < 0) | (gt >= K), K, gt)
         objects, obj_gt = object_map(gt, K, inst)
-        obj_shown = corrupt_classes(obj_gt, rng, self.close_probs, self.sim["confusion_prob"],
-                                    self.sim["mask_error_prob"])
+        obj_shown = corrupt_classes(
+            obj_gt, rng, self.close_probs, self.sim["confusion_prob"], self.sim["mask_error_prob"]
+        )
         shown = np.where(objects >= 0, obj_shown[np.maximum(objects, 0)], K)
         return SimView(gt=gt, shown=shown, objects=objects, obj_gt=obj_gt, obj_shown=obj_shown)
 

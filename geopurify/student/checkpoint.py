@@ -13,6 +13,7 @@ are those of the network as built (the `paper` preset's 512 / 4, not the config'
 The architecture is rebuilt from config["student"] and in_channels exactly as training built it,
 so a file is self-describing; `load_student` reports the rebuilt module's own numbers.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -63,8 +64,10 @@ def state_dict_mismatch(expected: dict, got: dict) -> str | None:
     parts = []
     if shapes:
         k = shapes[0]
-        parts.append(f"{len(shapes)} shape mismatches (e.g. {k}: file {tuple(got[k].shape)}, "
-                     f"architecture {tuple(expected[k].shape)})")
+        parts.append(
+            f"{len(shapes)} shape mismatches (e.g. {k}: file {tuple(got[k].shape)}, "
+            f"architecture {tuple(expected[k].shape)})"
+        )
     if missing:
         parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
     if extra:
@@ -85,8 +88,10 @@ def build_from_checkpoint(ckpt: dict, path: str | Path):
     if problem:
         built = {"preset": scfg.get("preset", "cpu"), **model.architecture()}  # what the config builds
         arch = ", ".join(f"{k} {v}" for k, v in built.items())
-        raise InputError(path, f"weights do not match the recorded architecture ({arch}, in_channels "
-                               f"{ckpt['in_channels']}): {problem}")
+        raise InputError(
+            path,
+            f"weights do not match the recorded architecture ({arch}, in_channels {ckpt['in_channels']}): {problem}",
+        )
     model.load_state_dict(ckpt["model"])
     return model
 
@@ -97,13 +102,20 @@ def check_compatible(meta: dict, feat_dim: int, cfg: dict, path: str | Path) -> 
     want = int(meta["in_channels"]) - 6  # student input = lifted feature + rgb + normal
     if int(feat_dim) != want:
         vlm = meta.get("vlm") or {}
-        raise InputError(path, f"student was trained on {want}-d lifted features (VLM {vlm.get('name', '?')}) but "
-                               f"the configured VLM {cfg['lift']['vlm']} gives {feat_dim}-d: evaluate with the VLM "
-                               f"it was trained with (--vlm / lift.vlm)")
+        raise InputError(
+            path,
+            f"student was trained on {want}-d lifted features (VLM {vlm.get('name', '?')}) but "
+            f"the configured VLM {cfg['lift']['vlm']} gives {feat_dim}-d: evaluate with the VLM "
+            f"it was trained with (--vlm / lift.vlm)",
+        )
     trained = (meta.get("student") or {}).get("voxel_size")
     if trained is not None and float(trained) != float(cfg["student"]["voxel_size"]):
-        log.warning("%s was trained with %g m voxels; the config purifies with %g m", path, float(trained),
-                    float(cfg["student"]["voxel_size"]))
+        log.warning(
+            "%s was trained with %g m voxels; the config purifies with %g m",
+            path,
+            float(trained),
+            float(cfg["student"]["voxel_size"]),
+        )
 
 
 def load_student(path: str | Path, device: str | torch.device = "cpu"):
@@ -116,8 +128,13 @@ def load_student(path: str | Path, device: str | torch.device = "cpu"):
     meta.setdefault("epoch", ckpt.get("epoch"))
     meta["in_channels"] = int(ckpt["in_channels"])
     meta["config"] = ckpt["config"]
-    log.info("loaded student %s (epoch %s, teacher %s, vlm %s)", path, meta.get("epoch"),
-             (meta.get("teacher") or {}).get("name"), (meta.get("vlm") or {}).get("name"))
+    log.info(
+        "loaded student %s (epoch %s, teacher %s, vlm %s)",
+        path,
+        meta.get("epoch"),
+        (meta.get("teacher") or {}).get("name"),
+        (meta.get("vlm") or {}).get("name"),
+    )
     return model, meta
 
 

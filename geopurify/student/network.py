@@ -12,6 +12,7 @@ the "~9 voxels" of the reference). Parameter names start with "stem.", "blocks."
 Presets: "paper" = width 512, 4 blocks (~63.9M parameters with Cin = 518, the reference size);
 "cpu" = width / blocks from the config (defaults 64 / 2) for training on a laptop.
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,8 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from geopurify.errors import InputError
-from geopurify.student.spconv_compat import SubMConv3d, sparse_tensor
 from geopurify.ops.voxel import voxel_mean
+from geopurify.student.spconv_compat import SubMConv3d, sparse_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +89,10 @@ class AffinityNet(nn.Module):
 
     def describe(self) -> str:
         n = sum(p.numel() for p in self.parameters())
-        return (f"AffinityNet(in={self.in_channels}, width={self.width}, blocks={self.n_blocks}, "
-                f"out={self.out_dim}, {n / 1e6:.2f}M parameters)")
+        return (
+            f"AffinityNet(in={self.in_channels}, width={self.width}, blocks={self.n_blocks}, "
+            f"out={self.out_dim}, {n / 1e6:.2f}M parameters)"
+        )
 
 
 def build_student(cfg_student: dict, in_channels: int) -> AffinityNet:
@@ -123,5 +126,6 @@ def student_input(lifted: torch.Tensor, rgb, normals, inverse: torch.Tensor, n_v
     n = lifted.shape[0]
     if rgb.shape != (n, 3) or normals.shape != (n, 3):
         raise ValueError(f"rgb and normals must be ({n}, 3), got {tuple(rgb.shape)} and {tuple(normals.shape)}")
-    return torch.cat([voxel_mean(lifted, inverse, n_voxels).float(),
-                      voxel_mean(torch.cat([rgb, normals], 1), inverse, n_voxels)], 1)
+    return torch.cat(
+        [voxel_mean(lifted, inverse, n_voxels).float(), voxel_mean(torch.cat([rgb, normals], 1), inverse, n_voxels)], 1
+    )

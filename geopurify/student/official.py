@@ -22,6 +22,7 @@ Weight layouts, read from the sources and checked by experiment (tests/test_offi
 Hence spconv[o, dx+1, dy+1, dz+1, i] = ME[k(dx, dy, dz)][i, o]: reshape the ME kernel to
 (3[dz], 3[dy], 3[dx], in, out) and permute to (out, dx, dy, dz, in).
 """
+
 from __future__ import annotations
 
 import logging
@@ -45,7 +46,7 @@ _PREFIXES = ("module.", "affinity_student.")  # DistributedDataParallel / the tr
 def me_kernel_offsets(kernel_size: int = 3, dim: int = 3) -> np.ndarray:
     """(kernel_size**dim, dim) int offsets of MinkowskiEngine's HYPER_CUBE kernel, row k for
     kernel index k (odd size): axis i offset = (k // size**i) % size - size // 2."""
-    k = np.arange(kernel_size ** dim)[:, None]
+    k = np.arange(kernel_size**dim)[:, None]
     return (k // kernel_size ** np.arange(dim)[None, :]) % kernel_size - kernel_size // 2
 
 
@@ -73,7 +74,7 @@ def unwrap_state_dict(obj, where=None) -> dict[str, torch.Tensor]:
     for k, v in obj.items():
         for p in _PREFIXES:
             if k.startswith(p):
-                k = k[len(p):]
+                k = k[len(p) :]
         out[k] = v
     return out
 
@@ -81,8 +82,9 @@ def unwrap_state_dict(obj, where=None) -> dict[str, torch.Tensor]:
 def infer_architecture(sd: dict, where=None) -> dict:
     """{"in_channels", "width", "blocks", "out_dim"} from the shapes of an official state_dict."""
     if "input_layer.0.kernel" not in sd or "output_layer.kernel" not in sd:
-        raise InputError(where, "not a GeoPurify AffinityPredictor state_dict (no input_layer.0.kernel / "
-                                "output_layer.kernel)")
+        raise InputError(
+            where, "not a GeoPurify AffinityPredictor state_dict (no input_layer.0.kernel / output_layer.kernel)"
+        )
     k0 = sd["input_layer.0.kernel"]
     if k0.dim() != 3 or k0.shape[0] != 27:
         raise InputError(where, f"input_layer.0.kernel must be a 3x3x3 kernel (27, in, out), got {tuple(k0.shape)}")
@@ -94,8 +96,12 @@ def infer_architecture(sd: dict, where=None) -> dict:
     blocks = sorted({int(m.group(1)) for k in sd if (m := re.match(r"res_blocks\.(\d+)\.", k))})
     if blocks != list(range(len(blocks))):
         raise InputError(where, f"residual blocks are not numbered 0..n-1: {blocks}")
-    return {"in_channels": int(k0.shape[1]), "width": int(k0.shape[2]), "blocks": len(blocks),
-            "out_dim": int(head.shape[1])}
+    return {
+        "in_channels": int(k0.shape[1]),
+        "width": int(k0.shape[2]),
+        "blocks": len(blocks),
+        "out_dim": int(head.shape[1]),
+    }
 
 
 def _key_map(n_blocks: int) -> dict[str, str]:
@@ -174,8 +180,10 @@ def load_official_checkpoint(path: str | Path, device: str | torch.device = "cpu
     expect = model.state_dict()
     for k, v in converted.items():
         if tuple(expect[k].shape) != tuple(v.shape):  # e.g. an spconv build with another weight layout
-            raise RuntimeError(f"{k}: converted shape {tuple(v.shape)} but this spconv build expects "
-                               f"{tuple(expect[k].shape)} (KRSC weights assumed)")
+            raise RuntimeError(
+                f"{k}: converted shape {tuple(v.shape)} but this spconv build expects "
+                f"{tuple(expect[k].shape)} (KRSC weights assumed)"
+            )
     model.load_state_dict(converted, strict=True)
     log.info("official GeoPurify checkpoint %s (epoch %s): %s", path, info["epoch"], model.describe())
     return model.to(device).eval()
@@ -187,10 +195,27 @@ def convert_official_checkpoint(src: str | Path, dst: str | Path, voxel_size: fl
     sd, info = read_official_checkpoint(src)
     arch = infer_architecture(sd, src)
     converted = convert_official_state_dict(sd, src)
-    student = {"preset": "cpu", "width": arch["width"], "blocks": arch["blocks"], "out_dim": arch["out_dim"],
-               "voxel_size": float(voxel_size)}
-    meta = {"teacher": {"name": "sonata", "stand_in": False},
-            "vlm": {"name": "unknown (official GeoPurify checkpoint)", "simulated": False},
-            "student": student, "epoch": info["epoch"], "source": f"official GeoPurify checkpoint {Path(src).name}"}
-    return save_checkpoint(dst, {"model": converted, "config": {"student": student},
-                                 "in_channels": arch["in_channels"], "meta": meta, "epoch": info["epoch"]})
+    student = {
+        "preset": "cpu",
+        "width": arch["width"],
+        "blocks": arch["blocks"],
+        "out_dim": arch["out_dim"],
+        "voxel_size": float(voxel_size),
+    }
+    meta = {
+        "teacher": {"name": "sonata", "stand_in": False},
+        "vlm": {"name": "unknown (official GeoPurify checkpoint)", "simulated": False},
+        "student": student,
+        "epoch": info["epoch"],
+        "source": f"official GeoPurify checkpoint {Path(src).name}",
+    }
+    return save_checkpoint(
+        dst,
+        {
+            "model": converted,
+            "config": {"student": student},
+            "in_channels": arch["in_channels"],
+            "meta": meta,
+            "epoch": info["epoch"],
+        },
+    )

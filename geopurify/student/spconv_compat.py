@@ -22,6 +22,7 @@ Weight layout: spconv 2.x stores every conv weight as KRSC = (out, k0, k1, k2, i
 axis i runs along coordinate column i, and computes a cross-correlation like
 `torch.nn.functional.conv3d`; `to_conv3d_weight` gives the dense (out, in, k0, k1, k2) weight.
 """
+
 from __future__ import annotations
 
 import logging
@@ -47,7 +48,8 @@ def spconv():
     global _SPCONV
     if _SPCONV is None:
         import spconv.pytorch as spt
-        from spconv.pytorch import cppcore, hash as sphash, ops
+        from spconv.pytorch import cppcore, ops
+        from spconv.pytorch import hash as sphash
 
         for mod in (cppcore, ops, sphash):  # ops and hash import the function by name
             mod.get_current_stream = _stream
@@ -94,17 +96,24 @@ class SubMConv3d(nn.Module):
     feature device (shim 2). Layers sharing `indice_key` reuse one neighbour table per tensor.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, bias: bool = True,
-                 indice_key: str | None = None):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        bias: bool = True,
+        indice_key: str | None = None,
+    ):
         super().__init__()
         from spconv.core import ConvAlgo
 
-        self.conv = spconv().SubMConv3d(in_channels, out_channels, kernel_size, bias=False,
-                                        indice_key=indice_key, algo=ConvAlgo.Native)
+        self.conv = spconv().SubMConv3d(
+            in_channels, out_channels, kernel_size, bias=False, indice_key=indice_key, algo=ConvAlgo.Native
+        )
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         if bias:
-            fan_in = in_channels * kernel_size ** 3
-            bound = 1.0 / fan_in ** 0.5
+            fan_in = in_channels * kernel_size**3
+            bound = 1.0 / fan_in**0.5
             nn.init.uniform_(self.bias, -bound, bound)
 
     @property

@@ -6,6 +6,7 @@
 numpy on the CPU whatever the device; `geopurify.standins.geometric_teacher`). Each is imported
 only when asked for.
 """
+
 from __future__ import annotations
 
 import logging
@@ -18,10 +19,14 @@ logger = logging.getLogger(__name__)
 __all__ = ["Teacher", "TEACHERS", "build_teacher", "finish_embedding"]
 
 # teacher.name -> the teacher's class (built by its `from_config(cfg, device)`), imported when asked for
-TEACHERS = Registry("teacher.name", "teacher", {
-    "geometric": "geopurify.standins.geometric_teacher:GeometricTeacher",
-    "sonata": "geopurify.teacher.sonata:SonataTeacher",
-})
+TEACHERS = Registry(
+    "teacher.name",
+    "teacher",
+    {
+        "geometric": "geopurify.standins.geometric_teacher:GeometricTeacher",
+        "sonata": "geopurify.teacher.sonata:SonataTeacher",
+    },
+)
 
 
 def build_teacher(cfg: dict, device: str = "cpu") -> Teacher:

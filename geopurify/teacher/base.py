@@ -5,6 +5,7 @@ only reads cosines between these embeddings (positives, macro- and micro-negativ
 dimension D is free. `stand_in` must be True for offline substitutes of the real teacher
 (Sonata); every output that uses one says so via `describe()`.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -31,8 +32,12 @@ class Teacher(ABC):
         `teacher.ckpt` on `device`, with the config's input switches (`teacher.color_scale`,
         `teacher.missing_normals`); a teacher without them overrides this."""
         tcfg = cfg.get("teacher") or {}
-        return cls(tcfg.get("ckpt"), device=str(device), color_scale=tcfg.get("color_scale", "sonata"),
-                   missing_normals=tcfg.get("missing_normals", "zero"))
+        return cls(
+            tcfg.get("ckpt"),
+            device=str(device),
+            color_scale=tcfg.get("color_scale", "sonata"),
+            missing_normals=tcfg.get("missing_normals", "zero"),
+        )
 
     def describe(self) -> str:
         if self.stand_in and "stand-in" not in self.name.lower():

@@ -10,6 +10,7 @@ value as read back from disk. An unreadable or misshapen cache file is recompute
 
 Layout: <cache_dir>/teacher/<scene>.<key>.pt.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,6 +31,7 @@ def teacher_key(teacher) -> dict:
     """What identifies a teacher's output: its name, stand-in flag, dimension and its plain
     settings (instance attributes that are numbers, strings or containers of them, e.g. the
     geometric teacher's scales and weights or Sonata's checkpoint path), minus `chunk`."""
+
     def plain(v):
         if v is None or isinstance(v, (bool, int, float, str)):
             return True
@@ -39,10 +41,17 @@ def teacher_key(teacher) -> dict:
             return all(isinstance(k, str) and plain(x) for k, x in v.items())
         return isinstance(v, Path)
 
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(vars(teacher).items())
-                if k != "chunk" and not k.startswith("_") and plain(v)}
-    return {"name": teacher.name, "stand_in": bool(getattr(teacher, "stand_in", False)),
-            "dim": int(getattr(teacher, "dim", 0) or 0), "settings": settings}
+    settings = {
+        k: (str(v) if isinstance(v, Path) else v)
+        for k, v in sorted(vars(teacher).items())
+        if k != "chunk" and not k.startswith("_") and plain(v)
+    }
+    return {
+        "name": teacher.name,
+        "stand_in": bool(getattr(teacher, "stand_in", False)),
+        "dim": int(getattr(teacher, "dim", 0) or 0),
+        "settings": settings,
+    }
 
 
 CACHE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
@@ -56,8 +65,14 @@ def _cache_dtype(dtype: str) -> torch.dtype:
 def teacher_cache_path(scene, teacher, cache_dir: str | Path, dtype: str = "float16") -> Path:
     _cache_dtype(dtype)
     files = scene_files(scene, frames=False) + [getattr(teacher, "ckpt", None)]
-    key = cache_key({"scene": scene_fingerprint(scene), "teacher": teacher_key(teacher), "files": file_fingerprint(files),
-                "dtype": dtype})
+    key = cache_key(
+        {
+            "scene": scene_fingerprint(scene),
+            "teacher": teacher_key(teacher),
+            "files": file_fingerprint(files),
+            "dtype": dtype,
+        }
+    )
     return Path(cache_dir) / "teacher" / f"{scene.name}.{key}.pt"
 
 
@@ -86,13 +101,24 @@ def cached_teacher(scene, teacher, cache_dir: str | Path, dtype: str = "float16"
         try:
             return _read_teacher(path, scene.n_points, torch_dtype)
         except _READ_ERRORS as e:
-            log.warning("teacher cache %s unusable (%s); recomputing", path, str(e).splitlines()[0] if str(e) else type(e).__name__)
+            log.warning(
+                "teacher cache %s unusable (%s); recomputing",
+                path,
+                str(e).splitlines()[0] if str(e) else type(e).__name__,
+            )
     label = f"{teacher.name} (offline stand-in)" if getattr(teacher, "stand_in", False) else teacher.name
     log.info("teacher %s on %s -> %s (%s)", label, scene.name, path, dtype)
     feat = torch.as_tensor(teacher.embed(scene)).detach().float().cpu()
     if feat.ndim != 2 or feat.shape[0] != scene.n_points:
         raise RuntimeError(f"teacher {teacher.name} returned shape {tuple(feat.shape)} for {scene.n_points} points")
     stored = feat.to(torch_dtype)
-    save_torch(path, {"feat": stored, "teacher": teacher.name, "stand_in": bool(getattr(teacher, "stand_in", False)),
-                      "scene": scene.name})
+    save_torch(
+        path,
+        {
+            "feat": stored,
+            "teacher": teacher.name,
+            "stand_in": bool(getattr(teacher, "stand_in", False)),
+            "scene": scene.name,
+        },
+    )
     return _to_unit_float(stored)

@@ -19,6 +19,7 @@ shapes (`embedding.stem.linear.weight`, `enc.enc1.down.proj.weight`,
 Everything here is inference-only (the teacher is frozen): dropout, DropPath and the mask token
 are kept as parameters or settings only so that checkpoints round-trip.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -40,14 +41,37 @@ MAX_DEPTH = 16  # bits per axis in a serialization code (3 x 16 bits in an int64
 # the first group; the second is accepted and ignored (training-only, decoder, or flash-attn
 # switches that do not change the result); `check_config` enforces the rest.
 ENCODER_DEFAULTS = dict(
-    in_channels=6, order=("z", "z-trans"), stride=(2, 2, 2, 2), enc_depths=(3, 3, 3, 12, 3),
-    enc_channels=(48, 96, 192, 384, 512), enc_num_head=(3, 6, 12, 24, 32),
-    enc_patch_size=(1024, 1024, 1024, 1024, 1024), mlp_ratio=4, qkv_bias=True, qk_scale=None,
-    layer_scale=None, pre_norm=True, shuffle_orders=True, mask_token=False,
-    enable_rpe=False, enc_mode=False,
+    in_channels=6,
+    order=("z", "z-trans"),
+    stride=(2, 2, 2, 2),
+    enc_depths=(3, 3, 3, 12, 3),
+    enc_channels=(48, 96, 192, 384, 512),
+    enc_num_head=(3, 6, 12, 24, 32),
+    enc_patch_size=(1024, 1024, 1024, 1024, 1024),
+    mlp_ratio=4,
+    qkv_bias=True,
+    qk_scale=None,
+    layer_scale=None,
+    pre_norm=True,
+    shuffle_orders=True,
+    mask_token=False,
+    enable_rpe=False,
+    enc_mode=False,
 )
-IGNORED_KEYS = ("dec_depths", "dec_channels", "dec_num_head", "dec_patch_size", "attn_drop", "proj_drop",
-                "drop_path", "enable_flash", "upcast_attention", "upcast_softmax", "traceable", "freeze_encoder")
+IGNORED_KEYS = (
+    "dec_depths",
+    "dec_channels",
+    "dec_num_head",
+    "dec_patch_size",
+    "attn_drop",
+    "proj_drop",
+    "drop_path",
+    "enable_flash",
+    "upcast_attention",
+    "upcast_softmax",
+    "traceable",
+    "freeze_encoder",
+)
 
 
 def check_config(config: dict) -> dict:
@@ -60,11 +84,14 @@ def check_config(config: dict) -> dict:
         raise ValueError(f"unknown Point Transformer V3 config keys: {', '.join(unknown)}")
     cfg = {**ENCODER_DEFAULTS, **{k: v for k, v in config.items() if k in ENCODER_DEFAULTS}}
     if not cfg["enc_mode"]:
-        raise ValueError("config has enc_mode=False (encoder + decoder); the Sonata teacher needs the "
-                         "encoder-only checkpoint (enc_mode=True), e.g. sonata.pth")
+        raise ValueError(
+            "config has enc_mode=False (encoder + decoder); the Sonata teacher needs the "
+            "encoder-only checkpoint (enc_mode=True), e.g. sonata.pth"
+        )
     if cfg["enable_rpe"]:
-        raise ValueError("config has enable_rpe=True; relative position encoding is not implemented "
-                         "(Sonata has it off)")
+        raise ValueError(
+            "config has enable_rpe=True; relative position encoding is not implemented (Sonata has it off)"
+        )
     cfg["order"] = [cfg["order"]] if isinstance(cfg["order"], str) else list(cfg["order"])
     bad = [o for o in cfg["order"] if o not in ORDERS]
     if bad or not cfg["order"]:
@@ -84,6 +111,7 @@ def check_config(config: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------- serialization
+
 
 def morton_code(grid: torch.Tensor, depth: int) -> torch.Tensor:
     """Z-order code (int64) of non-negative integer coordinates (V, 3) < 2**depth: bit i of
@@ -150,6 +178,7 @@ def serialize(grid: torch.Tensor, orders, shuffle: bool, generator: torch.Genera
 
 # ----------------------------------------------------------------------------- sparse conv
 
+
 def neighbour_table(grid: torch.Tensor, kernel: int = 3) -> torch.Tensor:
     """(V, kernel**3) int64: index of the voxel at grid[v] + offset, or -1 where there is none.
 
@@ -160,7 +189,7 @@ def neighbour_table(grid: torch.Tensor, kernel: int = 3) -> torch.Tensor:
     dims = (g.max(0).values + r + 1).tolist()
     key = (g[:, 0] * dims[1] + g[:, 1]) * dims[2] + g[:, 2]
     skey, sidx = torch.sort(key)
-    table = torch.empty(g.shape[0], kernel ** 3, dtype=torch.long, device=g.device)
+    table = torch.empty(g.shape[0], kernel**3, dtype=torch.long, device=g.device)
     for k, (a, b, c) in enumerate(itertools.product(range(-r, r + 1), repeat=3)):
         q = ((g[:, 0] + a) * dims[1] + g[:, 1] + b) * dims[2] + g[:, 2] + c
         pos = torch.searchsorted(skey, q).clamp_(max=g.shape[0] - 1)
@@ -198,6 +227,7 @@ class SubMConv3d(nn.Module):
 
 # ----------------------------------------------------------------------------- attention
 
+
 def patch_padding(n: int, patch: int, device=None) -> torch.Tensor:
     """Positions along a curve of n points that fill whole patches of `patch` points.
 
@@ -214,16 +244,18 @@ def patch_padding(n: int, patch: int, device=None) -> torch.Tensor:
 class SerializedAttention(nn.Module):
     """Multi-head self-attention inside consecutive patches of one serialization order."""
 
-    def __init__(self, channels: int, num_heads: int, patch_size: int, qkv_bias: bool = True,
-                 qk_scale: float | None = None):
+    def __init__(
+        self, channels: int, num_heads: int, patch_size: int, qkv_bias: bool = True, qk_scale: float | None = None
+    ):
         super().__init__()
         self.channels, self.num_heads, self.patch_size = channels, num_heads, patch_size
         self.scale = qk_scale or (channels // num_heads) ** -0.5
         self.qkv = nn.Linear(channels, channels * 3, bias=qkv_bias)
         self.proj = nn.Linear(channels, channels)
 
-    def forward(self, feat: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor,
-                chunk_bytes: int = 256 << 20) -> torch.Tensor:
+    def forward(
+        self, feat: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor, chunk_bytes: int = 256 << 20
+    ) -> torch.Tensor:
         """feat (V, C); order / inverse (V,) of one curve -> (V, C).
 
         The patch size is min(V, patch_size), as the official non-flash path sets it."""
@@ -234,10 +266,10 @@ class SerializedAttention(nn.Module):
         out = feat.new_empty(idx.shape[0], c)
         per = max(1, chunk_bytes // (4 * h * k * k))  # patches per chunk (bounds a materialised K x K)
         for s in range(0, idx.shape[0], per * k):
-            sel = idx[s:s + per * k]
+            sel = idx[s : s + per * k]
             q, kk, v = qkv[sel].reshape(-1, k, 3, h, c // h).permute(2, 0, 3, 1, 4).unbind(0)
             o = F.scaled_dot_product_attention(q, kk, v, scale=self.scale)  # (P, H, K, d)
-            out[s:s + sel.shape[0]] = o.transpose(1, 2).reshape(-1, c)
+            out[s : s + sel.shape[0]] = o.transpose(1, 2).reshape(-1, c)
         return self.proj(out[inverse])
 
 
@@ -268,13 +300,23 @@ class Block(nn.Module):
 
     ModuleLists of one module reproduce the official "norm1.0" / "mlp.0" key names."""
 
-    def __init__(self, channels: int, num_heads: int, patch_size: int, mlp_ratio: float = 4.0,
-                 qkv_bias: bool = True, qk_scale=None, layer_scale=None, pre_norm: bool = True,
-                 order_index: int = 0):
+    def __init__(
+        self,
+        channels: int,
+        num_heads: int,
+        patch_size: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        qk_scale=None,
+        layer_scale=None,
+        pre_norm: bool = True,
+        order_index: int = 0,
+    ):
         super().__init__()
         self.pre_norm, self.order_index = pre_norm, order_index
-        self.cpe = nn.ModuleList([SubMConv3d(channels, channels, 3), nn.Linear(channels, channels),
-                                  nn.LayerNorm(channels)])
+        self.cpe = nn.ModuleList(
+            [SubMConv3d(channels, channels, 3), nn.Linear(channels, channels), nn.LayerNorm(channels)]
+        )
         self.norm1 = nn.ModuleList([nn.LayerNorm(channels)])
         self.ls1 = nn.ModuleList([LayerScale(channels, layer_scale) if layer_scale is not None else nn.Identity()])
         self.attn = SerializedAttention(channels, num_heads, patch_size, qkv_bias, qk_scale)
@@ -313,7 +355,8 @@ class GridPooling(nn.Module):
         grid_new, cell = torch.unique(coarse, dim=0, return_inverse=True)
         y = self.proj(x)
         pooled = y.new_zeros(grid_new.shape[0], y.shape[1]).scatter_reduce_(
-            0, cell[:, None].expand_as(y), y, reduce="amax", include_self=False)
+            0, cell[:, None].expand_as(y), y, reduce="amax", include_self=False
+        )
         return self.act(self.norm[0](pooled)), grid_new, cell
 
 
@@ -322,8 +365,9 @@ class Embedding(nn.Module):
 
     def __init__(self, in_channels: int, channels: int, mask_token: bool = False):
         super().__init__()
-        self.stem = nn.Sequential(OrderedDict(linear=nn.Linear(in_channels, channels),
-                                              norm=nn.LayerNorm(channels), act=nn.GELU()))
+        self.stem = nn.Sequential(
+            OrderedDict(linear=nn.Linear(in_channels, channels), norm=nn.LayerNorm(channels), act=nn.GELU())
+        )
         self.mask_token = nn.Parameter(torch.zeros(1, channels)) if mask_token else None
 
     def forward(self, x):
@@ -371,9 +415,18 @@ class PTv3Encoder(nn.Module):
         for s, depth in enumerate(cfg["enc_depths"]):
             down = GridPooling(ch[s - 1], ch[s], cfg["stride"][s - 1]) if s > 0 else None
             self.enc[f"enc{s}"] = Stage(
-                depth, down, channels=ch[s], num_heads=cfg["enc_num_head"][s], patch_size=cfg["enc_patch_size"][s],
-                mlp_ratio=cfg["mlp_ratio"], qkv_bias=cfg["qkv_bias"], qk_scale=cfg["qk_scale"],
-                layer_scale=cfg["layer_scale"], pre_norm=cfg["pre_norm"], n_orders=len(self.order))
+                depth,
+                down,
+                channels=ch[s],
+                num_heads=cfg["enc_num_head"][s],
+                patch_size=cfg["enc_patch_size"][s],
+                mlp_ratio=cfg["mlp_ratio"],
+                qkv_bias=cfg["qkv_bias"],
+                qk_scale=cfg["qk_scale"],
+                layer_scale=cfg["layer_scale"],
+                pre_norm=cfg["pre_norm"],
+                n_orders=len(self.order),
+            )
 
     @property
     def channels(self) -> list[int]:
@@ -383,10 +436,11 @@ class PTv3Encoder(nn.Module):
         """Width of the up-cast feature: the channels of the deepest up_cast_level + 1 stages."""
         if not 0 <= up_cast_level < len(self.channels):
             raise ValueError(f"up_cast_level must be in 0..{len(self.channels) - 1}, got {up_cast_level}")
-        return sum(self.channels[len(self.channels) - 1 - up_cast_level:])
+        return sum(self.channels[len(self.channels) - 1 - up_cast_level :])
 
-    def forward(self, feat: torch.Tensor, grid: torch.Tensor, generator: torch.Generator | None = None,
-                progress: bool = False) -> list[Level]:
+    def forward(
+        self, feat: torch.Tensor, grid: torch.Tensor, generator: torch.Generator | None = None, progress: bool = False
+    ) -> list[Level]:
         """feat (V, in_channels) float, grid (V, 3) non-negative int, one voxel per grid cell."""
         if feat.ndim != 2 or feat.shape[1] != self.config["in_channels"]:
             raise ValueError(f"feat must be (V, {self.config['in_channels']}), got {tuple(feat.shape)}")
@@ -396,8 +450,13 @@ class PTv3Encoder(nn.Module):
         x = self.embedding(feat)
         order, inverse = serialize(grid, self.order, self.shuffle_orders, generator)
         levels, parent = [], None
-        bar = tqdm(total=sum(st.n_blocks for st in self.enc.values()), desc="sonata encoder", unit="block",
-                   disable=not progress, leave=False)
+        bar = tqdm(
+            total=sum(st.n_blocks for st in self.enc.values()),
+            desc="sonata encoder",
+            unit="block",
+            disable=not progress,
+            leave=False,
+        )
         for s, stage in enumerate(self.enc.values()):
             if s > 0:
                 levels.append(Level(x, grid, parent))
@@ -434,4 +493,3 @@ def upcast(levels: list[Level], up_cast_level: int = 2) -> tuple[torch.Tensor, t
 
 def n_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-

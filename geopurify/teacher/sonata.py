@@ -25,6 +25,7 @@ Pipeline of `sonata_features`, following the official demo / GeoPurify's `get_so
 
 Cost (official config, one CPU thread, float32, no grad): see docs/sonata.md.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -55,16 +56,33 @@ MISSING_NORMALS = ("zero", "pca")  # scenes without mesh normals: zeros (Sonata'
 # The configuration stored in the official sonata.pth (Pointcept configs/sonata/
 # pretrain-sonata-v1m1-0-base.py, backbone "PT-v3m2"); used by tests and as documentation.
 SONATA_CONFIG = dict(
-    in_channels=9, order=("z", "z-trans", "hilbert", "hilbert-trans"), stride=(2, 2, 2, 2),
-    enc_depths=(3, 3, 3, 12, 3), enc_channels=(48, 96, 192, 384, 512), enc_num_head=(3, 6, 12, 24, 32),
-    enc_patch_size=(1024, 1024, 1024, 1024, 1024), mlp_ratio=4, qkv_bias=True, qk_scale=None,
-    attn_drop=0.0, proj_drop=0.0, drop_path=0.3, shuffle_orders=True, pre_norm=True, enable_rpe=False,
-    enable_flash=True, upcast_attention=False, upcast_softmax=False, traceable=True, enc_mode=True,
+    in_channels=9,
+    order=("z", "z-trans", "hilbert", "hilbert-trans"),
+    stride=(2, 2, 2, 2),
+    enc_depths=(3, 3, 3, 12, 3),
+    enc_channels=(48, 96, 192, 384, 512),
+    enc_num_head=(3, 6, 12, 24, 32),
+    enc_patch_size=(1024, 1024, 1024, 1024, 1024),
+    mlp_ratio=4,
+    qkv_bias=True,
+    qk_scale=None,
+    attn_drop=0.0,
+    proj_drop=0.0,
+    drop_path=0.3,
+    shuffle_orders=True,
+    pre_norm=True,
+    enable_rpe=False,
+    enable_flash=True,
+    upcast_attention=False,
+    upcast_softmax=False,
+    traceable=True,
+    enc_mode=True,
     mask_token=True,
 )
 
 
 # ----------------------------------------------------------------------------- input transform
+
 
 def centre_shift(xyz: np.ndarray) -> np.ndarray:
     """float32 (N, 3): x, y centred on the bounding-box middle, z shifted so that min z = 0."""
@@ -110,8 +128,14 @@ def sonata_colors(rgb: np.ndarray, color_scale: str = "sonata") -> np.ndarray:
     return color / np.float32(255) if color_scale == "reference" else color
 
 
-def sonata_input(xyz: np.ndarray, rgb: np.ndarray | None, normals: np.ndarray | None, grid_size: float = GRID_SIZE,
-                 color_scale: str = "sonata", seed: int = 0):
+def sonata_input(
+    xyz: np.ndarray,
+    rgb: np.ndarray | None,
+    normals: np.ndarray | None,
+    grid_size: float = GRID_SIZE,
+    color_scale: str = "sonata",
+    seed: int = 0,
+):
     """Sonata's default transform (module docstring, step 1): (feat float32 (V, 9) = coord,
     colour, normal of each cell's point; grid int64 (V, 3); inverse int64 (N,) voxel of each
     point), as torch tensors. `rgb` / `normals` None (the scene has none): zeros."""
@@ -126,10 +150,18 @@ def sonata_input(xyz: np.ndarray, rgb: np.ndarray | None, normals: np.ndarray | 
     return torch.from_numpy(feat), torch.from_numpy(grid), torch.from_numpy(inverse)
 
 
-def sonata_features(model: PTv3Encoder, xyz: np.ndarray, rgb: np.ndarray | None, normals: np.ndarray | None,
-                    up_cast_level: int = UP_CAST_LEVEL, grid_size: float = GRID_SIZE, seed: int = 0,
-                    device: str | torch.device = "cpu", progress: bool = False,
-                    color_scale: str = "sonata") -> torch.Tensor:
+def sonata_features(
+    model: PTv3Encoder,
+    xyz: np.ndarray,
+    rgb: np.ndarray | None,
+    normals: np.ndarray | None,
+    up_cast_level: int = UP_CAST_LEVEL,
+    grid_size: float = GRID_SIZE,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    color_scale: str = "sonata",
+) -> torch.Tensor:
     """(N, D) float32 unit per-point features (module docstring, steps 1-4), on `device`.
     `seed` draws the grid sample and shuffles the serialization orders."""
     feat, grid, inverse = sonata_input(xyz, rgb, normals, grid_size, color_scale, seed)
@@ -142,6 +174,7 @@ def sonata_features(model: PTv3Encoder, xyz: np.ndarray, rgb: np.ndarray | None,
 
 
 # ----------------------------------------------------------------------------- checkpoints
+
 
 def _fingerprint(path: Path) -> str:
     """Cheap content identity of a large file: size + sha256 of its first and last MiB."""
@@ -161,8 +194,11 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
     Raises InputError(path, problem) for a missing, unreadable or malformed file."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(path, "Sonata checkpoint not found (download sonata.pth from "
-                               "huggingface.co/facebook/sonata and set teacher.ckpt to its path)")
+        raise InputError(
+            path,
+            "Sonata checkpoint not found (download sonata.pth from "
+            "huggingface.co/facebook/sonata and set teacher.ckpt to its path)",
+        )
     if path.suffix == ".safetensors":
         cfg_path = path.with_name("config.json")
         try:
@@ -178,11 +214,14 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict]:
         ckpt = {"config": config, "state_dict": state}
     else:
         ckpt = load_torch_file(path, "PyTorch checkpoint")
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("config"), dict) \
-            or not isinstance(ckpt.get("state_dict"), dict):
+    if (
+        not isinstance(ckpt, dict)
+        or not isinstance(ckpt.get("config"), dict)
+        or not isinstance(ckpt.get("state_dict"), dict)
+    ):
         got = sorted(ckpt)[:6] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise InputError(path, f"expected a dict with 'config' and 'state_dict' (the sonata.pth format), got {got}")
-    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in ckpt["state_dict"].items()}
+    state = {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in ckpt["state_dict"].items()}
     if not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise InputError(path, "state_dict holds non-tensor values")
     return dict(ckpt["config"]), state
@@ -200,8 +239,11 @@ def build_encoder(config: dict, path: str | Path | None = None) -> PTv3Encoder:
     except (ValueError, TypeError, KeyError) as e:
         raise InputError(path, f"unsupported Sonata config: {_first_line(e)}") from None
     if model.config["in_channels"] != IN_CHANNELS:
-        raise InputError(path, f"config in_channels={model.config['in_channels']}; the Sonata input "
-                               f"transform gives {IN_CHANNELS} (coord, colour, normal)")
+        raise InputError(
+            path,
+            f"config in_channels={model.config['in_channels']}; the Sonata input "
+            f"transform gives {IN_CHANNELS} (coord, colour, normal)",
+        )
     return model
 
 
@@ -232,14 +274,25 @@ class SonataTeacher(Teacher):
 
     stand_in = False
 
-    def __init__(self, ckpt: str | Path | None, device: str = "cpu", up_cast_level: int = UP_CAST_LEVEL,
-                 grid_size: float = GRID_SIZE, seed: int = 0, progress: bool = True, color_scale: str = "sonata",
-                 missing_normals: str = "zero"):
+    def __init__(
+        self,
+        ckpt: str | Path | None,
+        device: str = "cpu",
+        up_cast_level: int = UP_CAST_LEVEL,
+        grid_size: float = GRID_SIZE,
+        seed: int = 0,
+        progress: bool = True,
+        color_scale: str = "sonata",
+        missing_normals: str = "zero",
+    ):
         check_value("teacher.color_scale", color_scale)
         check_value("teacher.missing_normals", missing_normals)
         if ckpt is None or str(ckpt) == "":
-            raise InputError(None, "teacher.name is 'sonata' but teacher.ckpt is not set: give the path of the "
-                                   "official facebook/sonata checkpoint (sonata.pth)")
+            raise InputError(
+                None,
+                "teacher.name is 'sonata' but teacher.ckpt is not set: give the path of the "
+                "official facebook/sonata checkpoint (sonata.pth)",
+            )
         path = Path(ckpt).expanduser()
         self._model = load_sonata(path, device)
         self._device, self._progress = device, progress
@@ -253,10 +306,16 @@ class SonataTeacher(Teacher):
             raise InputError(path, str(e)) from None
         self.name = "sonata"
         cfg = self._model.config
-        logger.info("sonata: %s, stages %s x %s channels, %.1fM parameters, up-cast %d -> %d-d features, "
-                    "colours %s", path, cfg["enc_depths"], cfg["enc_channels"], n_parameters(self._model) / 1e6,
-                    self.up_cast_level, self.dim,
-                    "in [0, 1/255] (GeoPurify's code)" if color_scale == "reference" else "in [0, 1] (Sonata's)")
+        logger.info(
+            "sonata: %s, stages %s x %s channels, %.1fM parameters, up-cast %d -> %d-d features, colours %s",
+            path,
+            cfg["enc_depths"],
+            cfg["enc_channels"],
+            n_parameters(self._model) / 1e6,
+            self.up_cast_level,
+            self.dim,
+            "in [0, 1/255] (GeoPurify's code)" if color_scale == "reference" else "in [0, 1] (Sonata's)",
+        )
 
     @property
     def model(self) -> PTv3Encoder:
@@ -266,19 +325,37 @@ class SonataTeacher(Teacher):
         """The normals Sonata sees: the scene's own (mesh, ...); for a bare point cloud (PCA
         normals) None, i.e. zeros, unless `missing_normals` is "pca"."""
         if scene.normals_source == "pca" and self.missing_normals == "zero":
-            logger.info("sonata: %s has no mesh normals: normal channels are zero (Sonata's documented input "
-                        "without normals; teacher.missing_normals: pca feeds PCA normals instead)", scene.name)
+            logger.info(
+                "sonata: %s has no mesh normals: normal channels are zero (Sonata's documented input "
+                "without normals; teacher.missing_normals: pca feeds PCA normals instead)",
+                scene.name,
+            )
             return None
         return scene.normals
 
     def embed(self, scene: Scene) -> torch.Tensor:
         t0 = time.perf_counter()
         try:
-            feat = sonata_features(self._model, scene.xyz, scene.rgb, self.input_normals(scene), self.up_cast_level,
-                                   self.grid_size, self.seed, self._device, self._progress, self.color_scale)
+            feat = sonata_features(
+                self._model,
+                scene.xyz,
+                scene.rgb,
+                self.input_normals(scene),
+                self.up_cast_level,
+                self.grid_size,
+                self.seed,
+                self._device,
+                self._progress,
+                self.color_scale,
+            )
         except ValueError as e:  # e.g. a scene wider than 2**16 grid cells (1.3 km at 2 cm)
             raise InputError(scene.path if scene.path is not None else scene.name, f"sonata: {e}") from None
         out = finish_embedding(feat)
-        logger.info("sonata: %s: %d points, %d-d features in %.1f s", scene.name, scene.n_points, self.dim,
-                    time.perf_counter() - t0)
+        logger.info(
+            "sonata: %s: %d points, %d-d features in %.1f s",
+            scene.name,
+            scene.n_points,
+            self.dim,
+            time.perf_counter() - t0,
+        )
         return out

@@ -6,6 +6,7 @@ chunk by chunk so memory stays bounded for 300k-point scenes). The automatic vie
 down obliquely from above one corner of the scene with the ceiling removed, so the floor plan and
 the furniture are visible. Scenes are z-up (ScanNet convention). PNGs are written atomically.
 """
+
 from __future__ import annotations
 
 import colorsys
@@ -28,12 +29,31 @@ _UP = (0.0, 0.0, 1.0)
 # Distinct, saturated-enough colours for the first classes (Tableau-style hues, dark shades first,
 # then light ones; grey left out because grey means "ignored"). Further classes get hues spaced by
 # the golden ratio.
-_BASE = np.array([
-    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-    (140, 86, 75), (227, 119, 194), (188, 189, 34), (23, 190, 207), (174, 199, 232),
-    (255, 187, 120), (152, 223, 138), (255, 152, 150), (197, 176, 213), (196, 156, 148),
-    (247, 182, 210), (219, 219, 141), (158, 218, 229), (82, 84, 163), (0, 92, 49),
-], dtype=np.uint8)
+_BASE = np.array(
+    [
+        (31, 119, 180),
+        (255, 127, 14),
+        (44, 160, 44),
+        (214, 39, 40),
+        (148, 103, 189),
+        (140, 86, 75),
+        (227, 119, 194),
+        (188, 189, 34),
+        (23, 190, 207),
+        (174, 199, 232),
+        (255, 187, 120),
+        (152, 223, 138),
+        (255, 152, 150),
+        (197, 176, 213),
+        (196, 156, 148),
+        (247, 182, 210),
+        (219, 219, 141),
+        (158, 218, 229),
+        (82, 84, 163),
+        (0, 92, 49),
+    ],
+    dtype=np.uint8,
+)
 
 
 def class_colors(n: int) -> np.ndarray:
@@ -62,8 +82,17 @@ def colorize_labels(labels, n: int) -> np.ndarray:
 
 
 # heat ramp anchors (value, RGB): dark blue -> blue -> cyan -> yellow -> red -> dark red
-_HEAT = np.array([(0.0, 0, 0, 128), (0.15, 0, 40, 255), (0.4, 0, 220, 255), (0.65, 255, 235, 0),
-                  (0.88, 240, 20, 0), (1.0, 128, 0, 0)], dtype=np.float64)
+_HEAT = np.array(
+    [
+        (0.0, 0, 0, 128),
+        (0.15, 0, 40, 255),
+        (0.4, 0, 220, 255),
+        (0.65, 255, 235, 0),
+        (0.88, 240, 20, 0),
+        (1.0, 128, 0, 0),
+    ],
+    dtype=np.float64,
+)
 
 
 def heat_colors(values, vmin: float = 0.0, vmax: float = 1.0) -> np.ndarray:
@@ -94,8 +123,9 @@ def ceiling_mask(xyz: np.ndarray, labels=None, names: Sequence[str] | None = Non
     return z > hi - frac * (hi - lo)
 
 
-def auto_view(xyz: np.ndarray, size: tuple[int, int] = (640, 480), fov: float = 45.0,
-              elevation: float = 55.0, fill: float = 0.92) -> dict:
+def auto_view(
+    xyz: np.ndarray, size: tuple[int, int] = (640, 480), fov: float = 45.0, elevation: float = 55.0, fill: float = 0.92
+) -> dict:
     """An oblique view from above the (min x, min y) corner, framing all of `xyz`.
 
     `fov` is the vertical field of view and `elevation` the camera's angle above the horizontal, in
@@ -169,8 +199,9 @@ def project_view(xyz: np.ndarray, view: Mapping, size: tuple[int, int]) -> tuple
     return uv, cam[:, 2]
 
 
-def zbuffer_splat(xyz: np.ndarray, view: Mapping, size: tuple[int, int], point_px: int = 2,
-                  chunk: int = 200_000) -> tuple[np.ndarray, np.ndarray]:
+def zbuffer_splat(
+    xyz: np.ndarray, view: Mapping, size: tuple[int, int], point_px: int = 2, chunk: int = 200_000
+) -> tuple[np.ndarray, np.ndarray]:
     """(depth (H, W) float32, inf = empty; index (H, W) int64, -1 = empty) of the nearest point per pixel.
 
     Each point covers a `point_px`-wide square around its pixel. Ties go to the lower point index.
@@ -181,7 +212,7 @@ def zbuffer_splat(xyz: np.ndarray, view: Mapping, size: tuple[int, int], point_p
     depth = np.full(h * w, np.inf, np.float32)
     index = np.full(h * w, -1, np.int64)
     for s in range(0, xyz.shape[0], chunk):
-        uv, z = project_view(xyz[s:s + chunk], view, size)
+        uv, z = project_view(xyz[s : s + chunk], view, size)
         front = np.flatnonzero(z > 1e-6)
         u = np.floor(uv[front, 0]).astype(np.int64)
         v = np.floor(uv[front, 1]).astype(np.int64)
@@ -225,9 +256,18 @@ def save_png(path: str | Path, image: np.ndarray) -> Path:
     return path
 
 
-def render_points(xyz, colors, out_png: str | Path | None = None, view: str | Mapping = "auto",
-                  size: tuple[int, int] = (640, 480), point_px: int | None = None, labels=None,
-                  names: Sequence[str] | None = None, hide=None, background=BACKGROUND) -> np.ndarray:
+def render_points(
+    xyz,
+    colors,
+    out_png: str | Path | None = None,
+    view: str | Mapping = "auto",
+    size: tuple[int, int] = (640, 480),
+    point_px: int | None = None,
+    labels=None,
+    names: Sequence[str] | None = None,
+    hide=None,
+    background=BACKGROUND,
+) -> np.ndarray:
     """(H, W, 3) uint8 picture of points `xyz` (N, 3) painted with `colors` (N, 3) uint8.
 
     view: "auto" (see `auto_view`; hides the ceiling via `ceiling_mask(xyz, labels, names)`) or a dict
@@ -277,8 +317,14 @@ def _font(size: int = 14):
         return ImageFont.load_default()
 
 
-def side_by_side(images: Sequence[np.ndarray], titles: Sequence[str], legend=None,
-                 out_png: str | Path | None = None, pad: int = 8, background=BACKGROUND) -> np.ndarray:
+def side_by_side(
+    images: Sequence[np.ndarray],
+    titles: Sequence[str],
+    legend=None,
+    out_png: str | Path | None = None,
+    pad: int = 8,
+    background=BACKGROUND,
+) -> np.ndarray:
     """Images in a row, each under its title, with an optional class legend below.
 
     legend: a sequence of (name, (r, g, b)) or a mapping name -> colour; drawn as swatches that
@@ -332,8 +378,16 @@ def side_by_side(images: Sequence[np.ndarray], titles: Sequence[str], legend=Non
     return out
 
 
-def heat_panel(image: np.ndarray, title: str, vmin: float, vmax: float, label: str = "",
-               out_png: str | Path | None = None, pad: int = 8, background=BACKGROUND) -> np.ndarray:
+def heat_panel(
+    image: np.ndarray,
+    title: str,
+    vmin: float,
+    vmax: float,
+    label: str = "",
+    out_png: str | Path | None = None,
+    pad: int = 8,
+    background=BACKGROUND,
+) -> np.ndarray:
     """A heat-map picture under its `title`, above a colour bar of the `heat_colors` ramp from
     `vmin` (cold) to `vmax` (hot) with both values and the middle one printed, and `label` beside
     them. Returns (H, W, 3) uint8; saved to `out_png` if given."""

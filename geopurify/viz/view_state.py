@@ -8,6 +8,7 @@ in the label set's space), raw (argmax cosine of the lifted features), kNN-mean 
 after T steps, and the heat map of the current prompt (values between their 1st and 99th
 percentiles mapped onto the heat ramp).
 """
+
 from __future__ import annotations
 
 import logging
@@ -142,14 +143,20 @@ class ViewState:
                 emb = encode_prompt(self.loaded.vlm, text)
                 self.prompts[text] = {"emb": emb, "stack": prompt_steps(self.session, emb)}
                 kept = [p for p, e in self.prompts.items() if e["stack"] is not None]
-                for p in kept[:max(0, len(kept) - MAX_PROMPTS)]:  # forget the oldest pooled steps, keep embeddings
+                for p in kept[: max(0, len(kept) - MAX_PROMPTS)]:  # forget the oldest pooled steps, keep embeddings
                     self.prompts[p]["stack"] = None
             self.prompt, self.mode = text, HEAT
             col = self.colouring(HEAT)  # recomputes the pooled steps of a forgotten prompt
             dt = time.perf_counter() - t0
             self.computed.append({"prompt": text, "steps": self.steps, "seconds": dt})
-            log.info("heat map computed for prompt %r at T = %d: relevance %.3f .. %.3f (1st..99th percentile) "
-                     "in %.2fs", text, self.steps, col.vmin, col.vmax, dt)
+            log.info(
+                "heat map computed for prompt %r at T = %d: relevance %.3f .. %.3f (1st..99th percentile) in %.2fs",
+                text,
+                self.steps,
+                col.vmin,
+                col.vmax,
+                dt,
+            )
             return col
 
     def relevance(self) -> np.ndarray:
@@ -177,8 +184,9 @@ class ViewState:
     # ------------------------------------------------------------------------------------------
     # picking
 
-    def pick(self, origin, direction, candidates: np.ndarray | None = None, radius: float = 0.02,
-             cone: float = 0.01) -> int | None:
+    def pick(
+        self, origin, direction, candidates: np.ndarray | None = None, radius: float = 0.02, cone: float = 0.01
+    ) -> int | None:
         """The point a click ray hits: among `candidates` (point indices; default all) within
         max(`radius`, `cone` x depth) of the ray, in front of the camera, the nearest one along the
         ray; None when none is that close."""
@@ -205,9 +213,15 @@ class ViewState:
             if self.gt is not None:
                 g = int(self.gt[point])
                 gt = self.names[g] if g >= 0 else "ignored"
-            return {"point": int(point), "xyz": [round(float(c), 3) for c in self.scene.xyz[point]],
-                    "ground_truth": gt, "raw": self.names[int(self.session.raw_labels[point])],
-                    "steps": self.steps, "pooling": self._pool_name(), **top}
+            return {
+                "point": int(point),
+                "xyz": [round(float(c), 3) for c in self.scene.xyz[point]],
+                "ground_truth": gt,
+                "raw": self.names[int(self.session.raw_labels[point])],
+                "steps": self.steps,
+                "pooling": self._pool_name(),
+                **top,
+            }
 
     # ------------------------------------------------------------------------------------------
     # exports
@@ -231,16 +245,23 @@ class ViewState:
         log.info("exported %s", path)
         return path
 
-    def export_png(self, out_dir: str | Path, view: dict | str = "auto", size: tuple[int, int] = (960, 720),
-                   notes: list[str] | None = None, hide: np.ndarray | None = None) -> Path:
+    def export_png(
+        self,
+        out_dir: str | Path,
+        view: dict | str = "auto",
+        size: tuple[int, int] = (960, 720),
+        notes: list[str] | None = None,
+        hide: np.ndarray | None = None,
+    ) -> Path:
         """The current colouring as a PNG from `view` (a camera dict, e.g. the browser's, or "auto"):
         titled, with a class legend or the heat map's colour bar, and the stand-in notes under it.
         `hide`: (N,) bool of points left out (default: the ceiling with the "auto" view, none else)."""
         from geopurify.viz.render import heat_panel, render_points, save_png, side_by_side
 
         col = self.colouring()
-        image = render_points(self.scene.xyz, col.colors, None, view=view, size=size, labels=self.gt, names=self.names,
-                              hide=hide)
+        image = render_points(
+            self.scene.xyz, col.colors, None, view=view, size=size, labels=self.gt, names=self.names, hide=hide
+        )
         if col.values is not None:
             image = heat_panel(image, col.title, col.vmin, col.vmax, "relevance (1st..99th percentile)")
         else:

@@ -9,6 +9,7 @@ colouring. All state and computation lives in geopurify.viz.view_state.ViewState
 wires it to the page. Scenes larger than `max_display` points are subsampled for display only
 (said on the page); everything is computed on all points.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -41,8 +42,10 @@ def point_spacing(xyz: np.ndarray, n: int = 5000, seed: int = 0) -> float:
 
 def _swatch(rgb) -> str:
     r, g, b = (int(c) for c in rgb)
-    return (f'<span style="display:inline-block;width:0.9em;height:0.9em;background:rgb({r},{g},{b});'
-            'border:1px solid #444;margin-right:0.35em;vertical-align:middle"></span>')
+    return (
+        f'<span style="display:inline-block;width:0.9em;height:0.9em;background:rgb({r},{g},{b});'
+        'border:1px solid #444;margin-right:0.35em;vertical-align:middle"></span>'
+    )
 
 
 def legend_html(state: ViewState, colouring) -> str:
@@ -53,15 +56,19 @@ def legend_html(state: ViewState, colouring) -> str:
     if colouring.values is not None:
         stops = ", ".join(f"rgb({r},{g},{b})" for r, g, b in heat_colors(np.linspace(0, 1, 11)))
         lo, hi = colouring.vmin, colouring.vmax
-        return (f'<div style="font-size:0.8em">{title}'
-                f'<div style="height:0.9em;margin-top:0.3em;border:1px solid #444;'
-                f'background:linear-gradient(to right, {stops})"></div>'
-                '<div style="display:flex;justify-content:space-between">'
-                f"<span>{lo:.3g}</span><span>{(lo + hi) / 2:.3g}</span><span>{hi:.3g}</span></div>"
-                "<div style=\"color:#666\">purified feature &middot; unit prompt embedding "
-                "(1st..99th percentile)</div></div>")
-    rows = "".join(f"<div>{_swatch(c)}{html.escape(name)} <span style=\"color:#666\">{100 * f:.1f}%</span></div>"
-                   for name, c, f in state.legend(colouring))
+        return (
+            f'<div style="font-size:0.8em">{title}'
+            f'<div style="height:0.9em;margin-top:0.3em;border:1px solid #444;'
+            f'background:linear-gradient(to right, {stops})"></div>'
+            '<div style="display:flex;justify-content:space-between">'
+            f"<span>{lo:.3g}</span><span>{(lo + hi) / 2:.3g}</span><span>{hi:.3g}</span></div>"
+            '<div style="color:#666">purified feature &middot; unit prompt embedding '
+            "(1st..99th percentile)</div></div>"
+        )
+    rows = "".join(
+        f'<div>{_swatch(c)}{html.escape(name)} <span style="color:#666">{100 * f:.1f}%</span></div>'
+        for name, c, f in state.legend(colouring)
+    )
     return f'<div style="font-size:0.8em">{title}{rows}</div>'
 
 
@@ -72,18 +79,28 @@ def report_markdown(rep: dict) -> str:
         head += f"  \nground truth **{rep['ground_truth']}**, raw {rep['raw']}"
     else:
         head += f"  \nraw {rep['raw']}"
-    parts = [head, f"top classes ({rep['pooling']}, T = {rep['steps']}):",
-             "\n".join(f"- {name}: {s:.3f}" for name, s in rep["classes"])]
+    parts = [
+        head,
+        f"top classes ({rep['pooling']}, T = {rep['steps']}):",
+        "\n".join(f"- {name}: {s:.3f}" for name, s in rep["classes"]),
+    ]
     if rep["prompts"]:
-        parts += ["top prompts:", "\n".join(f"- \"{p}\": {s:.3f}" for p, s in rep["prompts"])]
+        parts += ["top prompts:", "\n".join(f'- "{p}": {s:.3f}' for p, s in rep["prompts"])]
     return "\n\n".join(parts)
 
 
 class Viewer:
     """The running web app over one ViewState; `stop()` ends it."""
 
-    def __init__(self, state: ViewState, host: str = "127.0.0.1", port: int = 8080, out_dir: str | Path = "out/view",
-                 max_display: int = 1_000_000, seed: int = 0):
+    def __init__(
+        self,
+        state: ViewState,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        out_dir: str | Path = "out/view",
+        max_display: int = 1_000_000,
+        seed: int = 0,
+    ):
         import viser
 
         from geopurify.viz.render import auto_view, ceiling_mask
@@ -110,8 +127,14 @@ class Viewer:
         self._build_gui()
         self.server.scene.on_click()(self._on_click)
         self.refresh()
-        log.info("viewer for %s on http://%s:%d (%d points%s)", scene.name, host, self.port, n,
-                 f", {len(self.sample)} shown" if len(self.sample) < n else "")
+        log.info(
+            "viewer for %s on http://%s:%d (%d points%s)",
+            scene.name,
+            host,
+            self.port,
+            n,
+            f", {len(self.sample)} shown" if len(self.sample) < n else "",
+        )
 
     @property
     def port(self) -> int:
@@ -125,21 +148,28 @@ class Viewer:
         if s.session.pool.get("purified") is None:
             notes.append("no student checkpoint (--ckpt): purified labels are off; prompts pool over kNN-mean weights")
         if len(self.sample) < s.scene.n_points:
-            notes.append(f"display shows {len(self.sample):,} of {s.scene.n_points:,} points (random subsample); "
-                         "all points are computed and exported")
+            notes.append(
+                f"display shows {len(self.sample):,} of {s.scene.n_points:,} points (random subsample); "
+                "all points are computed and exported"
+            )
         return notes
 
     def _build_gui(self) -> None:
         gui, s = self.server.gui, self.state
-        head = (f"<div style=\"font-size:0.85em\"><b>GeoPurify</b> &middot; {html.escape(s.scene.name)} &middot; "
-                f"{s.scene.n_points:,} points, {s.session.n_voxels:,} voxels &middot; "
-                f"{html.escape(s.loaded.label_set.name)} &middot; VLM {html.escape(s.loaded.vlm.describe())}</div>")
+        head = (
+            f'<div style="font-size:0.85em"><b>GeoPurify</b> &middot; {html.escape(s.scene.name)} &middot; '
+            f"{s.scene.n_points:,} points, {s.session.n_voxels:,} voxels &middot; "
+            f"{html.escape(s.loaded.label_set.name)} &middot; VLM {html.escape(s.loaded.vlm.describe())}</div>"
+        )
         gui.add_html(head)
         notes = self._notes()
         if notes:
-            gui.add_html("<div style=\"font-size:0.8em;color:#b00000\"><b>Stand-ins and limits:</b><ul style="
-                         "\"margin:0.2em 0 0 1em;padding:0\">"
-                         + "".join(f"<li>{html.escape(x)}</li>" for x in notes) + "</ul></div>")
+            gui.add_html(
+                '<div style="font-size:0.8em;color:#b00000"><b>Stand-ins and limits:</b><ul style='
+                '"margin:0.2em 0 0 1em;padding:0">'
+                + "".join(f"<li>{html.escape(x)}</li>" for x in notes)
+                + "</ul></div>"
+            )
         self.mode_menu = gui.add_dropdown("Colouring", s.modes(), initial_value=s.mode)
         self.prompt_box = gui.add_text(PROMPT_LABEL, "", hint="any free text, e.g. a place to sleep")
         self.ask_button = gui.add_button(ASK_LABEL)
@@ -149,10 +179,12 @@ class Viewer:
         self.point_info = gui.add_markdown("*Click a point to see its top-5 classes and prompts.*")
         self.export_ply_button = gui.add_button("Export PLY")
         self.export_png_button = gui.add_button("Export PNG")
-        self.size_slider = gui.add_slider("Point size (cm)", min=0.5, max=5.0, step=0.25,
-                                          initial_value=round(100 * self.point_size * 4) / 4)
-        self.ceiling_box = gui.add_checkbox("Hide ceiling", True,
-                                            hint="hide the top 15% of heights (or the ceiling class) to see into the room")
+        self.size_slider = gui.add_slider(
+            "Point size (cm)", min=0.5, max=5.0, step=0.25, initial_value=round(100 * self.point_size * 4) / 4
+        )
+        self.ceiling_box = gui.add_checkbox(
+            "Hide ceiling", True, hint="hide the top 15% of heights (or the ceiling class) to see into the room"
+        )
 
         self.mode_menu.on_update(lambda _: self._guard(self._set_mode))
         self.ask_button.on_click(lambda _: self._guard(self._ask))
@@ -177,9 +209,14 @@ class Viewer:
         colors = np.ascontiguousarray(col.colors[self.display])
         if self.cloud is None or len(self.cloud.points) != len(self.display):
             self.cloud = self.server.scene.add_point_cloud(
-                "/scene", np.asarray(self.state.scene.xyz[self.display], np.float32), colors,
-                point_size=self.size_slider.value / 100, point_shape="square", point_shading="flat",
-                precision="float32")
+                "/scene",
+                np.asarray(self.state.scene.xyz[self.display], np.float32),
+                colors,
+                point_size=self.size_slider.value / 100,
+                point_shape="square",
+                point_shading="flat",
+                precision="float32",
+            )
         else:
             self.cloud.colors = colors
         self.legend.content = legend_html(self.state, col)
@@ -200,12 +237,12 @@ class Viewer:
         if not text:
             self.status.content = "type a prompt first"
             return
-        self.status.content = f"computing \"{html.escape(text)}\" ..."
+        self.status.content = f'computing "{html.escape(text)}" ...'
         self.state.ask(text)
         self.mode_menu.options = self.state.modes()
         self.mode_menu.value = HEAT
         self.refresh()
-        self.status.content = f"heat map of \"{html.escape(text)}\" ({self.state.computed[-1]['seconds']:.2f} s)"
+        self.status.content = f'heat map of "{html.escape(text)}" ({self.state.computed[-1]["seconds"]:.2f} s)'
 
     def _set_steps(self) -> None:
         self.state.set_steps(int(self.steps_slider.value))
@@ -217,9 +254,14 @@ class Viewer:
             if p is None:
                 self.point_info.content = "*No point under the click.*"
                 return
-            self.server.scene.add_icosphere("/picked", radius=max(0.05, 2 * self.cloud.point_size),
-                                            color=(255, 0, 255), position=tuple(float(c) for c in self.state.scene.xyz[p]))
+            self.server.scene.add_icosphere(
+                "/picked",
+                radius=max(0.05, 2 * self.cloud.point_size),
+                color=(255, 0, 255),
+                position=tuple(float(c) for c in self.state.scene.xyz[p]),
+            )
             self.point_info.content = report_markdown(self.state.point_report(p))
+
         self._guard(pick)
 
     def _export(self, kind: str, client) -> None:
@@ -229,12 +271,17 @@ class Viewer:
             view, size = "auto", (960, 720)
             if client is not None:
                 c = client.camera
-                view = {"eye": list(c.position), "target": list(c.look_at), "up": list(c.up_direction),
-                        "fov": math.degrees(c.fov)}
+                view = {
+                    "eye": list(c.position),
+                    "target": list(c.look_at),
+                    "up": list(c.up_direction),
+                    "fov": math.degrees(c.fov),
+                }
                 size = (960, max(240, int(round(960 / max(c.aspect, 0.2)))))
             hide = self.ceiling if self.ceiling_box.value else np.zeros_like(self.ceiling)  # as on the page
-            path = self.state.export_png(self.out_dir, view=view, size=size, notes=self.state.loaded.stand_ins,
-                                         hide=hide)
+            path = self.state.export_png(
+                self.out_dir, view=view, size=size, notes=self.state.loaded.stand_ins, hide=hide
+            )
         self.status.content = f"wrote `{path}`"
         if client is not None:
             client.send_file_download(path.name, path.read_bytes())

@@ -11,6 +11,7 @@
 The text side shared by all: geopurify.vlm.text (prompts, MiniLM) and geopurify.vlm.prompts
 (prompt-embedding files).
 """
+
 from __future__ import annotations
 
 from geopurify.errors import InputError
@@ -19,12 +20,16 @@ from geopurify.vlm.base import VLM
 from geopurify.vlm.text import MiniLMTextEncoder, prompts_for, text_embeddings
 
 # lift.vlm -> the backend's class (built by its `from_config(cfg, device, label_set)`), imported when asked for
-BACKENDS = Registry("lift.vlm", "VLM backend", {
-    "simulated": "geopurify.standins.simulated_vlm:SimulatedVLM",
-    "clip": "geopurify.vlm.clip:ClipVLM",
-    "openscene": "geopurify.lift.openscene:OpenSceneVLM",
-    "external": "geopurify.vlm.external:ExternalVLM",
-})
+BACKENDS = Registry(
+    "lift.vlm",
+    "VLM backend",
+    {
+        "simulated": "geopurify.standins.simulated_vlm:SimulatedVLM",
+        "clip": "geopurify.vlm.clip:ClipVLM",
+        "openscene": "geopurify.lift.openscene:OpenSceneVLM",
+        "external": "geopurify.vlm.external:ExternalVLM",
+    },
+)
 
 __all__ = ["VLM", "BACKENDS", "build_vlm", "text_embeddings", "prompts_for", "MiniLMTextEncoder"]
 
@@ -38,6 +43,8 @@ def build_vlm(cfg: dict, device: str = "cpu", label_set=None) -> VLM:
     lift = cfg.get("lift", {}) if isinstance(cfg, dict) else {}
     name = lift.get("vlm", "simulated")
     if lift.get("background_prompt") is not None and name != "external":
-        raise InputError("config lift.background_prompt", f"scores the masks of external per-view feature files; "
-                                                          f"the {name} backend has none (set it to null)")
+        raise InputError(
+            "config lift.background_prompt",
+            f"scores the masks of external per-view feature files; the {name} backend has none (set it to null)",
+        )
     return BACKENDS.get(name).from_config(cfg, device=device, label_set=label_set)

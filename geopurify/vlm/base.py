@@ -4,6 +4,7 @@ Lifting only needs per-view feature maps and the text side only needs prompt emb
 in one shared space, so a backend is two methods. `simulated` must be True for stand-ins; every
 report that uses such a backend says so.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod

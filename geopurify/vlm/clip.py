@@ -15,6 +15,7 @@ multiples of the patch size, keeping the aspect ratio; position embeddings are i
 that grid (transformers' `interpolate_pos_encoding`). No sliding windows: one forward per frame.
 The map covers the full frame, so it lines up with any `image_hw` of the same aspect ratio.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,8 @@ import torch.nn.functional as F
 
 from geopurify.data.scene import Scene
 from geopurify.errors import InputError
-from geopurify.vlm.base import VLM
 from geopurify.ops.scores import l2_normalize
+from geopurify.vlm.base import VLM
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +82,15 @@ class ClipVLM(VLM):
         try:
             model = CLIPModel.from_pretrained(str(path), local_files_only=True)
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise InputError(path, f"cannot load CLIP weights ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+            raise InputError(
+                path, f"cannot load CLIP weights ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+            ) from None
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise InputError(path, f"cannot load the CLIP tokenizer ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+            raise InputError(
+                path, f"cannot load the CLIP tokenizer ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+            ) from None
         self.model = model.to(device).eval()
         self.device = device
         self.batch_size = batch_size
@@ -105,18 +110,29 @@ class ClipVLM(VLM):
         self.dim = int(model.config.projection_dim)
         self.name = f"clip ({path.name})"
         self.path = path
-        log.info("CLIP backend from %s: %d-d, patch %d, input shorter side %d (MaskCLIP dense features)",
-                 path, self.dim, self.patch, self.short_side)
+        log.info(
+            "CLIP backend from %s: %d-d, patch %d, input shorter side %d (MaskCLIP dense features)",
+            path,
+            self.dim,
+            self.patch,
+            self.short_side,
+        )
 
     @torch.inference_mode()
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         """(P, dim) float32 unit text embeddings (`get_text_features`), on the CPU."""
         out = []
         for i in range(0, len(prompts), self.batch_size):
-            tok = self.tokenizer(list(prompts[i:i + self.batch_size]), padding=True, truncation=True,
-                                 max_length=self.max_text_len, return_tensors="pt")
-            feats = self.model.get_text_features(input_ids=tok["input_ids"].to(self.device),
-                                                 attention_mask=tok["attention_mask"].to(self.device))
+            tok = self.tokenizer(
+                list(prompts[i : i + self.batch_size]),
+                padding=True,
+                truncation=True,
+                max_length=self.max_text_len,
+                return_tensors="pt",
+            )
+            feats = self.model.get_text_features(
+                input_ids=tok["input_ids"].to(self.device), attention_mask=tok["attention_mask"].to(self.device)
+            )
             if not torch.is_tensor(feats):  # transformers >= 5 returns an output object
                 feats = feats.pooler_output
             out.append(l2_normalize(feats.float()).cpu())
@@ -146,12 +162,16 @@ class ClipVLM(VLM):
     def frame_features(self, scene: Scene, frame_index: int, image_hw: tuple[int, int]) -> torch.Tensor:
         """(dim, gh, gw) dense features of the frame's colour image (see the module docstring for sizes)."""
         if not 0 <= frame_index < len(scene.frames):
-            raise InputError(scene.path or scene.name, f"frame index {frame_index} out of range "
-                                                       f"(scene has {len(scene.frames)} frames)")
+            raise InputError(
+                scene.path or scene.name,
+                f"frame index {frame_index} out of range (scene has {len(scene.frames)} frames)",
+            )
         frame = scene.frames[frame_index]
         if frame.color_path is None:
-            raise InputError(scene.path or scene.name, f"frame {frame.name} has no colour image; "
-                                                       "the CLIP backend needs colour frames")
+            raise InputError(
+                scene.path or scene.name,
+                f"frame {frame.name} has no colour image; the CLIP backend needs colour frames",
+            )
         img = frame.color()
         grid = clip_input_grid(img.shape[:2], self.short_side, self.patch)
         return self.dense_features(normalize_image(img, grid, self.patch, self.mean, self.std))
@@ -162,8 +182,10 @@ class ClipVLM(VLM):
         checkpoint directory (transformers format)."""
         path = cfg["lift"].get("vlm_path")
         if not path:
-            raise InputError("config lift.vlm_path", "the clip backend needs lift.vlm_path: a local CLIP "
-                                                     "checkpoint directory (transformers format)")
+            raise InputError(
+                "config lift.vlm_path",
+                "the clip backend needs lift.vlm_path: a local CLIP checkpoint directory (transformers format)",
+            )
         if not Path(path).is_dir():
             raise InputError(path, "CLIP checkpoint directory not found (lift.vlm_path)")
         return cls(path, device=device)

@@ -7,6 +7,7 @@ map, so the project's own projection and fusion (geopurify.lift.multiview) lift 
 is a prompt-embedding file or a CLIP directory (geopurify.vlm.prompts). Nothing here is a
 stand-in: features and embeddings are whatever the files hold (`simulated = False`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -85,9 +86,15 @@ def paint_masks(emb: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
     return table[flat].t().reshape(C, *owner.shape).contiguous()
 
 
-def read_view_features(path: str | Path, dim: int, image_hw: tuple[int, int], normalize: bool = True,
-                       color_hw: tuple[int, int] | None = None, score_text: torch.Tensor | None = None,
-                       logit_scale: float = 100.0) -> torch.Tensor:
+def read_view_features(
+    path: str | Path,
+    dim: int,
+    image_hw: tuple[int, int],
+    normalize: bool = True,
+    color_hw: tuple[int, int] | None = None,
+    score_text: torch.Tensor | None = None,
+    logit_scale: float = 100.0,
+) -> torch.Tensor:
     """(dim, h, w) float32 feature map of one view from an external feature file.
 
     {"feat": (C, h, w)} is returned at its own resolution (lifting samples it at the projected
@@ -108,13 +115,19 @@ def read_view_features(path: str | Path, dim: int, image_hw: tuple[int, int], no
     obj = load_torch_file(path, "external feature file", kind=dict)
     has_masks = "mask_embeddings" in obj and "masks" in obj
     if score_text is not None and not has_masks:
-        raise InputError(path, "lift.background_prompt scores masks, but this file holds no 'mask_embeddings' + "
-                               "'masks' (a dense 'feat' map: set lift.background_prompt: null)")
+        raise InputError(
+            path,
+            "lift.background_prompt scores masks, but this file holds no 'mask_embeddings' + "
+            "'masks' (a dense 'feat' map: set lift.background_prompt: null)",
+        )
     if "feat" in obj and score_text is None:
         fmap = obj["feat"]
         if not torch.is_tensor(fmap) or fmap.dim() != 3 or not fmap.is_floating_point():
-            raise InputError(path, f"'feat' must be a float (C, h, w) tensor, got {getattr(fmap, 'dtype', type(fmap).__name__)} "
-                                   f"{tuple(getattr(fmap, 'shape', ()))}")
+            raise InputError(
+                path,
+                f"'feat' must be a float (C, h, w) tensor, got {getattr(fmap, 'dtype', type(fmap).__name__)} "
+                f"{tuple(getattr(fmap, 'shape', ()))}",
+            )
         if fmap.shape[0] != dim:
             raise InputError(path, f"'feat' has {fmap.shape[0]} channels, the text embeddings are {dim}-d")
         src_hw = tuple(fmap.shape[1:])
@@ -128,8 +141,9 @@ def read_view_features(path: str | Path, dim: int, image_hw: tuple[int, int], no
     elif has_masks:
         emb, masks = obj["mask_embeddings"], obj["masks"]
         if not torch.is_tensor(emb) or emb.dim() != 2 or not emb.is_floating_point():
-            raise InputError(path, f"'mask_embeddings' must be a float (M, C) tensor, got "
-                                   f"{tuple(getattr(emb, 'shape', ()))}")
+            raise InputError(
+                path, f"'mask_embeddings' must be a float (M, C) tensor, got {tuple(getattr(emb, 'shape', ()))}"
+            )
         if emb.shape[1] != dim:
             raise InputError(path, f"'mask_embeddings' are {emb.shape[1]}-d, the text embeddings are {dim}-d")
         emb = emb.float()
@@ -146,15 +160,26 @@ def read_view_features(path: str | Path, dim: int, image_hw: tuple[int, int], no
     else:
         raise InputError(path, f"external feature file needs 'feat' or 'mask_embeddings' + 'masks', has {sorted(obj)}")
     h, w = src_hw
-    if color_hw is not None and abs(h * color_hw[1] / color_hw[0] - w) > 1.0 + 1e-6 \
-            and abs(w * color_hw[0] / color_hw[1] - h) > 1.0 + 1e-6:
-        raise InputError(path, f"feature map is {h}x{w} (HxW) but the colour image is {color_hw[0]}x{color_hw[1]}: "
-                               "aspect ratios differ, the map cannot be aligned with the image")
+    if (
+        color_hw is not None
+        and abs(h * color_hw[1] / color_hw[0] - w) > 1.0 + 1e-6
+        and abs(w * color_hw[0] / color_hw[1] - h) > 1.0 + 1e-6
+    ):
+        raise InputError(
+            path,
+            f"feature map is {h}x{w} (HxW) but the colour image is {color_hw[0]}x{color_hw[1]}: "
+            "aspect ratios differ, the map cannot be aligned with the image",
+        )
     return fmap
 
 
-def save_view_features(path: str | Path, feat: torch.Tensor | None = None, mask_embeddings: torch.Tensor | None = None,
-                       masks: torch.Tensor | None = None, scores: torch.Tensor | None = None) -> None:
+def save_view_features(
+    path: str | Path,
+    feat: torch.Tensor | None = None,
+    mask_embeddings: torch.Tensor | None = None,
+    masks: torch.Tensor | None = None,
+    scores: torch.Tensor | None = None,
+) -> None:
     """Write one view's external features atomically (float16 features; masks kept as given).
 
     Give either `feat` (C, h, w) or `mask_embeddings` (M, C) with `masks` (and optional `scores`).
@@ -169,15 +194,18 @@ def save_view_features(path: str | Path, feat: torch.Tensor | None = None, mask_
         if masks is None:
             raise ValueError("mask_embeddings need masks")
         masks = torch.as_tensor(masks).detach().cpu()
-        obj = {"mask_embeddings": torch.as_tensor(mask_embeddings).detach().cpu().to(torch.float16).contiguous(),
-               "masks": (masks.to(torch.float16) if masks.is_floating_point() else masks).contiguous()}
+        obj = {
+            "mask_embeddings": torch.as_tensor(mask_embeddings).detach().cpu().to(torch.float16).contiguous(),
+            "masks": (masks.to(torch.float16) if masks.is_floating_point() else masks).contiguous(),
+        }
         if scores is not None:
             obj["scores"] = torch.as_tensor(scores).detach().cpu().float()
     save_torch(path, obj)
 
 
-def external_feature_path(scene: Scene, frame_index: int, feature_root: str | Path | None = None,
-                          subdir: str = "features") -> Path:
+def external_feature_path(
+    scene: Scene, frame_index: int, feature_root: str | Path | None = None, subdir: str = "features"
+) -> Path:
     """The feature file of one frame: `<feature_root>/<scene>/<k>.pt`, or `<scene dir>/<subdir>/<k>.pt`
     without a root (`<k>` the frame name)."""
     frame = scene.frames[frame_index]
@@ -198,8 +226,15 @@ class ExternalVLM(VLM):
 
     simulated = False
 
-    def __init__(self, text, feature_root: str | Path | None = None, subdir: str = "features",
-                 normalize: bool = True, device: str = "cpu", name: str | None = None):
+    def __init__(
+        self,
+        text,
+        feature_root: str | Path | None = None,
+        subdir: str = "features",
+        normalize: bool = True,
+        device: str = "cpu",
+        name: str | None = None,
+    ):
         self.mask_text: torch.Tensor | None = None  # class + background prompts: see `score_masks_with`
         self.mask_logit_scale = 100.0
         self.text = text if isinstance(text, VLM) else text_source(text, device=device)
@@ -221,8 +256,13 @@ class ExternalVLM(VLM):
         background prompt, all embedded by the text side, instead of using the files' scores."""
         self.mask_text = l2_normalize(self.encode_text(list(class_prompts) + [background_prompt]).float())
         self.mask_logit_scale = float(logit_scale)
-        log.info("external masks scored as the reference does: %d class prompts + background prompt %r, "
-                 "logit scale %g (the files' scores are not used)", len(class_prompts), background_prompt, logit_scale)
+        log.info(
+            "external masks scored as the reference does: %d class prompts + background prompt %r, "
+            "logit scale %g (the files' scores are not used)",
+            len(class_prompts),
+            background_prompt,
+            logit_scale,
+        )
 
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         return self.text.encode_text(prompts)
@@ -230,17 +270,25 @@ class ExternalVLM(VLM):
     def frame_features(self, scene: Scene, frame_index: int, image_hw: tuple[int, int]) -> torch.Tensor:
         """(dim, h, w) map of frame `frame_index` from its feature file (`read_view_features`)."""
         if not 0 <= frame_index < len(scene.frames):
-            raise InputError(scene.path or scene.name, f"frame index {frame_index} out of range "
-                                                       f"(scene has {len(scene.frames)} frames)")
+            raise InputError(
+                scene.path or scene.name,
+                f"frame index {frame_index} out of range (scene has {len(scene.frames)} frames)",
+            )
         frame = scene.frames[frame_index]
         color_hw = None
         if frame.color_path is not None:
             from geopurify.data.images import image_header
 
             color_hw = image_header(frame.color_path)[1]
-        return read_view_features(self.feature_path(scene, frame_index), self.dim, image_hw,
-                                  normalize=self.normalize, color_hw=color_hw, score_text=self.mask_text,
-                                  logit_scale=self.mask_logit_scale)
+        return read_view_features(
+            self.feature_path(scene, frame_index),
+            self.dim,
+            image_hw,
+            normalize=self.normalize,
+            color_hw=color_hw,
+            score_text=self.mask_text,
+            logit_scale=self.mask_logit_scale,
+        )
 
     @classmethod
     def from_config(cls, cfg: dict, device: str = "cpu", label_set=None):
@@ -254,9 +302,12 @@ class ExternalVLM(VLM):
             raise InputError(root, "external feature directory not found (lift.vlm_path)")
         if not text:
             if not root:
-                raise InputError("config lift.text_path", "the external backend needs prompt embeddings: set "
-                                                          "lift.text_path, or lift.vlm_path to a directory holding "
-                                                          "text_embeddings.pt")
+                raise InputError(
+                    "config lift.text_path",
+                    "the external backend needs prompt embeddings: set "
+                    "lift.text_path, or lift.vlm_path to a directory holding "
+                    "text_embeddings.pt",
+                )
             text = find_text_file(root)
         vlm = cls(text, feature_root=root or None, device=device)
         background = lift.get("background_prompt")

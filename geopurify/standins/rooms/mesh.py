@@ -14,6 +14,7 @@ instance id, and an over-segmentation id: segments are square patches of about P
 one surface (so they never cross objects), named like ScanNet's segIndices by a vertex of theirs
 (the smallest index).
 """
+
 from __future__ import annotations
 
 import logging
@@ -115,8 +116,13 @@ def _tessellate(room: Room, h: float):
         xyz.append(x), nrm.append(n), faces.append(f + off)
         sid.append(np.full(len(x), s, np.int64)), key.append(k + np.int64(i) * 10_000_000)
         off += len(x)
-    return (np.concatenate(xyz), np.concatenate(nrm), np.concatenate(faces).astype(np.int64),
-            np.concatenate(sid), np.concatenate(key))
+    return (
+        np.concatenate(xyz),
+        np.concatenate(nrm),
+        np.concatenate(faces).astype(np.int64),
+        np.concatenate(sid),
+        np.concatenate(key),
+    )
 
 
 def _visible_part(room: Room, h: float):
@@ -155,6 +161,14 @@ def room_mesh(room: Room, n_vertices: int = 120_000) -> RoomMesh:
     np.minimum.at(first, inv, np.arange(len(xyz)))
     rgb = np.clip(np.rint(shade(room, xyz, nrm, sid) * 255), 0, 255).astype(np.uint8)
     log.debug("mesh of %s: %d vertices, %d faces, spacing %.1f cm", room.name, len(xyz), len(faces), 100 * h)
-    return RoomMesh(xyz=xyz, normals=nrm.astype(np.float32), faces=faces, sid=sid, rgb=rgb,
-                    labels=room.surf_label[sid].astype(np.int32), instances=room.surf_instance[sid].astype(np.int32),
-                    segments=first[inv], spacing=h)
+    return RoomMesh(
+        xyz=xyz,
+        normals=nrm.astype(np.float32),
+        faces=faces,
+        sid=sid,
+        rgb=rgb,
+        labels=room.surf_label[sid].astype(np.int32),
+        instances=room.surf_instance[sid].astype(np.int32),
+        segments=first[inv],
+        spacing=h,
+    )

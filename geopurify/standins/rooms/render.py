@@ -3,18 +3,19 @@ room shell, shading, and sensor noise. A frame's depth is the exact camera z of 
 hit, its colour the shaded albedo, its label image the surface's NYU40 id. `room` arguments are a
 `geopurify.standins.rooms.layout.Room`.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
 from geopurify.standins.rooms.primitives import BOX, N_SHELL, NEAR
 
-
 # ------------------------------------------------------------------------------ ray casting
 # Rays are o + t * d with d = R K^-1 (u, v, 1): t is then the camera z-depth. Direction components
 # are separate (H, W) float32 arrays so a pixel rectangle is a cheap view. Intersections return
 # the entry distance (inf where missed) and a hit code: 0/1/2 the slab axis a box (or the room
 # shell) was entered (left) through, 3 a cylinder's side, 4 its cap; normals follow from the code.
+
 
 def _safe_inv(d: np.ndarray) -> np.ndarray:
     d = np.where(np.abs(d) < 1e-12, np.where(d < 0, -1e-12, 1e-12), d)
@@ -128,8 +129,13 @@ def render_surfaces(room, pose: np.ndarray, K: np.ndarray, hw: tuple[int, int], 
             continue
         r0, r1, c0, c1 = rect
         fn = intersect_box if room.prim_kind[i] == BOX else intersect_cylinder
-        ti, ci = fn(ol, [c[r0:r1, c0:c1] for c in d], [c[r0:r1, c0:c1] for c in inv],
-                    room.prim_lo[i].tolist(), room.prim_hi[i].tolist())
+        ti, ci = fn(
+            ol,
+            [c[r0:r1, c0:c1] for c in d],
+            [c[r0:r1, c0:c1] for c in inv],
+            room.prim_lo[i].tolist(),
+            room.prim_hi[i].tolist(),
+        )
         closer = ti < t[r0:r1, c0:c1]
         if closer.any():
             t[r0:r1, c0:c1][closer] = ti[closer]
@@ -161,6 +167,7 @@ def _normals(room, o, d, t, sid, code) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------- shading
 
+
 def _hash01(q: np.ndarray, salt: np.ndarray) -> np.ndarray:
     """Deterministic pseudo-random value in [0, 1) per integer cell (M, 3) and salt (M,)."""
     q = q.astype(np.int64).astype(np.uint32)
@@ -169,7 +176,7 @@ def _hash01(q: np.ndarray, salt: np.ndarray) -> np.ndarray:
     h ^= h >> np.uint32(13)
     h *= np.uint32(0x5BD1E995)
     h ^= h >> np.uint32(15)
-    return h.astype(np.float32) * np.float32(2.0 ** -32)
+    return h.astype(np.float32) * np.float32(2.0**-32)
 
 
 def shade(room, p: np.ndarray, n: np.ndarray, sid: np.ndarray) -> np.ndarray:
@@ -188,8 +195,15 @@ def shade(room, p: np.ndarray, n: np.ndarray, sid: np.ndarray) -> np.ndarray:
     return room.surf_albedo[sid] * (tex * (0.55 + 0.5 * lambert))[:, None]
 
 
-def sensor_noise(depth: np.ndarray, color: np.ndarray, rng: np.random.Generator, depth_rel_std: float = 0.003,
-                 dropout: float = 0.005, gain_range: float = 0.06, color_std: float = 0.012):
+def sensor_noise(
+    depth: np.ndarray,
+    color: np.ndarray,
+    rng: np.random.Generator,
+    depth_rel_std: float = 0.003,
+    dropout: float = 0.005,
+    gain_range: float = 0.06,
+    color_std: float = 0.012,
+):
     """Depth x (1 + N(0, depth_rel_std^2)) (noise grows with depth, as in a structured-light sensor)
     and a `dropout` share of pixels with no return (0, as ScanNet's holes); colour x one exposure
     gain per frame + per-pixel Gaussian noise."""

@@ -30,6 +30,7 @@ shake), about 1.5 m above the floor, at ScanNet's two cameras, which share a cen
 A few frames per scan (bursts of 1-3) carry a camera_to_world of -inf, as ScanNet marks lost
 tracking; their images are still stored. Everything is a function of (seed, scene index).
 """
+
 from __future__ import annotations
 
 import json
@@ -41,9 +42,9 @@ import numpy as np
 from tqdm import tqdm
 
 from geopurify.data.cameras import EYE_HEIGHT, intrinsic_matrix, look_at
+from geopurify.errors import InputError
 from geopurify.standins.rooms.export import scene_seed
 from geopurify.standins.rooms.layout import Room, camera_free, room_layout
-from geopurify.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ _SCANNET_ALIASES = {"sofa": "couch"}  # object names whose common ScanNet raw ca
 
 # ------------------------------------------------------------------------------- shared by formats
 
+
 def check_marker(out_dir: Path, params: dict) -> None:
     """Write DIR/SYNTHETIC_STAND-IN.json, or check that the one there has the same parameters
     (so a re-run resumes a directory instead of mixing two data sets)."""
@@ -75,13 +77,22 @@ def check_marker(out_dir: Path, params: dict) -> None:
         except (OSError, ValueError, AttributeError):
             raise InputError(path, "unreadable; remove it or choose another output directory") from None
         if have != params:
-            raise InputError(path, f"the directory was written with other parameters ({have} != {params}); "
-                                   "remove it or choose another output directory")
+            raise InputError(
+                path,
+                f"the directory was written with other parameters ({have} != {params}); "
+                "remove it or choose another output directory",
+            )
         return
     if out_dir.is_dir() and any(p.name != MARKER for p in out_dir.iterdir()):
         raise InputError(out_dir, "is not empty and holds no synthetic stand-in data set; choose an empty directory")
-    write_json(path, {"note": "SYNTHETIC STAND-IN data: procedural scenes written by `geopurify synth` in a "
-                              "dataset's release layout; not real scans", "parameters": params})
+    write_json(
+        path,
+        {
+            "note": "SYNTHETIC STAND-IN data: procedural scenes written by `geopurify synth` in a "
+            "dataset's release layout; not real scans",
+            "parameters": params,
+        },
+    )
 
 
 def write_splits(out_dir: Path, names: list[str], pattern: str, splits: tuple[str, ...], seed: int) -> dict:
@@ -101,7 +112,7 @@ def write_splits(out_dir: Path, names: list[str], pattern: str, splits: tuple[st
     out, start = {}, 0
     for split, size in zip(splits, sizes):
         path = out_dir / pattern.format(split)
-        part = sorted(order[start:start + size])
+        part = sorted(order[start : start + size])
         start += size
         if part:
             write_text(path, "".join(name + "\n" for name in part))
@@ -114,14 +125,16 @@ def write_splits(out_dir: Path, names: list[str], pattern: str, splits: tuple[st
 
 # ------------------------------------------------------------------------------------ geometry
 
+
 def axis_alignment(rng: np.random.Generator) -> np.ndarray:
     """A ScanNet-like axisAlignment (original -> aligned): rotation about z (never a multiple of 90
     degrees: 10..80 plus k x 90) and a translation of a few metres; rounded to the 6 decimals of
     `<scene>.txt`, so the matrix written is the one used."""
     phi = np.deg2rad(rng.uniform(10.0, 80.0) + 90.0 * rng.integers(4))
     c, s = np.cos(phi), np.sin(phi)
-    A = np.array([[c, -s, 0, rng.uniform(-5, 5)], [s, c, 0, rng.uniform(-5, 5)], [0, 0, 1, rng.uniform(-0.1, 0.1)],
-                  [0, 0, 0, 1]])
+    A = np.array(
+        [[c, -s, 0, rng.uniform(-5, 5)], [s, c, 0, rng.uniform(-5, 5)], [0, 0, 1, rng.uniform(-0.1, 0.1)], [0, 0, 0, 1]]
+    )
     return np.round(A, 6)
 
 
@@ -201,6 +214,7 @@ def color_from_depth_view(rgb: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------ one scan
 
+
 def scannet_raw_category(name: str) -> str:
     """The ScanNet raw category (a `raw_category` of scannetv2-labels.combined.tsv) of a procedural object."""
     from geopurify.data.labels import scannet_raw_category_ids
@@ -213,12 +227,26 @@ def scannet_raw_category(name: str) -> str:
 
 def _scene_txt(A: np.ndarray, n_frames: int) -> str:
     f6 = lambda m: " ".join(f"{v:.6f}" for v in np.asarray(m).ravel())  # noqa: E731
-    keys = {"axisAlignment": f6(A), "colorHeight": COLOR_HW[0], "colorToDepthExtrinsics": f6(np.eye(4)),
-            "colorWidth": COLOR_HW[1], "depthHeight": DEPTH_HW[0], "depthWidth": DEPTH_HW[1],
-            "fx_color": f"{K_COLOR[0, 0]:.6f}", "fx_depth": f"{K_DEPTH[0, 0]:.6f}", "fy_color": f"{K_COLOR[1, 1]:.6f}",
-            "fy_depth": f"{K_DEPTH[1, 1]:.6f}", "mx_color": f"{K_COLOR[0, 2]:.6f}", "mx_depth": f"{K_DEPTH[0, 2]:.6f}",
-            "my_color": f"{K_COLOR[1, 2]:.6f}", "my_depth": f"{K_DEPTH[1, 2]:.6f}", "numColorFrames": n_frames,
-            "numDepthFrames": n_frames, "numIMUmeasurements": 0, "sceneType": SCENE_TYPE}
+    keys = {
+        "axisAlignment": f6(A),
+        "colorHeight": COLOR_HW[0],
+        "colorToDepthExtrinsics": f6(np.eye(4)),
+        "colorWidth": COLOR_HW[1],
+        "depthHeight": DEPTH_HW[0],
+        "depthWidth": DEPTH_HW[1],
+        "fx_color": f"{K_COLOR[0, 0]:.6f}",
+        "fx_depth": f"{K_DEPTH[0, 0]:.6f}",
+        "fy_color": f"{K_COLOR[1, 1]:.6f}",
+        "fy_depth": f"{K_DEPTH[1, 1]:.6f}",
+        "mx_color": f"{K_COLOR[0, 2]:.6f}",
+        "mx_depth": f"{K_DEPTH[0, 2]:.6f}",
+        "my_color": f"{K_COLOR[1, 2]:.6f}",
+        "my_depth": f"{K_DEPTH[1, 2]:.6f}",
+        "numColorFrames": n_frames,
+        "numDepthFrames": n_frames,
+        "numIMUmeasurements": 0,
+        "sceneType": SCENE_TYPE,
+    }
     return "".join(f"{k} = {v}\n" for k, v in keys.items())
 
 
@@ -228,24 +256,59 @@ def _write_mesh_files(scan: Path, name: str, room: Room, mesh, A_inv: np.ndarray
     from geopurify.io import write_text
 
     xyz = (mesh.xyz @ A_inv[:3, :3].T + A_inv[:3, 3]).astype(np.float32)
-    vert = {"x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2], "red": mesh.rgb[:, 0], "green": mesh.rgb[:, 1],
-            "blue": mesh.rgb[:, 2], "alpha": np.full(len(xyz), 255, np.uint8)}
+    vert = {
+        "x": xyz[:, 0],
+        "y": xyz[:, 1],
+        "z": xyz[:, 2],
+        "red": mesh.rgb[:, 0],
+        "green": mesh.rgb[:, 1],
+        "blue": mesh.rgb[:, 2],
+        "alpha": np.full(len(xyz), 255, np.uint8),
+    }
     write_mesh_ply(scan / f"{name}_vh_clean_2.ply", vert, mesh.faces, comment="geopurify synthetic stand-in")
-    write_mesh_ply(scan / f"{name}_vh_clean_2.labels.ply", {**vert, "label": mesh.labels.astype(np.uint16)},
-                   mesh.faces, comment="geopurify synthetic stand-in")
+    write_mesh_ply(
+        scan / f"{name}_vh_clean_2.labels.ply",
+        {**vert, "label": mesh.labels.astype(np.uint16)},
+        mesh.faces,
+        comment="geopurify synthetic stand-in",
+    )
     segs_file = f"{name}_vh_clean_2.0.010000.segs.json"
-    write_text(scan / segs_file, json.dumps({
-        "params": {"generator": "geopurify synthetic stand-in: square patches of one surface", "patchSize": 0.4},
-        "sceneId": name, "segIndices": mesh.segments.tolist()}))
+    write_text(
+        scan / segs_file,
+        json.dumps(
+            {
+                "params": {
+                    "generator": "geopurify synthetic stand-in: square patches of one surface",
+                    "patchSize": 0.4,
+                },
+                "sceneId": name,
+                "segIndices": mesh.segments.tolist(),
+            }
+        ),
+    )
     by_name = {o["instance"]: o["name"] for o in room.objects}
     groups = []
     for inst in np.unique(mesh.instances):
         segs = np.unique(mesh.segments[mesh.instances == inst])
-        groups.append({"id": int(inst) - 1, "objectId": int(inst) - 1, "segments": segs.tolist(),
-                       "label": scannet_raw_category(by_name[int(inst)])})
-    write_text(scan / f"{name}.aggregation.json", json.dumps({
-        "sceneId": f"scannet.{name}", "appId": "geopurify.synth (synthetic stand-in)", "segGroups": groups,
-        "segmentsFile": f"scannet.{segs_file}"}))
+        groups.append(
+            {
+                "id": int(inst) - 1,
+                "objectId": int(inst) - 1,
+                "segments": segs.tolist(),
+                "label": scannet_raw_category(by_name[int(inst)]),
+            }
+        )
+    write_text(
+        scan / f"{name}.aggregation.json",
+        json.dumps(
+            {
+                "sceneId": f"scannet.{name}",
+                "appId": "geopurify.synth (synthetic stand-in)",
+                "segGroups": groups,
+                "segmentsFile": f"scannet.{segs_file}",
+            }
+        ),
+    )
 
 
 def _frames(room: Room, poses_orig: np.ndarray, progress: bool):
@@ -255,19 +318,30 @@ def _frames(room: Room, poses_orig: np.ndarray, progress: bool):
 
     for i in tqdm(range(room.n_frames), desc=f"frames {room.name}", unit="frame", disable=not progress, leave=False):
         view = room.render(i)
-        yield SensFrame(index=i, camera_to_world=poses_orig[i], timestamp_color=33_333 * i, timestamp_depth=33_333 * i,
-                        color_data=encode_color(color_from_depth_view(view.color), "jpeg", JPEG_QUALITY),
-                        depth_data=encode_depth(depth_to_uint16(view.depth, DEPTH_SHIFT), level=1))
+        yield SensFrame(
+            index=i,
+            camera_to_world=poses_orig[i],
+            timestamp_color=33_333 * i,
+            timestamp_depth=33_333 * i,
+            color_data=encode_color(color_from_depth_view(view.color), "jpeg", JPEG_QUALITY),
+            depth_data=encode_depth(depth_to_uint16(view.depth, DEPTH_SHIFT), level=1),
+        )
 
 
-def write_scannet_scan(scan: str | Path, seed: int, n_vertices: int = DEFAULT_VERTICES,
-                       n_frames: int = DEFAULT_FRAMES, name: str | None = None, progress: bool = False) -> dict:
+def write_scannet_scan(
+    scan: str | Path,
+    seed: int,
+    n_vertices: int = DEFAULT_VERTICES,
+    n_frames: int = DEFAULT_FRAMES,
+    name: str | None = None,
+    progress: bool = False,
+) -> dict:
     """Write procedural room `seed` as the ScanNet scan `name` (default: the directory's name, which
     must look like scene####_##) into directory `scan`; returns a summary (counts, lost-tracking
     frames, seconds)."""
     from geopurify.data.sens import write_sens
-    from geopurify.standins.rooms.mesh import room_mesh
     from geopurify.io import write_text
+    from geopurify.standins.rooms.mesh import room_mesh
 
     t0 = time.perf_counter()
     scan = Path(scan)
@@ -284,15 +358,37 @@ def write_scannet_scan(scan: str | Path, seed: int, n_vertices: int = DEFAULT_VE
     mesh = room_mesh(room, n_vertices)
     _write_mesh_files(scan, name, room, mesh, A_inv)
     write_text(scan / f"{name}.txt", _scene_txt(A, n_frames))
-    write_sens(scan / f"{name}.sens", _frames(room, poses_orig, progress), intrinsic_color=K_COLOR,
-               intrinsic_depth=K_DEPTH, color_width=COLOR_HW[1], color_height=COLOR_HW[0], depth_width=DEPTH_HW[1],
-               depth_height=DEPTH_HW[0], depth_shift=DEPTH_SHIFT, sensor_name=SENSOR_NAME)
-    return {"scene": name, "room_type": room.room_type, "n_vertices": mesh.n_vertices, "n_faces": int(len(mesh.faces)),
-            "n_frames": n_frames, "lost_tracking": lost.tolist(), "seconds": time.perf_counter() - t0}
+    write_sens(
+        scan / f"{name}.sens",
+        _frames(room, poses_orig, progress),
+        intrinsic_color=K_COLOR,
+        intrinsic_depth=K_DEPTH,
+        color_width=COLOR_HW[1],
+        color_height=COLOR_HW[0],
+        depth_width=DEPTH_HW[1],
+        depth_height=DEPTH_HW[0],
+        depth_shift=DEPTH_SHIFT,
+        sensor_name=SENSOR_NAME,
+    )
+    return {
+        "scene": name,
+        "room_type": room.room_type,
+        "n_vertices": mesh.n_vertices,
+        "n_faces": int(len(mesh.faces)),
+        "n_frames": n_frames,
+        "lost_tracking": lost.tolist(),
+        "seconds": time.perf_counter() - t0,
+    }
 
 
-def synthesize_scannet_raw(out_dir: str | Path, n_scenes: int, seed: int, n_vertices: int = DEFAULT_VERTICES,
-                           n_frames: int = DEFAULT_FRAMES, progress: bool = True) -> list[Path]:
+def synthesize_scannet_raw(
+    out_dir: str | Path,
+    n_scenes: int,
+    seed: int,
+    n_vertices: int = DEFAULT_VERTICES,
+    n_frames: int = DEFAULT_FRAMES,
+    progress: bool = True,
+) -> list[Path]:
     """Write `n_scenes` procedural rooms as ScanNet v2 scans under out_dir/scans/ plus the split lists
     (see the module docstring). Scene i depends only on (seed, i); finished scans are kept, so a
     killed run resumes (each scan is staged and renamed into place when complete)."""
@@ -306,18 +402,27 @@ def synthesize_scannet_raw(out_dir: str | Path, n_scenes: int, seed: int, n_vert
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(out_dir, "output path exists and is not a directory")
     out_dir.mkdir(parents=True, exist_ok=True)
-    check_marker(out_dir, {"format": "scannet-raw", "seed": int(seed), "n_vertices": int(n_vertices),
-                           "n_frames": int(n_frames)})
+    check_marker(
+        out_dir, {"format": "scannet-raw", "seed": int(seed), "n_vertices": int(n_vertices), "n_frames": int(n_frames)}
+    )
     names = [f"scene{FIRST_SCENE_ID + i:04d}_00" for i in range(n_scenes)]
     paths = []
-    for i, name in enumerate(tqdm(names, desc="ScanNet-format rooms (synthetic stand-in)", unit="scene",
-                                  disable=not progress)):
+    for i, name in enumerate(
+        tqdm(names, desc="ScanNet-format rooms (synthetic stand-in)", unit="scene", disable=not progress)
+    ):
         final = out_dir / "scans" / name
         if not final.is_dir():
             with staged_dir(final) as tmp:
                 info = write_scannet_scan(tmp, scene_seed(seed, i), n_vertices, n_frames, name, progress)
-            log.info("%s (%s): %d vertices, %d frames (%d lost tracking) in %.1fs", name, info["room_type"],
-                     info["n_vertices"], n_frames, len(info["lost_tracking"]), info["seconds"])
+            log.info(
+                "%s (%s): %d vertices, %d frames (%d lost tracking) in %.1fs",
+                name,
+                info["room_type"],
+                info["n_vertices"],
+                n_frames,
+                len(info["lost_tracking"]),
+                info["seconds"],
+            )
         paths.append(final)
     write_splits(out_dir, names, "scannetv2_{}.txt", ("train", "val"), seed)
     return paths

@@ -2,6 +2,7 @@
 side, sampled uniformly by area, kept where no other solid hides it (what a scan mesh's vertices are).
 `room` arguments are a `geopurify.standins.rooms.layout.Room`.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,9 +17,14 @@ def surface_patches(room):
     z3 = np.zeros(3)
     ex, ey, ez = np.eye(3)
     # shell faces, inward normals
-    rects += [(0, z3, ey * Ly, ez * H, ex), (1, ex * Lx, ey * Ly, ez * H, -ex),
-              (2, z3, ex * Lx, ez * H, ey), (3, ey * Ly, ex * Lx, ez * H, -ey),
-              (4, z3, ex * Lx, ey * Ly, ez), (5, ez * H, ex * Lx, ey * Ly, -ez)]
+    rects += [
+        (0, z3, ey * Ly, ez * H, ex),
+        (1, ex * Lx, ey * Ly, ez * H, -ex),
+        (2, z3, ex * Lx, ez * H, ey),
+        (3, ey * Ly, ex * Lx, ez * H, -ey),
+        (4, z3, ex * Lx, ey * Ly, ez),
+        (5, ez * H, ex * Lx, ey * Ly, -ez),
+    ]
     cyls = []
     for i, (kind, lo, hi) in enumerate(zip(room.prim_kind, room.prim_lo, room.prim_hi)):
         s = N_SHELL + i
@@ -43,7 +49,7 @@ def _sample_candidates(room, m: int, rng: np.random.Generator):
     r_area = np.array([np.linalg.norm(np.cross(e1, e2)) for _, _, e1, e2, _ in rects])
     radius = np.array([(hi[0] - lo[0]) / 2 for _, lo, hi in cyls])
     height = np.array([hi[2] - lo[2] for _, lo, hi in cyls])
-    c_side, c_cap = 2 * np.pi * radius * height, np.pi * radius ** 2
+    c_side, c_cap = 2 * np.pi * radius * height, np.pi * radius**2
     areas = np.concatenate([r_area, c_side, c_cap, c_cap])
     counts = rng.multinomial(m, areas / areas.sum())
     nr, nc = len(rects), len(cyls)
@@ -63,7 +69,7 @@ def _sample_candidates(room, m: int, rng: np.random.Generator):
         clo = np.array([c[1] for c in cyls])
         chi = np.array([c[2] for c in cyls])
         ctr = (clo + chi) / 2
-        for part, cnt in enumerate((counts[nr:nr + nc], counts[nr + nc:nr + 2 * nc], counts[nr + 2 * nc:])):
+        for part, cnt in enumerate((counts[nr : nr + nc], counts[nr + nc : nr + 2 * nc], counts[nr + 2 * nc :])):
             idx = np.repeat(np.arange(nc), cnt)
             if not len(idx):
                 continue
