@@ -19,13 +19,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/geopurify demo --out out/demo
 
-# First the import contracts (pyproject.toml [tool.importlinter], docs/architecture.md) and lint,
-# then the suite on two pytest-xdist workers (whole test files per worker: a file's tests share fixtures
-# and run in order), each with 1 thread: 2-thread CPU reductions differ in
-# the last bits, and tests compare exactly.
+# First the import contracts (pyproject.toml [tool.importlinter], docs/architecture.md), lint and the
+# format check (ruff); then the suite on two pytest-xdist workers (whole test files per worker: a
+# file's tests share fixtures and run in order), each with 1 thread: 2-thread CPU reductions differ
+# in the last bits, and tests compare exactly.
 test: $(STAMP)
 	$(BIN)/lint-imports
 	$(BIN)/ruff check geopurify tests bench
+	$(BIN)/ruff format --check geopurify tests bench
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadfile
 
 clean:

@@ -468,7 +468,8 @@ def main(argv=None) -> int:
             print(f"  {name}: {s:.2f} s wall, {c:.2f} s CPU  ({_fmt(tw, tc)})")
         print(
             f"  graphs identical: {same_graph}, labels identical: {same_labels}; "
-            f"speedup {sides['kdtree'][1] / sides['grid'][1]:.1f}x wall, {sides['kdtree'][2] / sides['grid'][2]:.1f}x CPU"
+            f"speedup {sides['kdtree'][1] / sides['grid'][1]:.1f}x wall, "
+            f"{sides['kdtree'][2] / sides['grid'][2]:.1f}x CPU"
         )
         g = sides["grid"]
         out.update(

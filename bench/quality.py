@@ -104,7 +104,8 @@ def main(argv=None) -> int:
     print(summary_table(report["metrics"]))
     print(f"per scene mIoU: {report['per_scene']}")
     print(
-        f"VLM: {report['vlm']}; teacher: {meta.get('teacher')}; train {t_train:.0f} s, eval {t_eval:.0f} s; wrote {args.out}"
+        f"VLM: {report['vlm']}; teacher: {meta.get('teacher')}; train {t_train:.0f} s, eval {t_eval:.0f} s; "
+        f"wrote {args.out}"
     )
     print(json.dumps({m: round(report["metrics"][m]["mIoU"], 2) for m in ("raw", "knn_mean", "purified")}))
     return 0

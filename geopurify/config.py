@@ -5,8 +5,9 @@ this order (later wins): defaults.yaml < the file's `base:` chain < the file < `
 command's own flags, e.g. --vlm) < `sets` (`--set KEY=VALUE` strings). A file may say
 `base: <other config>` (a path relative to the file itself, or absolute) and then holds only
 what differs from that config; bases may have bases of their own. An unknown key (a renamed one
-names its new name), a value of the wrong type, unreadable YAML, a missing base or a base cycle raises InputError naming the
-file (or the `--set KEY=VALUE` item) and the key.
+names its new name), a value of the wrong type, unreadable YAML, a missing base or a base cycle
+raises InputError naming the file (or the `--set KEY=VALUE` item) and the key. Value ranges are
+checked by the stage using them (geopurify.schema).
 """
 
 from __future__ import annotations

@@ -57,7 +57,8 @@ def test_simulated_lifted_miou_on_scannet_scene():
     clean_cfg["vlm_sim"].update(confusion_prob=0.0, mask_error_prob=0.0, noise_std=0.0)  # patch features only
     clean, clean_seen = lifted_miou(scene, clean_cfg, labels)
     print(
-        f"same lift without confusions, mask errors and noise: mIoU {clean['mIoU']:.1f} (seen points: {clean_seen['mIoU']:.1f})"
+        f"same lift without confusions, mask errors and noise: mIoU {clean['mIoU']:.1f} "
+        f"(seen points: {clean_seen['mIoU']:.1f})"
     )
 
     n_present = len(labels.names) - len(m["absent_classes"])

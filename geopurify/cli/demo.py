@@ -139,7 +139,8 @@ def run(args) -> int:
         },
         "per_scene_mIoU": report["per_scene"],
         "produced_by": {
-            "data": f"procedural rooms (synthetic stand-in for ScanNet): {len(train_scenes)} train, {len(val_scenes)} held-out",
+            "data": f"procedural rooms (synthetic stand-in for ScanNet): {len(train_scenes)} train, "
+            f"{len(val_scenes)} held-out",
             "train_scenes": [p.name for p in train_scenes],
             "eval_scenes": [p.name for p in val_scenes],
             "vlm": vlm.describe(),

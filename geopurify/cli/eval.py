@@ -235,7 +235,10 @@ def run(args) -> int:
     }
     write_json(args.out, report)
     for i, s in enumerate(sets):
-        title = f"{'' if i == 0 else 'also: '}class setting {describe_setting(s.name)}\n{len(primary)} scene(s), {source['kind']}"
+        title = (
+            f"{'' if i == 0 else 'also: '}class setting {describe_setting(s.name)}\n"
+            f"{len(primary)} scene(s), {source['kind']}"
+        )
         if source.get("simulated"):
             title += "  [SIMULATED VLM]"
         print(format_table(result[s.name], title=title))

@@ -1,8 +1,9 @@
 """Geometry-guided purification (METHOD.md section 5): kNN affinity pooling of lifted features.
 
 `pooling` holds the array-level pieces (affinity weights, pooling, the reference and fast
-classification; the kNN graph and the text scores are `geopurify.ops`); `infer` runs them on a scene (`purify_scene`, the `knn_mean_scene` baseline,
-`query_scores` for new prompts, `purified_features`); `query` keeps a scene loaded for free-text
+classification; the kNN graph and the text scores are `geopurify.ops`); `infer` runs them on a
+scene (`purify_scene`, the `knn_mean_scene` baseline, `query_scores` for new prompts,
+`purified_features`); `query` keeps a scene loaded for free-text
 prompts on demand (`geopurify query`, `geopurify view`).
 """
 

@@ -70,8 +70,9 @@ def render_point_labels(
     """Per-pixel raw label ids (0 = nothing) and instance ids (or None) of the points visible in a view.
 
     Uses the z-buffer of the points themselves (`geopurify.ops.project.zbuffer`, as lifting's
-    occlusion test), at `image_hw`, with the frame's intrinsics scaled from its own image size. `labels`: per-point raw ids to render instead of
-    `scene.labels` (e.g. the scene's labels in another raw id space).
+    occlusion test), at `image_hw`, with the frame's intrinsics scaled from its own image size.
+    `labels`: per-point raw ids to render instead of `scene.labels` (e.g. the scene's labels in
+    another raw id space).
     """
     labels = scene.labels if labels is None else labels
     if labels is None:
