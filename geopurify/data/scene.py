@@ -84,6 +84,15 @@ class Scene:
     def n_points(self) -> int:
         return int(self.xyz.shape[0])
 
+    def frame(self, index: int) -> Frame:
+        """Frame `index`; InputError naming the scene when it has no such frame."""
+        if not 0 <= index < len(self.frames):
+            raise InputError(
+                self.path if self.path is not None else self.name,
+                f"frame index {index} out of range (scene has {len(self.frames)} frames)",
+            )
+        return self.frames[index]
+
     @property
     def normals(self) -> np.ndarray:
         """(N, 3) float32 normals: the scene's own (from its mesh, a normals.npy, or a procedural

@@ -286,14 +286,9 @@ class SimulatedVLM(VLM):
         self, scene: Scene, frame_index: int, image_hw: tuple[int, int], rng: np.random.Generator | None = None
     ) -> SimView:
         """Ground-truth and corrupted class maps of one view at `image_hw` (before pooling and noise)."""
-        if not 0 <= frame_index < len(scene.frames):
-            raise InputError(
-                scene.path or scene.name,
-                f"frame index {frame_index} out of range (scene has {len(scene.frames)} frames)",
-            )
+        frame = scene.frame(frame_index)
         if rng is None:
             rng = view_rng(self.sim["seed"], scene.name, frame_index)
-        frame = scene.frames[frame_index]
         H, W = int(image_hw[0]), int(image_hw[1])
         raw = frame.label_image()
         inst, space = None, scene.label_space

@@ -161,12 +161,7 @@ class ClipVLM(VLM):
 
     def frame_features(self, scene: Scene, frame_index: int, image_hw: tuple[int, int]) -> torch.Tensor:
         """(dim, gh, gw) dense features of the frame's colour image (see the module docstring for sizes)."""
-        if not 0 <= frame_index < len(scene.frames):
-            raise InputError(
-                scene.path or scene.name,
-                f"frame index {frame_index} out of range (scene has {len(scene.frames)} frames)",
-            )
-        frame = scene.frames[frame_index]
+        frame = scene.frame(frame_index)
         if frame.color_path is None:
             raise InputError(
                 scene.path or scene.name,

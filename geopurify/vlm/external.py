@@ -269,12 +269,7 @@ class ExternalVLM(VLM):
 
     def frame_features(self, scene: Scene, frame_index: int, image_hw: tuple[int, int]) -> torch.Tensor:
         """(dim, h, w) map of frame `frame_index` from its feature file (`read_view_features`)."""
-        if not 0 <= frame_index < len(scene.frames):
-            raise InputError(
-                scene.path or scene.name,
-                f"frame index {frame_index} out of range (scene has {len(scene.frames)} frames)",
-            )
-        frame = scene.frames[frame_index]
+        frame = scene.frame(frame_index)
         color_hw = None
         if frame.color_path is not None:
             from geopurify.data.images import image_header
