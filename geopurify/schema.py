@@ -29,8 +29,11 @@ class Range:
     above: bool = False
     hi: float | None = None
     choices: tuple = ()
+    nullable: bool = False  # null allowed too (e.g. "no cap")
 
     def ok(self, v) -> bool:
+        if v is None:
+            return self.nullable
         if self.kind == "choice":
             return v in self.choices
         if self.kind == "size":
@@ -48,6 +51,8 @@ class Range:
         return self.hi is None or v <= self.hi
 
     def describe(self) -> str:
+        if self.nullable:
+            return Range(self.kind, self.lo, self.above, self.hi, self.choices).describe() + " or null"
         if self.kind == "choice":
             return "one of " + ", ".join(map(str, self.choices))
         if self.kind == "size":
@@ -72,6 +77,11 @@ def _one_of(*choices) -> Range:
     return Range("choice", choices=choices)
 
 
+def _cap() -> Range:
+    """A size cap in GB: a number >= 0, or null (0 and null: no cap)."""
+    return Range("number", 0, nullable=True)
+
+
 RANGES: dict[str, Range] = {
     "lift.image_size": Range("size"),
     "lift.fusion": _one_of("mean", "consensus"),
@@ -83,6 +93,7 @@ RANGES: dict[str, Range] = {
     "lift.consensus_topk": _int(1),
     "lift.consensus_logit_scale": _num(0, above=True),
     "lift.virtual_frames": _int(1),  # checked only when a scene has no frames
+    "lift.cache_max_gb": _cap(),
     "vlm_sim.patch": _int(1),
     "vlm_sim.confusion_prob": _num(0, hi=1),
     "vlm_sim.confusion_temp": _num(0, above=True),
@@ -92,6 +103,7 @@ RANGES: dict[str, Range] = {
     "teacher.cache_dtype": _one_of("float16", "float32"),
     "teacher.color_scale": _one_of("sonata", "reference"),
     "teacher.missing_normals": _one_of("zero", "pca"),
+    "teacher.cache_max_gb": _cap(),
     "student.voxel_size": _num(0, above=True),
     "distill.epochs": _int(1),
     "distill.ckpt_every": _int(1),
@@ -109,6 +121,7 @@ RANGES: dict[str, Range] = {
     "purify.steps": _int(0),
     "purify.pooling": _one_of("scores", "features"),
     "purify.unseen": _one_of("nearest_seen", "reference"),
+    "gpu.student_precision": _one_of("fp32", "bf16", "fp16"),
     "synthetic.n_train": _int(1),
     "synthetic.n_val": _int(0),
 }

@@ -87,10 +87,15 @@ def test_evaluate_scores_both_settings_from_the_same_features(room):
     assert np.load(pred / f"{scene.name}.raw.npy").max() < 19
     saved = json.loads((tmp / "eval" / "metrics.json").read_text())
     assert saved["class_setting"].startswith("scannet19 (") and "scannet20" in saved["also"]
+    stages = saved["timing"]["per_scene"][scene.name]  # seconds per stage of each predicted scene
+    assert {"load", "lift", "raw/scores", "knn_mean/voxelise", "knn_mean/knn", "knn_mean/pool"} <= set(stages)
+    assert saved["timing"]["total"]["lift"] == round(stages["lift"], 3)
+    assert saved["precision"] == {"tf32": False, "student_precision": "fp32"}  # the CPU: never reduced
     text = (tmp / "eval" / "per_class.txt").read_text()
     assert "[raw] scannet19 (" in text and "[knn_mean] scannet20 (" in text
     again = evaluate_scenes(cfg, scenes, None, tmp / "eval", tmp / "cache", methods=("raw", "knn_mean"))
     assert again["reused_scenes"] == 1 and again["also"]["scannet20"]["metrics"] == also["metrics"]
+    assert again["timing"]["per_scene"] == {}  # reused predictions are not timed
 
 
 def test_eval_cli_names_each_setting(room, capsys):

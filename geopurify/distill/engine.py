@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from geopurify.data.splits import resolve_scenes
-from geopurify.device import resolve_device
+from geopurify.device import resolve_device, set_tf32
 from geopurify.distill.processes import average_buffers, barrier, gather_digests, init_distributed, mean_over_ranks
 from geopurify.distill.scenes import SceneStore
 from geopurify.distill.schedule import (
@@ -123,6 +123,8 @@ def train(cfg: dict, exp_dir: str | Path, resume: bool = False, device: str | to
     dist = init_distributed(device)
     if device.startswith("cuda") and dist.world > 1:
         device = f"cuda:{dist.local_rank}"
+    if set_tf32(cfg, device):
+        log.info("TF32 matmuls and cuDNN convolutions allowed (gpu.tf32)")
     d = cfg["distill"]
     seed = int(d["seed"])
     model_dir = exp_dir / MODEL_DIR

@@ -46,7 +46,8 @@ def prepare_scene(path: Path, cfg: dict, vlm, teacher, cache_dir: Path, device: 
     except ValueError as e:
         raise InputError(path, f"scene too small to train on: {e}") from None
     lifted = cached_lift(scene, cfg, vlm, cache_dir, device=device)
-    tfeat = cached_teacher(scene, teacher, cache_dir, cfg["teacher"]["cache_dtype"]).to(device)
+    tcfg = cfg["teacher"]
+    tfeat = cached_teacher(scene, teacher, cache_dir, tcfg["cache_dtype"], tcfg.get("cache_max_gb")).to(device)
     coords, inverse = voxelize(torch.from_numpy(scene.xyz).to(device), cfg["student"]["voxel_size"])
     feats = student_input(
         lifted.feat.to(device).float(),

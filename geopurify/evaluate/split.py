@@ -29,9 +29,10 @@ from tqdm import tqdm
 from geopurify.data.fingerprint import scene_fingerprint
 from geopurify.data.labels import describe_setting, get_label_set
 from geopurify.data.readers import load_scene_for
-from geopurify.device import to_device
+from geopurify.device import set_tf32, student_precision, to_device
 from geopurify.errors import InputError
 from geopurify.evaluate.metrics import confusion, format_table, metrics
+from geopurify.evaluate.timing import StageTimes, timing_report
 from geopurify.io import save_npy, write_json, write_text
 from geopurify.lift.cache import cached_lift, lift_files_fingerprint, lift_settings
 from geopurify.ops.scores import l2_normalize, text_scores
@@ -87,25 +88,37 @@ def _per_setting(scores: torch.Tensor, columns: dict[str, list[int]], inverse=No
 
 
 def predict_scene(
-    scene, lifted, model, text_emb, cfg, device="cpu", methods=METHODS, columns: dict[str, list[int]] | None = None
+    scene,
+    lifted,
+    model,
+    text_emb,
+    cfg,
+    device="cpu",
+    methods=METHODS,
+    columns: dict[str, list[int]] | None = None,
+    times: StageTimes | None = None,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Per method, per class setting: per-point class indices (CPU numpy), the argmax over that
     setting's `columns` of `text_emb` (P, C) (default: one setting "all" over every row), computed on
-    `device`.
+    `device`. `times`, when given, receives each method's stage times.
 
     The one place evaluation moves its inputs: the lifted features and the text embeddings go to
     `device` together here, so no later product mixes devices (the model is already there)."""
     lifted, text_emb = to_device(lifted, device), to_device(text_emb, device)
     columns = columns or {"all": list(range(text_emb.shape[0]))}
     out: dict[str, dict[str, np.ndarray]] = {}
+    times = times or StageTimes(device)
     if "raw" in methods:
-        out["raw"] = _per_setting(text_scores(lifted.feat, text_emb), columns)
+        with times.stage("raw/scores"):
+            out["raw"] = _per_setting(text_scores(lifted.feat, text_emb), columns)
     if "knn_mean" in methods:
         res = knn_mean_scene(scene, lifted, text_emb, cfg, device=device)
         out["knn_mean"] = _per_setting(res.voxel_scores, columns, res.inverse)
+        times.add("knn_mean", res.info)
     if "purified" in methods:
         res = purify_scene(scene, lifted, model, text_emb, cfg, device=device, pooling=cfg["purify"]["pooling"])
         out["purified"] = _per_setting(res.voxel_scores, columns, res.inverse)
+        times.add("purified", res.info)
     return out
 
 
@@ -125,6 +138,7 @@ def prediction_key(scene, cfg: dict, model_digest: str, methods) -> str:
         "class_settings": [ls.name for ls in class_settings(cfg)],
         "prompt_template": cfg["lift"]["prompt_template"],
         "methods": list(methods),
+        "gpu": cfg.get("gpu"),  # CUDA precision settings (they change CUDA predictions only)
     }
     return hashlib.blake2b(json.dumps(obj, sort_keys=True, default=str).encode(), digest_size=16).hexdigest()
 
@@ -183,14 +197,16 @@ def evaluate_scenes(
     (`reuse=False`: predict every scene, e.g. to time it; report["reused_scenes"] counts them).
     Returns {"metrics": {method: metrics dict}, "per_scene": {...}, "label_set", "class_setting",
     "also": {label set: {"class_setting", "metrics", "per_scene"}} (eval.also_label_sets), "vlm",
-    "skipped_frames": {scene: frames left out as unusable}, "timings"}; the top-level metrics are
-    those of the primary class setting, data.label_set.
+    "skipped_frames": {scene: frames left out as unusable}, "timings", "timing" (seconds per stage
+    of each predicted scene and their sums), "precision" (TF32 and the student's autocast precision
+    in use)}; the top-level metrics are those of the primary class setting, data.label_set.
     """
     out_dir = Path(out_dir)
     sets = class_settings(cfg)
     names = [ls.name for ls in sets]
     label_set = sets[0]
     device = torch.device(device)
+    precision = {"tf32": set_tf32(cfg, device), "student_precision": student_precision(cfg, device)}
     vlm = vlm or build_vlm(cfg, device=str(device))
     prompts, columns = prompt_columns(sets, cfg["lift"]["prompt_template"])
     text_emb = l2_normalize(vlm.encode_text(prompts).float())  # to `device` in predict_scene
@@ -198,6 +214,7 @@ def evaluate_scenes(
     per_scene: dict[str, dict[str, dict]] = {s: {} for s in names}
     skipped: dict[str, int] = {}  # frames left out per scene (reader and lifting)
     timings = {"lift_s": 0.0, "predict_s": 0.0}
+    stage_times: dict[str, dict[str, float]] = {}  # scene -> stage -> seconds (report["timing"])
     digest = "none"
     if model is not None:
         model.eval().to(device)
@@ -205,7 +222,9 @@ def evaluate_scenes(
     pred_dir = out_dir / "pred"
     n_reused = 0
     for path in tqdm(scene_paths, desc="evaluate", unit="scene"):
-        scene = load_scene_for(path, label_set, frame_step=cfg["data"]["frame_step"])
+        times = StageTimes(device)
+        with times.stage("load"):
+            scene = load_scene_for(path, label_set, frame_step=cfg["data"]["frame_step"])
         key = prediction_key(scene, cfg, digest, methods)
         earlier = _finished(pred_dir, scene, key, methods, names) if reuse else None
         if earlier is not None:
@@ -214,9 +233,10 @@ def evaluate_scenes(
             log.info("%s: predictions of an earlier run with the same checkpoint and settings reused", scene.name)
         else:
             t0 = time.perf_counter()
-            lifted = cached_lift(scene, cfg, vlm, cache_dir, device=device)
+            with times.stage("lift"):
+                lifted = cached_lift(scene, cfg, vlm, cache_dir, device=device)
             t1 = time.perf_counter()
-            preds = predict_scene(scene, lifted, model, text_emb, cfg, device=device, methods=methods, columns=columns)
+            preds = predict_scene(scene, lifted, model, text_emb, cfg, device, methods, columns, times)
             t2 = time.perf_counter()
             timings["lift_s"] += t1 - t0
             timings["predict_s"] += t2 - t1
@@ -225,6 +245,8 @@ def evaluate_scenes(
                 for s, pred in by_set.items():
                     save_npy(pred_file(pred_dir, scene.name, m, s, names[0]), pred.astype(np.int16))
             write_json(pred_dir / f"{scene.name}.done.json", {"key": key, "skipped_frames": skipped[scene.name]})
+            stage_times[scene.name] = times.rounded()
+            log.info("%s: stage times: %s", scene.name, times.line())
         if scene.labels is None:
             log.warning("%s has no labels: predictions written, not scored", path)
             continue
@@ -256,6 +278,8 @@ def evaluate_scenes(
         "scenes": [Path(p).name for p in scene_paths],
         "skipped_frames": skipped,
         "timings": {k: round(v, 2) for k, v in timings.items()},
+        "timing": timing_report(stage_times),  # seconds per stage of each predicted scene (not reused ones)
+        "precision": precision,  # TF32 and the student's autocast precision in use (CUDA only; fp32 on the CPU)
         "reused_scenes": n_reused,
         "device": str(device),
     }

@@ -13,6 +13,10 @@ first (computing) call and a later (reading) call give bit-identical tensors (tr
 a checkpoint depends on that). A cache file that cannot be read or has the wrong shape is our own
 broken file: a warning, and it is recomputed.
 
+Size: `lift.cache_max_gb` caps the directory; a read marks a file as used and each write evicts the
+least recently used files until the directory fits (`geopurify.diskcache`; a file another process
+evicted meanwhile is recomputed). Each write logs the scene's bytes and the cache's size.
+
 Layout: <cache_dir>/lift/<scene>.<key>.lift.pt.
 """
 
@@ -22,6 +26,7 @@ import logging
 from pathlib import Path
 
 from geopurify.data.fingerprint import cache_key, scene_files, scene_fingerprint
+from geopurify.diskcache import after_write, cap_bytes, touch
 from geopurify.errors import InputError
 from geopurify.io import file_fingerprint
 from geopurify.lift.multiview import lift_scene
@@ -84,7 +89,8 @@ def lift_files_fingerprint(scene, cfg: dict) -> str:
     return file_fingerprint(scene_files(scene) + vlm_files(scene, cfg))
 
 
-MEMORY_ONLY = ("chunk_points", "group_mb")  # lift keys that change memory use, not results
+MEMORY_ONLY = ("chunk_points", "group_mb", "cache_max_gb")  # lift keys that change memory / disk use, not results
+SUFFIX = ".lift.pt"
 
 
 def lift_settings(cfg: dict) -> dict:
@@ -107,7 +113,7 @@ def lift_cache_path(scene, cfg: dict, cache_dir: str | Path) -> Path:
     key = cache_key(
         {"scene": scene_fingerprint(scene), "settings": lift_settings(cfg), "files": lift_files_fingerprint(scene, cfg)}
     )
-    return Path(cache_dir) / "lift" / f"{scene.name}.{key}.lift.pt"
+    return Path(cache_dir) / "lift" / f"{scene.name}.{key}{SUFFIX}"
 
 
 def cached_lift(scene, cfg: dict, vlm, cache_dir: str | Path, device: str = "cpu"):
@@ -118,14 +124,21 @@ def cached_lift(scene, cfg: dict, vlm, cache_dir: str | Path, device: str = "cpu
     whose features are all cached never load the VLM. Features come back float32, as stored
     (float16-rounded) even on the computing call.
     """
+    max_bytes = cap_bytes("lift.cache_max_gb", cfg["lift"].get("cache_max_gb"))
     path = lift_cache_path(scene, cfg, cache_dir)
     if path.exists():
+        touch(path)
         try:
             return load_lifted(path, n_points=scene.n_points)
         except _READ_ERRORS as e:
-            log.warning(
-                "lift cache %s unusable (%s); recomputing", path, str(e).splitlines()[0] if str(e) else type(e).__name__
-            )
+            if path.exists():
+                log.warning(
+                    "lift cache %s unusable (%s); recomputing",
+                    path,
+                    str(e).splitlines()[0] if str(e) else type(e).__name__,
+                )
+            else:
+                log.info("lift cache %s evicted by another process while being read; recomputing", path)
     if callable(vlm) and not hasattr(vlm, "frame_features"):
         vlm = vlm()
     text_emb = None
@@ -141,6 +154,6 @@ def cached_lift(scene, cfg: dict, vlm, cache_dir: str | Path, device: str = "cpu
         result,
         {"vlm": vlm.name, "simulated": bool(vlm.simulated), "fusion": cfg["lift"]["fusion"], "scene": scene.name},
     )
-    return load_lifted(
-        path, n_points=scene.n_points, dim=vlm.dim
-    )  # the float16-rounded value, as a later call reads it
+    result = load_lifted(path, n_points=scene.n_points, dim=vlm.dim)  # float16-rounded, as a later call reads it
+    after_write(path, SUFFIX, max_bytes, "lift", scene.name)  # after the read-back: never evicts what we return
+    return result

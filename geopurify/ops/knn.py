@@ -7,8 +7,9 @@ of lifting and the voxel graph's candidates.
 
 Voxel grids (`knn_graph`): the exact kNN graph of voxel coordinates, self excluded, in one canonical
 order (squared distance, then index), so it is the same graph on every device and by every method:
-cell lists on the integer grid (`geopurify.ops.gridknn`, compiled, CPU), kd-tree candidates with
-tie re-queries (CPU, non-integral coordinates), or chunked exact distances (CUDA).
+cell lists on the integer grid (`geopurify.ops.gridknn`, compiled, CPU), a sorted cell hash on the
+integer grid in torch (`geopurify.ops.hashknn`, CUDA), kd-tree candidates with tie re-queries (CPU,
+non-integral coordinates), or chunked exact distances (CUDA, non-integral coordinates).
 """
 
 from __future__ import annotations
@@ -74,8 +75,10 @@ def knn_graph(coords, k: int = 96, method: str = "auto") -> torch.Tensor:
     distance (common on an integer grid) are broken towards the smaller index, so the graph is
     one deterministic function of the coordinates on every device and by every method.
     method: "grid" (cell lists on the integer grid, compiled, CPU; integral coordinates only),
-    "kdtree" (CPU), "brute" (chunked exact distances + selection, used on CUDA) or "auto": brute
-    on CUDA, else grid for integral coordinates within its extent limit, else kdtree.
+    "hash" (sorted cell hash on the integer grid, torch, any device; integral coordinates only),
+    "kdtree" (CPU), "brute" (chunked exact distances + selection, any device) or "auto": on CUDA
+    hash for integral coordinates within the exact int64 key range, else brute; on the CPU grid
+    for integral coordinates within its extent limit, else kdtree.
     The result lives on the device of `coords`.
     """
     c = torch.as_tensor(coords)
@@ -92,15 +95,22 @@ def knn_graph(coords, k: int = 96, method: str = "auto") -> torch.Tensor:
             c64 = c64.long()  # integral float coordinates: take the exact integer path
     else:
         c64 = c.long()
-    grid_ok = False
+    grid_ok = hash_ok = False
     if not c64.is_floating_point():
         c64 = c64 - c64.min(0).values  # distances are translation-invariant; keeps the integer keys small
         ext = int(c64.max())
         grid_ok = ext < _MAX_INT_COORD
         if ext >= _MAX_INT_COORD or 3 * ext * ext * V >= 1 << 62:
             c64 = c64.double()  # too large for exact int64 keys (d2 * V + index): the float path
+        hash_ok = not c64.is_floating_point()
     if method == "auto":
-        method = "brute" if c.device.type == "cuda" else "grid" if grid_ok else "kdtree"
+        method = auto_method(c.device, grid_ok, hash_ok)
+    if method == "hash":
+        if not hash_ok:
+            raise ValueError("kNN method 'hash' needs integral coordinates whose int64 keys (d2 * V + index) fit")
+        from geopurify.ops.hashknn import knn_hash
+
+        return knn_hash(c64, k)
     if method == "grid":
         if not grid_ok:
             raise ValueError(f"kNN method 'grid' needs integral coordinates with extents below {_MAX_INT_COORD}")
@@ -111,7 +121,16 @@ def knn_graph(coords, k: int = 96, method: str = "auto") -> torch.Tensor:
         return _knn_brute(c64, k)
     if method == "kdtree":
         return torch.from_numpy(_knn_kdtree(c64.cpu().numpy(), k)).to(c.device)
-    raise ValueError(f"unknown kNN method {method!r} (auto | grid | kdtree | brute)")
+    raise ValueError(f"unknown kNN method {method!r} (auto | grid | hash | kdtree | brute)")
+
+
+def auto_method(device, grid_ok: bool, hash_ok: bool) -> str:
+    """knn_graph's choice for method "auto": on CUDA the cell hash when the coordinates are integral
+    with exact int64 keys, else brute force; on the CPU the compiled cell lists for integral
+    coordinates within their extent limit, else the kd-tree."""
+    if torch.device(device).type == "cuda":
+        return "hash" if hash_ok else "brute"
+    return "grid" if grid_ok else "kdtree"
 
 
 def _select_canonical(

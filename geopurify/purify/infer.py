@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from geopurify.device import autocast, student_precision, synchronize
 from geopurify.errors import InputError
 from geopurify.ops.knn import PointTree, knn_graph
 from geopurify.ops.scores import classify_by_text, text_scores
@@ -157,6 +158,12 @@ def cached_knn_graph(coords: torch.Tensor, k: int, device) -> torch.Tensor:
     return _GRAPH_CACHE[key]
 
 
+def _clock(device) -> float:
+    """perf_counter after the device's queued work (CUDA kernels run asynchronously)."""
+    synchronize(device)
+    return time.perf_counter()
+
+
 def _voxelise(scene, voxel_size: float):
     return voxelize(torch.from_numpy(np.ascontiguousarray(scene.xyz, dtype=np.float32)), voxel_size)
 
@@ -195,23 +202,23 @@ def _pool_voxels(
     k_eff = min(k, V - 1)
     if k_eff < k:
         log.warning("%s: only %d voxels, pooling over k = %d neighbours instead of %d", scene_name, V, k_eff, k)
-    t = time.perf_counter()
+    t = _clock(dev)
     if k_eff >= 1:
         idx = cached_knn_graph(coords, k_eff, dev)
     else:
         idx = torch.zeros(V, 0, dtype=torch.int64, device=dev)
-    timings["knn_s"] = time.perf_counter() - t
-    t = time.perf_counter()
+    timings["knn_s"] = _clock(dev) - t
+    t = _clock(dev)
     W = uniform_weights(idx) if emb is None else affinity_weights(emb, idx, tau)
-    timings["weights_s"] = time.perf_counter() - t
-    t = time.perf_counter()
+    timings["weights_s"] = _clock(dev) - t
+    t = _clock(dev)
     feat_v, text = feat_v.float(), text_emb  # on `dev` already (_check_inputs)
     norms = None
     if pooling == "scores":
         labels_v, scores = pool_scores(feat_v, idx, W, text, steps)
     else:
         labels_v, scores, norms = pool_reference(feat_v, idx, W, text, steps)
-    timings["pool_s"] = time.perf_counter() - t
+    timings["pool_s"] = _clock(dev) - t
     seen_v = seen_voxels(seen, inverse, V)
     src_v = fill_sources(cfg, seen_v, scores if norms is None else norms[:, None])
     fill = nearest_seen(coords, src_v).to(dev)
@@ -270,16 +277,26 @@ def _pool_voxels(
     )
 
 
-def _student_embeddings(model, x: torch.Tensor, coords: torch.Tensor, device) -> torch.Tensor:
-    """(V, E) unit student embeddings in eval mode without gradients; the model's mode is restored."""
+def _student_embeddings(model, x: torch.Tensor, coords: torch.Tensor, device, precision: str = "fp32") -> torch.Tensor:
+    """(V, E) unit float32 student embeddings in eval mode without gradients, the forward under
+    autocast at `precision` (fp32 | bf16 | fp16; `gpu.student_precision`); the model's mode is restored.
+    The embeddings are cast back to float32 and re-normalised before any affinity is computed."""
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), autocast(device, precision):
             emb = model(x, coords.to(device))  # x is on `device` already; coords come from the CPU voxeliser
     finally:
         model.train(was_training)
     return torch.nn.functional.normalize(emb.float(), dim=1)
+
+
+def _precision(cfg: dict, device, precision: str | None) -> str:
+    """The student's precision: `precision` when given, else `gpu.student_precision` on CUDA, fp32
+    on the CPU (geopurify.device.student_precision); range-checked."""
+    value = student_precision(cfg, device) if precision is None else precision
+    check_value("gpu.student_precision", value)
+    return value
 
 
 def _raw_labels(feat: torch.Tensor, text_emb: torch.Tensor) -> np.ndarray:
@@ -288,22 +305,32 @@ def _raw_labels(feat: torch.Tensor, text_emb: torch.Tensor) -> np.ndarray:
 
 
 def purify_scene(
-    scene, lifted, model, text_emb: torch.Tensor, cfg: dict, device: str = "cpu", pooling: str | None = None
+    scene,
+    lifted,
+    model,
+    text_emb: torch.Tensor,
+    cfg: dict,
+    device: str = "cpu",
+    pooling: str | None = None,
+    precision: str | None = None,
 ) -> PurifyResult:
     """GeoPurify inference on one scene.
 
     scene: geopurify.data.scene.Scene; lifted: LiftResult (.feat (N, C), .seen (N,)); model: the
     student AffinityNet (forward(feats (V, C+6), coords (V, 3)) -> (V, E) unit); text_emb (P, C);
-    cfg: full config (sections `purify`, `student`); pooling: "scores" (pool the class scores) or
-    "features" (pool all channels), default cfg["purify"]["pooling"]. Both give the same labels.
+    cfg: full config (sections `purify`, `student`, `gpu`); pooling: "scores" (pool the class scores)
+    or "features" (pool all channels), default cfg["purify"]["pooling"]. Both give the same labels.
+    precision: the student's autocast precision (fp32 | bf16 | fp16), default `gpu.student_precision`
+    on CUDA and fp32 on the CPU.
     """
     *_, pooling, voxel_size = _settings(cfg, pooling)
+    precision = _precision(cfg, device, precision)
     feat, seen, text_emb = _check_inputs(scene, lifted, text_emb, device)
     timings: dict[str, float] = {}
     coords, inverse, x = _student_voxels(scene, feat, voxel_size, timings)
-    t = time.perf_counter()
-    emb = _student_embeddings(model, x, coords, device)
-    timings["student_s"] = time.perf_counter() - t
+    t = _clock(device)
+    emb = _student_embeddings(model, x, coords, device, precision)
+    timings["student_s"] = _clock(device) - t
     C = feat.shape[1]
     res = _pool_voxels(
         coords,
@@ -320,6 +347,7 @@ def purify_scene(
         scene.name,
         scene.n_points,
     )
+    res.info["student_precision"] = precision
     res.raw_labels = _raw_labels(feat, text_emb)
     return res
 
@@ -388,7 +416,7 @@ def purified_features(scene, lifted, model, cfg: dict, device: str = "cpu") -> t
     coords, inverse, x = _student_voxels(scene, feat, voxel_size)  # on `device`, as feat
     V = coords.shape[0]
     dev = torch.device(device)
-    emb = _student_embeddings(model, x, coords, device)
+    emb = _student_embeddings(model, x, coords, device, _precision(cfg, device, None))
     k_eff = min(k, V - 1)
     if k_eff >= 1:
         idx = cached_knn_graph(coords, k_eff, dev)

@@ -14,8 +14,8 @@ Two exact ways to the same labels:
   S = F W_hat^T instead of the C channels (P = 20 against C = 512 on ScanNet). A new prompt's
   score column can be pooled on demand the same way.
 
-Kernels: the graph is `geopurify.ops.knn.knn_graph` (cell lists on the integer grid on CPU, chunked
-exact distances on CUDA); edge cosines from a sampled
+Kernels: the graph is `geopurify.ops.knn.knn_graph` (cell lists on the integer grid on CPU, a
+sorted cell hash on CUDA); edge cosines from a sampled
 dense-dense product (CPU) or chunked gathers (CUDA); each pooling step is one embedding_bag (a fused
 gather + weighted sum) on both. Voxels come x-major sorted from voxelize, so the neighbours of
 consecutive rows overlap and their gathers hit the cache. Every kernel works in row or channel chunks

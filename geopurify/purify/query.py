@@ -33,6 +33,7 @@ from geopurify.errors import InputError
 from geopurify.ops.scores import classify_by_text, unit_text
 from geopurify.purify.infer import (
     _check_inputs,
+    _precision,
     _settings,
     _student_embeddings,
     _student_voxels,
@@ -246,7 +247,7 @@ def build_session(scene, lifted, model, class_emb, class_names, cfg: dict, devic
     emb = None
     if model is not None:
         t = time.perf_counter()
-        emb = _student_embeddings(model, x, coords, device)
+        emb = _student_embeddings(model, x, coords, device, _precision(cfg, device, None))  # as purify_scene
         timings["student_s"] = time.perf_counter() - t
     k_eff = min(k, V - 1)
     t = time.perf_counter()

@@ -14,6 +14,11 @@ spconv 2.3.8 and torch 2.13 CPU):
    "!features.is_cpu() ... bias and act don't support cpu" (ConvGemmOps indice_conv); train mode
    adds the bias in Python and works. `SubMConv3d` below therefore always convolves without bias
    and adds its own bias afterwards, identically in both modes and on both devices.
+4. spconv has no bfloat16 kernels (its tensor-view dtype table lacks it), and under CUDA autocast
+   its conv functions cast their inputs to float16 (`custom_fwd(cast_inputs=torch.float16)`),
+   whatever the autocast dtype; on the CPU autocast does not reach them. `SubMConv3d` makes that one
+   rule explicit on both devices: under autocast the convolution runs on float16 features and
+   weights with autocast off, so a bf16 / fp16 student computes the same on CPU and CUDA.
 
 spconv itself is imported lazily (its kernel tables take ~5 s to import), so importing
 `geopurify.student` stays cheap.
@@ -122,8 +127,21 @@ class SubMConv3d(nn.Module):
         return self.conv.weight
 
     def forward(self, x):
-        self.conv.algo = conv_algo(x.features.device)
-        y = self.conv(x)
+        dev = x.features.device
+        self.conv.algo = conv_algo(dev)
+        if torch.is_autocast_enabled(dev.type):  # shim 4: float16, spconv's one reduced precision
+            with torch.autocast(dev.type, enabled=False):
+                c = self.conv
+                y = c._conv_forward(
+                    c.training,
+                    x.replace_feature(x.features.half()),
+                    c.weight.half(),
+                    None,
+                    name=c.name,
+                    sparse_unique_name=c._sparse_unique_name,
+                )
+        else:
+            y = self.conv(x)
         if self.bias is not None:
             y = y.replace_feature(y.features + self.bias)
         return y

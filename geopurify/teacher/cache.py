@@ -7,6 +7,8 @@ teacher checkpoint, and the stored precision: `teacher.cache_dtype`, float16 by 
 keeps the teacher's exact values, as the reference code, which caches nothing, uses them. Rows are
 re-normalised after the round trip, identically on every call, and what comes back is always the
 value as read back from disk. An unreadable or misshapen cache file is recomputed with a warning.
+`teacher.cache_max_gb` caps the directory by least-recently-used eviction (`geopurify.diskcache`,
+as for the lift cache); each write logs the scene's bytes and the cache's size.
 
 Layout: <cache_dir>/teacher/<scene>.<key>.pt.
 """
@@ -19,6 +21,7 @@ from pathlib import Path
 import torch
 
 from geopurify.data.fingerprint import cache_key, scene_files, scene_fingerprint
+from geopurify.diskcache import after_write, cap_bytes, touch
 from geopurify.io import file_fingerprint, load_torch_file, save_torch
 from geopurify.schema import check_value
 
@@ -89,23 +92,31 @@ def _read_teacher(path: Path, n: int, dtype: torch.dtype) -> torch.Tensor:
     return _to_unit_float(feat)
 
 
-def cached_teacher(scene, teacher, cache_dir: str | Path, dtype: str = "float16") -> torch.Tensor:
+def cached_teacher(
+    scene, teacher, cache_dir: str | Path, dtype: str = "float16", max_gb: float | None = None
+) -> torch.Tensor:
     """(N, D) float32 unit teacher embeddings of `scene` (Teacher.embed), cached as `dtype`
-    ("float16", or "float32": `teacher.cache_dtype`).
+    ("float16", or "float32": `teacher.cache_dtype`) in a directory capped at `max_gb`
+    (`teacher.cache_max_gb`; None or 0: no cap).
 
     Rows are re-normalised after the round trip through the cache, identically on every call.
     """
     torch_dtype = _cache_dtype(dtype)
+    max_bytes = cap_bytes("teacher.cache_max_gb", max_gb)
     path = teacher_cache_path(scene, teacher, cache_dir, dtype)
     if path.exists():
+        touch(path)
         try:
             return _read_teacher(path, scene.n_points, torch_dtype)
         except _READ_ERRORS as e:
-            log.warning(
-                "teacher cache %s unusable (%s); recomputing",
-                path,
-                str(e).splitlines()[0] if str(e) else type(e).__name__,
-            )
+            if path.exists():
+                log.warning(
+                    "teacher cache %s unusable (%s); recomputing",
+                    path,
+                    str(e).splitlines()[0] if str(e) else type(e).__name__,
+                )
+            else:
+                log.info("teacher cache %s evicted by another process while being read; recomputing", path)
     label = f"{teacher.name} (offline stand-in)" if getattr(teacher, "stand_in", False) else teacher.name
     log.info("teacher %s on %s -> %s (%s)", label, scene.name, path, dtype)
     feat = torch.as_tensor(teacher.embed(scene)).detach().float().cpu()
@@ -121,4 +132,5 @@ def cached_teacher(scene, teacher, cache_dir: str | Path, dtype: str = "float16"
             "scene": scene.name,
         },
     )
+    after_write(path, ".pt", max_bytes, "teacher", scene.name)
     return _to_unit_float(stored)
