@@ -219,16 +219,17 @@ def _ready() -> None:
     with compile_lock():
         _READY = True
         c = np.array([[1, 0], [0, 1]], np.int32)
-        edge_dots(np.eye(2, 17, dtype=np.float32), c)
+        edge_dots(np.eye(2, 17, dtype=np.float32), c.astype(np.int64))
         pool_steps(np.ones((2, 9), np.float32), c, np.ones((2, 2), np.float32), 1)
 
 
 def edge_dots(g: np.ndarray, idx: np.ndarray, threads: int | None = None) -> np.ndarray:
-    """(V, K) float32: g_i . g_{idx_ij} for g (V, E) float32 and idx (V, K) integer."""
+    """(V, K) float32: g_i . g_{idx_ij} for g (V, E) float32 and idx (V, K) integer (read once: int64
+    as knn_graph gives it, no int32 copy)."""
     if not _READY:
         _ready()
     g = np.ascontiguousarray(g, dtype=np.float32)
-    idx = np.ascontiguousarray(idx, dtype=np.int32)
+    idx = np.ascontiguousarray(idx, dtype=np.int64)
     out = np.empty(idx.shape, np.float32)
     if idx.size:
         with _thread_pool(threads) as ex:
