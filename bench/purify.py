@@ -12,8 +12,10 @@ formulations tried, against 3x slower batched products of (1, 96) x (96, C + 6) 
 to the method's 18 (the released code applies 19).
 
 The fast path is this package: canonical exact kNN graph (grid cell lists on the CPU by default,
-`knn_graph(method="grid")`), affinity weights from a sampled dense-dense product, and pooling of
-the P class scores instead of the C channels (labels are equal by linearity, METHOD.md section 5).
+`knn_graph(method="grid")`), affinity weights from compiled edge dot products (`geopurify.ops.poolkernels`)
+and torch's softmax, and the T pooling steps in the compiled kernel (bit-identical to torch's
+embedding_bag steps), on the P class scores instead of the C channels (labels are equal by
+linearity, METHOD.md section 5).
 
 Both start from the same inputs and stop at per-point labels; voxelisation and the student forward
 are identical for both and not timed. Inputs: the real voxel coordinates (and colours) of ScanNet
@@ -31,12 +33,17 @@ The output says which.
 
 Prints both times (wall and process CPU) with breakdowns; the package's timings are the fastest of
 --repeat runs (the least disturbed by other load; the reference loop runs once). Then the fast
-path on a 159k-voxel scene (scene0000_00 and scene0000_01 side by side) twice: with the grid kNN
-(the package default) and with the kd-tree kNN (the CPU default before), kNN / weights / pooling
-/ classify wall and CPU times for each, and whether their graphs and labels are identical. Then
-the peak memory of a separate run at 300k points (RSS of a child process running the whole
-purify_scene). Ends with one JSON line {"reference_s", "fast_s", "speedup", "labels_agree",
-"side_by_side_s", "side_by_side_kdtree_s", "labels_identical_to_kdtree", "peak_mem_gb_300k", ...}.
+path on a 159k-voxel scene (scene0000_00 and scene0000_01 side by side) three ways: grid kNN with
+the compiled kernels (the package default), grid kNN with the torch kernels (sampled product and
+embedding_bag: the CPU default before) and kd-tree kNN with the compiled kernels; kNN / weights /
+pooling (scores and steps) / classify wall and CPU times for each, and whether the labels are
+identical to the torch kernels' and the kd-tree's. Then the peak memory of a separate run at 300k
+points (RSS of a child process running the whole purify_scene). The kernels' warm-up (numba:
+compile or cache load) happens first and is reported apart. The machine is shared: the load
+average is printed at the start and the end. Ends with one JSON line {"reference_s", "fast_s",
+"speedup", "labels_agree", "side_by_side_s", "side_by_side_cpu_s", "side_by_side_torch_kernels_s",
+"labels_identical_to_torch_kernels", "side_by_side_kdtree_s", "labels_identical_to_kdtree",
+"peak_mem_gb_300k", "load_average", ...}.
 """
 
 from __future__ import annotations
