@@ -125,3 +125,17 @@ def test_purify_scene_labels_identical_to_torch_path(points, pooling_name, unsee
     # weights differ in the last bits (sums in another order), the pooled scores accordingly
     assert (fast.weights - plain.weights).abs().max() < 1e-5
     np.testing.assert_allclose(fast.voxel_scores.numpy(), plain.voxel_scores.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_auto_methods_keep_gradients():
+    """Inputs that need gradients take the torch kernels (the compiled ones have no autograd)."""
+    rng = np.random.default_rng(3)
+    coords = np.unique(rng.integers(0, 8, (200, 3)), axis=0)
+    idx = knn_graph(coords, 8)
+    emb = torch.randn(len(coords), 16, requires_grad=True)
+    W = pooling.affinity_weights(emb, idx, 0.05)
+    out = pooling.pool(torch.randn(len(coords), 5), idx, W, 3, progress=False)
+    out.sum().backward()
+    assert emb.grad is not None and emb.grad.abs().sum() > 0
+    with torch.no_grad():
+        assert torch.allclose(pooling.affinity_weights(emb, idx, 0.05), W, atol=1e-5)

@@ -61,8 +61,8 @@ def edge_cosines(emb: torch.Tensor, idx: torch.Tensor, method: str = "auto", chu
     out = torch.empty(V, k, dtype=torch.float32, device=g.device)
     if k == 0:
         return out
-    if method == "auto":
-        method = "gather" if g.device.type == "cuda" else "compiled"
+    if method == "auto":  # the compiled kernel has no autograd: sampled for inputs that need gradients
+        method = "gather" if g.device.type == "cuda" else ("sampled" if g.requires_grad else "compiled")
     if method not in ("gather", "sampled", "compiled"):
         raise ValueError(f"unknown edge method {method!r} (auto | compiled | sampled | gather)")
     if method == "compiled":
@@ -144,8 +144,9 @@ def pool(
     _check_graph(vals, idx, W)
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
-    if method == "auto":
-        method = "compiled" if vals.device.type == "cpu" else "bag"
+    if method == "auto":  # the compiled kernel has no autograd: bag for inputs that need gradients
+        grad = vals.requires_grad or W.requires_grad
+        method = "compiled" if vals.device.type == "cpu" and not grad else "bag"
     if method not in ("compiled", "bag", "gather"):
         raise ValueError(f"unknown pooling method {method!r} (auto | compiled | bag | gather)")
     if method == "compiled" and vals.device.type != "cpu":
