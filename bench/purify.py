@@ -12,8 +12,10 @@ formulations tried, against 3x slower batched products of (1, 96) x (96, C + 6) 
 to the method's 18 (the released code applies 19).
 
 The fast path is this package: canonical exact kNN graph (grid cell lists on the CPU by default,
-`knn_graph(method="grid")`), affinity weights from a sampled dense-dense product, and pooling of
-the P class scores instead of the C channels (labels are equal by linearity, METHOD.md section 5).
+`knn_graph(method="grid")`), affinity weights from compiled edge dot products (`geopurify.ops.poolkernels`)
+and torch's softmax, and the T pooling steps in the compiled kernel (bit-identical to torch's
+embedding_bag steps), on the P class scores instead of the C channels (labels are equal by
+linearity, METHOD.md section 5).
 
 Both start from the same inputs and stop at per-point labels; voxelisation and the student forward
 are identical for both and not timed. Inputs: the real voxel coordinates (and colours) of ScanNet
@@ -31,12 +33,17 @@ The output says which.
 
 Prints both times (wall and process CPU) with breakdowns; the package's timings are the fastest of
 --repeat runs (the least disturbed by other load; the reference loop runs once). Then the fast
-path on a 159k-voxel scene (scene0000_00 and scene0000_01 side by side) twice: with the grid kNN
-(the package default) and with the kd-tree kNN (the CPU default before), kNN / weights / pooling
-/ classify wall and CPU times for each, and whether their graphs and labels are identical. Then
-the peak memory of a separate run at 300k points (RSS of a child process running the whole
-purify_scene). Ends with one JSON line {"reference_s", "fast_s", "speedup", "labels_agree",
-"side_by_side_s", "side_by_side_kdtree_s", "labels_identical_to_kdtree", "peak_mem_gb_300k", ...}.
+path on a 159k-voxel scene (scene0000_00 and scene0000_01 side by side) three ways: grid kNN with
+the compiled kernels (the package default), grid kNN with the torch kernels (sampled product and
+embedding_bag: the CPU default before) and kd-tree kNN with the compiled kernels; kNN / weights /
+pooling (scores and steps) / classify wall and CPU times for each, and whether the labels are
+identical to the torch kernels' and the kd-tree's. Then the peak memory of a separate run at 300k
+points (RSS of a child process running the whole purify_scene). The kernels' warm-up (numba:
+compile or cache load) happens first and is reported apart. The machine is shared: the load
+average is printed at the start and the end. Ends with one JSON line {"reference_s", "fast_s",
+"speedup", "labels_agree", "side_by_side_s", "side_by_side_cpu_s", "side_by_side_torch_kernels_s",
+"labels_identical_to_torch_kernels", "side_by_side_kdtree_s", "labels_identical_to_kdtree",
+"peak_mem_gb_300k", "load_average", ...}.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import resource
 import subprocess
 import sys
@@ -57,6 +65,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from geopurify.ops import poolkernels  # noqa: E402
 from geopurify.ops.knn import knn_graph  # noqa: E402
 from geopurify.ops.voxel import voxel_mean, voxelize  # noqa: E402
 from geopurify.purify.pooling import affinity_weights, pool_scores  # noqa: E402
@@ -140,10 +149,12 @@ def fast_path(
     idx: torch.Tensor | None = None,
     knn: str = "auto",
     cpu: dict | None = None,
+    kernels: str = "auto",
 ) -> np.ndarray:
     """This package, from the same inputs to the same per-point labels (`idx`: use this kNN graph
-    instead of building one; `knn`: knn_graph's method). Stage wall times go to `timings`, process
-    CPU times to `cpu`."""
+    instead of building one; `knn`: knn_graph's method; `kernels`: "auto" (the package default:
+    compiled on the CPU) or "torch" (the sampled product and embedding_bag, the CPU default before)).
+    Stage wall times go to `timings`, process CPU times to `cpu`."""
     timings = {} if timings is None else timings
     cpu = {} if cpu is None else cpu
 
@@ -156,9 +167,9 @@ def fast_path(
     if idx is None:
         idx = knn_graph(coords, k, method=knn)
     t, c = stage("knn_s", t, c)
-    W = affinity_weights(emb, idx, tau)
+    W = affinity_weights(emb, idx, tau, method="sampled" if kernels == "torch" else "auto")
     t, c = stage("weights_s", t, c)
-    labels_v, _ = pool_scores(feat_v, idx, W, text_emb, steps)
+    labels_v, _ = pool_scores(feat_v, idx, W, text_emb, steps, method="bag" if kernels == "torch" else "auto")
     t, c = stage("pool_s", t, c)
     labels = labels_v[inverse].numpy()
     stage("classify_s", t, c)
@@ -270,6 +281,11 @@ def _cpu() -> float:
     return time.process_time()
 
 
+def _load() -> str:
+    """The 1, 5 and 15 minute load averages (the machine is shared: timings depend on them)."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 # ----------------------------------------------------------------------------------------------
 # the 300k-point memory run (child process)
 
@@ -346,12 +362,15 @@ def main(argv=None) -> int:
         mem_child(args.mem_child, args.channels, args.classes, args.seed)
         return 0
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; load average {_load()}")
     t = time.perf_counter()
     knn_graph(np.stack(np.meshgrid(*[np.arange(4)] * 3, indexing="ij"), -1).reshape(-1, 3), 8, method="grid")
+    t_knn = time.perf_counter() - t
+    t = time.perf_counter()
+    poolkernels._ready()
     print(
-        f"grid kNN kernels ready in {time.perf_counter() - t:.2f} s (numba: compiled on the first run after an "
-        "install, then loaded from its cache; not in the timings below)"
+        f"kernels ready: grid kNN in {t_knn:.2f} s, pooling in {time.perf_counter() - t:.2f} s (numba: compiled on "
+        "the first run after an install, then loaded from its cache; not in the timings below)"
     )
     xyz, rgb = load_points([args.scene], args.max_points, args.seed)
     inp = make_inputs(xyz, rgb, args.channels, args.classes, args.embeddings, args.seed)
@@ -436,9 +455,14 @@ def main(argv=None) -> int:
         xyz2, rgb2 = load_points([DATA / "scene0000_00", DATA / "scene0000_01"], None, args.seed)
         big = make_inputs(xyz2, rgb2, C, args.classes, "smooth", args.seed)
         sides = {}
-        for knn in ("grid", "kdtree"):
-            sides[knn] = timed(
-                lambda tw, tc, knn=knn: fast_path(
+        variants = (
+            ("grid", "grid", "auto", "grid kNN, compiled kernels (package default)"),
+            ("torch", "grid", "torch", "grid kNN, torch kernels (before)          "),
+            ("kdtree", "kdtree", "auto", "kd-tree kNN, compiled kernels            "),
+        )
+        for name, knn, kernels, _ in variants:
+            sides[name] = timed(
+                lambda tw, tc, knn=knn, kernels=kernels: fast_path(
                     big["coords"],
                     big["vox_in"][:, :C],
                     big["emb"],
@@ -450,10 +474,12 @@ def main(argv=None) -> int:
                     tw,
                     knn=knn,
                     cpu=tc,
+                    kernels=kernels,
                 ),
                 args.repeat,
             )
         same_labels = bool(np.array_equal(sides["grid"][0], sides["kdtree"][0]))
+        same_as_torch = bool(np.array_equal(sides["grid"][0], sides["torch"][0]))
         same_graph = bool(
             torch.equal(
                 knn_graph(big["coords"], args.k, method="grid"), knn_graph(big["coords"], args.k, method="kdtree")
@@ -463,13 +489,16 @@ def main(argv=None) -> int:
             f"side by side (scene0000_00 + scene0000_01, fast path): {big['n_voxels']} voxels, "
             f"best of {args.repeat} runs, stage times wall/CPU:"
         )
-        for knn, name in (("grid", "grid kNN (package default)"), ("kdtree", "kd-tree kNN (before)     ")):
-            _, s, c, tw, tc = sides[knn]
-            print(f"  {name}: {s:.2f} s wall, {c:.2f} s CPU  ({_fmt(tw, tc)})")
+        for name, _, _, desc in variants:
+            _, s, c, tw, tc = sides[name]
+            print(f"  {desc}: {s:.2f} s wall, {c:.2f} s CPU  ({_fmt(tw, tc)})")
         print(
-            f"  graphs identical: {same_graph}, labels identical: {same_labels}; "
-            f"speedup {sides['kdtree'][1] / sides['grid'][1]:.1f}x wall, "
-            f"{sides['kdtree'][2] / sides['grid'][2]:.1f}x CPU"
+            f"  labels identical to the torch kernels': {same_as_torch} "
+            f"(speedup {sides['torch'][1] / sides['grid'][1]:.1f}x wall, "
+            f"{sides['torch'][2] / sides['grid'][2]:.1f}x CPU); "
+            f"graphs identical to the kd-tree's: {same_graph}, labels: {same_labels} "
+            f"(speedup {sides['kdtree'][1] / sides['grid'][1]:.1f}x wall, "
+            f"{sides['kdtree'][2] / sides['grid'][2]:.1f}x CPU)"
         )
         g = sides["grid"]
         out.update(
@@ -477,6 +506,10 @@ def main(argv=None) -> int:
                 "side_by_side_s": round(g[1], 3),
                 "side_by_side_cpu_s": round(g[2], 3),
                 "side_by_side_stages_s": {k: round(v, 3) for k, v in g[3].items()},
+                "side_by_side_stages_cpu_s": {k: round(v, 3) for k, v in g[4].items()},
+                "side_by_side_torch_kernels_s": round(sides["torch"][1], 3),
+                "side_by_side_torch_kernels_cpu_s": round(sides["torch"][2], 3),
+                "labels_identical_to_torch_kernels": same_as_torch,
                 "side_by_side_kdtree_s": round(sides["kdtree"][1], 3),
                 "side_by_side_kdtree_cpu_s": round(sides["kdtree"][2], 3),
                 "labels_identical_to_kdtree": same_labels,
@@ -519,6 +552,8 @@ def main(argv=None) -> int:
         )
     else:
         out["peak_mem_gb_300k"] = None
+    out["load_average"] = _load()
+    print(f"load average at the end: {out['load_average']} (1, 5, 15 min; {os.cpu_count()} cores)")
     print(json.dumps(out))
     return 0
 

@@ -105,7 +105,7 @@ def test_knn_graph_bad_input():
 # weights and pooling
 
 
-@pytest.mark.parametrize("method", ["sampled", "gather"])
+@pytest.mark.parametrize("method", ["compiled", "sampled", "gather"])
 def test_affinity_weights_definition(method):
     rng = np.random.default_rng(2)
     coords = np.unique(rng.integers(0, 12, (400, 3)), axis=0)
@@ -118,14 +118,15 @@ def test_affinity_weights_definition(method):
         np.testing.assert_allclose(W[i].numpy(), torch.softmax(cos / 0.05, 0).numpy(), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(W.sum(1).numpy(), 1.0, atol=1e-5)
     assert not (idx == torch.arange(len(coords))[:, None]).any()  # no self loop
-    np.testing.assert_allclose(
-        edge_cosines(emb, idx, "sampled").numpy(), edge_cosines(emb, idx, "gather").numpy(), atol=1e-6
-    )
+    for other in ("gather", "compiled"):
+        np.testing.assert_allclose(
+            edge_cosines(emb, idx, "sampled").numpy(), edge_cosines(emb, idx, other).numpy(), atol=1e-6
+        )
     U = uniform_weights(idx)
     assert U.shape == idx.shape and torch.allclose(U, torch.full_like(U, 1 / 12))
 
 
-@pytest.mark.parametrize("method", ["bag", "gather"])
+@pytest.mark.parametrize("method", ["compiled", "bag", "gather"])
 @pytest.mark.parametrize("steps", [1, 18])
 @pytest.mark.parametrize("block", [3, 128])
 def test_pool_equals_dense_matrix_power(method, steps, block, monkeypatch):

@@ -265,8 +265,9 @@ _READY = False  # the kernels are compiled (or loaded from the cache) in this pr
 
 
 @contextlib.contextmanager
-def _compile_lock():
-    """An exclusive lock on a file named after this module's path (POSIX; elsewhere no lock)."""
+def compile_lock():
+    """An exclusive lock on a file named after this module's path (POSIX; elsewhere no lock): held
+    while a process compiles or loads numba kernels (these and `geopurify.ops.poolkernels`)."""
     tag = hashlib.sha1(str(Path(__file__).resolve()).encode()).hexdigest()[:12]
     with open(Path(tempfile.gettempdir()) / f"geopurify-gridknn-{tag}.lock", "a") as fh:
         try:
@@ -282,9 +283,9 @@ def _compile_lock():
 
 
 def _ready() -> None:
-    """Compile or load every kernel once per process, under `_compile_lock` (module docstring)."""
+    """Compile or load every kernel once per process, under `compile_lock` (module docstring)."""
     global _READY
-    with _compile_lock():
+    with compile_lock():
         t = time.perf_counter()
         _READY = True
         tiny = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], np.int64)

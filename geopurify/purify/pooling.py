@@ -15,11 +15,13 @@ Two exact ways to the same labels:
   score column can be pooled on demand the same way.
 
 Kernels: the graph is `geopurify.ops.knn.knn_graph` (cell lists on the integer grid on CPU, a
-sorted cell hash on CUDA); edge cosines from a sampled
-dense-dense product (CPU) or chunked gathers (CUDA); each pooling step is one embedding_bag (a fused
-gather + weighted sum) on both. Voxels come x-major sorted from voxelize, so the neighbours of
-consecutive rows overlap and their gathers hit the cache. Every kernel works in row or channel chunks
-so memory stays bounded (never V x K x C).
+sorted cell hash on CUDA). On the CPU, edge dot products and the T pooling steps are compiled kernels
+(`geopurify.ops.poolkernels`, numba, parallel over the voxels) on the fixed-K neighbour arrays;
+their pooling is equal bit for bit to torch's embedding_bag steps, their dot products differ from
+torch's sampled product in the last bits only. On CUDA: edge cosines from chunked gathers, each
+pooling step one embedding_bag (a fused gather + weighted sum). Voxels come x-major sorted from
+voxelize, so the neighbours of consecutive rows overlap and their gathers hit the cache. Every
+kernel works in row or channel chunks so memory stays bounded (never V x K x C).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from geopurify.ops.poolkernels import edge_dots, pool_steps
 from geopurify.ops.scores import cosine_scores, text_scores
 
 log = logging.getLogger(__name__)
@@ -46,9 +49,10 @@ _POOL_CHANNELS = 128  # channels pooled together (wider inputs go block by block
 def edge_cosines(emb: torch.Tensor, idx: torch.Tensor, method: str = "auto", chunk: int = 65536) -> torch.Tensor:
     """cos(g_i, g_{idx_ij}) for every edge -> (V, k) float32, computed in row chunks.
 
-    method "sampled": one sampled dense-dense product per chunk (only the V k needed dot products,
-    no gathered (V, k, E) copy; the CPU default); "gather": chunked gathers and batched products
-    (the CUDA default)."""
+    method "compiled": the compiled kernel of `geopurify.ops.poolkernels` (the CPU default);
+    "sampled": one sampled dense-dense product per chunk (only the V k needed dot products, no
+    gathered (V, k, E) copy); "gather": chunked gathers and batched products (the CUDA default).
+    The three differ in the order of the sums only (last bits)."""
     g = F.normalize(torch.as_tensor(emb).float(), dim=1)
     idx = torch.as_tensor(idx, device=g.device).long()
     V, k = idx.shape
@@ -57,10 +61,14 @@ def edge_cosines(emb: torch.Tensor, idx: torch.Tensor, method: str = "auto", chu
     out = torch.empty(V, k, dtype=torch.float32, device=g.device)
     if k == 0:
         return out
-    if method == "auto":
-        method = "gather" if g.device.type == "cuda" else "sampled"
-    if method not in ("gather", "sampled"):
-        raise ValueError(f"unknown edge method {method!r} (auto | sampled | gather)")
+    if method == "auto":  # the compiled kernel has no autograd: sampled for inputs that need gradients
+        method = "gather" if g.device.type == "cuda" else ("sampled" if g.requires_grad else "compiled")
+    if method not in ("gather", "sampled", "compiled"):
+        raise ValueError(f"unknown edge method {method!r} (auto | compiled | sampled | gather)")
+    if method == "compiled":
+        if g.device.type != "cpu":
+            raise ValueError("edge method 'compiled' runs on the CPU only")
+        return torch.from_numpy(edge_dots(g.contiguous().numpy(), idx.numpy()))
     if method == "gather":
         rows = max(1, _GATHER_BYTES // (4 * k * g.shape[1]))
         for s in range(0, V, rows):
@@ -119,12 +127,13 @@ def pool(
 ) -> torch.Tensor:
     """F(steps) with F(0) = values (V, C) and F(t+1)_i = sum_j W_ij F(t)_{idx_ij}.
 
-    method "bag" (default, CPU and CUDA): one torch embedding_bag per step, a fused gather and
-    weighted sum over each row's k neighbours (nothing of size V x k x C is materialised);
-    "gather": chunked index + batched products over rows (a plain kernel kept as a cross-check).
-    Channels are independent, so wide inputs are pooled in blocks of channels through all steps,
-    one block after the other. A graph with k = 0 (a single voxel) leaves the values unchanged.
-    Returns float32 (V, C), or (V,) for a 1-D input."""
+    method "compiled" (the CPU default): all steps in one call of the compiled kernel of
+    `geopurify.ops.poolkernels`; "bag" (the CUDA default): one torch embedding_bag per step, a fused
+    gather and weighted sum over each row's k neighbours (nothing of size V x k x C is
+    materialised); the two are equal bit for bit. "gather": chunked index + batched products over
+    rows (a plain kernel kept as a cross-check). Channels are independent, so wide inputs are
+    pooled in blocks of channels through all steps, one block after the other. A graph with k = 0
+    (a single voxel) leaves the values unchanged. Returns float32 (V, C), or (V,) for a 1-D input."""
     vals = torch.as_tensor(values)
     squeeze = vals.ndim == 1
     if squeeze:
@@ -135,15 +144,18 @@ def pool(
     _check_graph(vals, idx, W)
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
-    if method == "auto":
-        method = "bag"
-    if method not in ("bag", "gather"):
-        raise ValueError(f"unknown pooling method {method!r} (auto | bag | gather)")
+    if method == "auto":  # the compiled kernel has no autograd: bag for inputs that need gradients
+        grad = vals.requires_grad or W.requires_grad
+        method = "compiled" if vals.device.type == "cpu" and not grad else "bag"
+    if method not in ("compiled", "bag", "gather"):
+        raise ValueError(f"unknown pooling method {method!r} (auto | compiled | bag | gather)")
+    if method == "compiled" and vals.device.type != "cpu":
+        raise ValueError("pooling method 'compiled' runs on the CPU only")
     if steps == 0 or idx.shape[1] == 0 or vals.shape[1] == 0:
         out = vals.clone()
     else:
         V, C = vals.shape
-        if method == "bag":
+        if method in ("bag", "compiled"):
             idx = _bag_indices(idx)
         blocks = range(0, C, _POOL_CHANNELS)
         out = vals if len(blocks) == 1 else torch.empty_like(vals)
@@ -152,9 +164,13 @@ def pool(
         )
         for c0 in blocks:
             f = vals[:, c0 : c0 + _POOL_CHANNELS].contiguous()
-            for _ in range(steps):
-                f = _step_bag(f, idx, W) if method == "bag" else _step_gather(f, idx, W)
-                bar.update()
+            if method == "compiled":
+                f = torch.from_numpy(pool_steps(f.numpy(), idx.numpy(), W.numpy(), steps))
+                bar.update(steps)
+            else:
+                for _ in range(steps):
+                    f = _step_bag(f, idx, W) if method == "bag" else _step_gather(f, idx, W)
+                    bar.update()
             if len(blocks) == 1:
                 out = f
             else:
@@ -164,8 +180,9 @@ def pool(
 
 
 def _bag_indices(idx: torch.Tensor) -> torch.Tensor:
-    """The graph as embedding_bag reads it fastest: int32 on the CPU (half the index bytes streamed
-    per step; the same gathers and sums, so bit-identical results), as it is elsewhere."""
+    """The graph as embedding_bag and the compiled kernel read it fastest: int32 on the CPU (half the
+    index bytes streamed per step; the same gathers and sums, so bit-identical results), as it is
+    elsewhere."""
     if idx.device.type == "cpu" and idx.shape[0] < 1 << 31:
         return idx.int()
     return idx
