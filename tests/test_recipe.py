@@ -220,9 +220,9 @@ def metrics_val_list(data: Path) -> str:
 # ------------------------------------------------------------------------------ ScanNet
 @pytest.mark.slow
 def test_scannet_recipe_verbatim(tmp_path):
-    """README's ScanNet recipe on 3 scannet-raw scans (100 raw frames each; seed 2 puts lost-tracking
-    poses on raw frames 20 and 60 of two scans): views = the multiples of 20 whose .sens pose is
-    finite, real depth (no z-buffer), mesh normals, scannet19 scored with scannet20 beside it."""
+    """README's ScanNet recipe on 3 scannet-raw scans (60 raw frames each; seed 2 puts a lost-tracking
+    pose on raw frame 40 of the second scan): views = the multiples of 20 whose .sens pose is finite,
+    real depth (no z-buffer), mesh normals, scannet19 scored with scannet20 beside it."""
     from geopurify.data.sens import iter_sens_frames, read_sens_header
 
     need_device()
@@ -230,7 +230,7 @@ def test_scannet_recipe_verbatim(tmp_path):
     work, env = user_checkout(tmp_path)
     download = tmp_path / "download"
     synth(
-        ["--format", "scannet-raw", "--scenes", "3", "--seed", "2", "--points", "8000", "--frames", "100"],
+        ["--format", "scannet-raw", "--scenes", "3", "--seed", "2", "--points", "8000", "--frames", "60"],
         download,
         env,
         times,
@@ -250,7 +250,7 @@ def test_scannet_recipe_verbatim(tmp_path):
     invalid_views = 0
     for scene in subset + val:
         header = read_sens_header(download / "scans" / scene / f"{scene}.sens")
-        assert header.n_frames == 100
+        assert header.n_frames == 60
         finite = {f.index: bool(np.isfinite(f.camera_to_world).all()) for f in iter_sens_frames(header)}
         expect = [i for i in range(0, header.n_frames, 20) if finite[i]]
         invalid_views += sum(not finite[i] for i in range(0, header.n_frames, 20))
@@ -276,9 +276,9 @@ def natural(key: str):
 
 @pytest.mark.slow
 def test_matterport_recipe_verbatim(tmp_path):
-    """README's Matterport3D recipe on 3 matterport-raw houses (one region each): every view of a
-    region is lifted (frame_step 1), from the house's own images, with real depth, mesh normals,
-    scored as matterport21."""
+    """README's Matterport3D recipe on 3 matterport-raw houses (one region each, 640 x 512 images):
+    every view of a region is lifted (frame_step 1), from the house's own images, with real depth,
+    mesh normals, scored as matterport21."""
     need_device()
     times: dict[str, float] = {}
     work, env = user_checkout(tmp_path)
@@ -297,6 +297,10 @@ def test_matterport_recipe_verbatim(tmp_path):
             "1",
             "--points",
             "6000",
+            "--height",  # the config's lift.image_size, a quarter of the 1280 x 1024 default: cheaper to render
+            "512",
+            "--width",
+            "640",
         ],
         download,
         env,

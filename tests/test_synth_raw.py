@@ -561,6 +561,36 @@ def test_matterport_region_depth_and_labels_agree(matterport_raw):
         assert n_in > 100 and match > 0.25 and behind < 0.005
 
 
+def test_matterport_image_size_scales_the_intrinsics(tmp_path):
+    """--height / --width: smaller images (what the recipe test renders), the same houses: each
+    camera's intrinsics are the default's scaled to the size, and the depth still meets the mesh."""
+    from PIL import Image
+
+    from geopurify.data.images import read_depth
+    from geopurify.data.matterport import read_conf, read_region
+    from geopurify.standins.rooms import scene_seed
+    from geopurify.standins.rooms.matterport_raw import _intrinsics
+
+    out = tmp_path / "mp"
+    argv = ["synth", "--format", "matterport-raw", "--out", str(out), "--scenes", "1", "--seed", "4"]
+    small = ["--rooms", "1", "--panoramas", "1", "--points", str(N_VERTS), "--height", "256", "--width", "320"]
+    assert main(argv + small) == 0
+    house = out / "v1" / "scans" / "SYNTH000000"
+    views = read_conf(house / "undistorted_camera_parameters" / "SYNTH000000.conf")
+    assert len(views) == 18
+    default = _intrinsics(np.random.default_rng([scene_seed(4, 0), 4]))  # write_house's draws at 1280 x 1024
+    for i, v in enumerate(views):
+        np.testing.assert_allclose(v.K, np.diag([0.25, 0.25, 1.0]) @ default[i // 6], rtol=1e-5)
+    region = read_region(house / "region_segmentations" / "region0.ply")
+    for v in views[6:12]:  # the level camera
+        assert Image.open(house / "undistorted_color_images" / v.color).size == (320, 256)
+        depth = read_depth(house / "undistorted_depth_images" / v.depth, 4000.0)
+        assert depth.shape == (256, 320)
+        match, behind, n_in = depth_agreement(region["xyz"], v.pose, v.K, depth)
+        assert n_in > 100 and match > 0.25 and behind < 0.005
+    assert main(argv + small[:-1] + ["400"]) == 2  # another size is another data set: no mixing on a re-run
+
+
 def test_prepare_matterport_reads_the_stand_in(matterport_raw, tmp_path):
     from geopurify.data.readers import load_scene
 

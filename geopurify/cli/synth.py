@@ -3,6 +3,7 @@
     geopurify synth --out DIR --scenes N --seed S [--points P] [--frames F] [--height H --width W]
     geopurify synth --format scannet-raw --out DIR --scenes N --seed S [--points V] [--frames F]
     geopurify synth --format matterport-raw --out DIR --scenes N --seed S [--rooms R] [--panoramas P] [--points V]
+        [--height H --width W]
 
 `--format scenes` (default) writes DIR/synth_0000 ... in the scene layout of docs/architecture.md
 (points, NYU40 labels, instances, posed RGB-D frames, label images, meta.json {"source":
@@ -70,8 +71,18 @@ def add_parser(sub) -> None:
         default=None,
         help="matterport-raw: panoramas of 18 images per room (default: about one per 8 m^2, 1..4)",
     )
-    p.add_argument("--height", type=int, default=None, help="scenes: image height (default 480, ScanNet depth)")
-    p.add_argument("--width", type=int, default=None, help="scenes: image width (default 640, ScanNet depth)")
+    p.add_argument(
+        "--height",
+        type=int,
+        default=None,
+        help="scenes: image height (default 480, ScanNet depth); matterport-raw: (default 1024, Matterport3D's)",
+    )
+    p.add_argument(
+        "--width",
+        type=int,
+        default=None,
+        help="scenes: image width (default 640, ScanNet depth); matterport-raw: (default 1280, Matterport3D's)",
+    )
     p.set_defaults(func=run)
 
 
@@ -84,8 +95,8 @@ def _check(args) -> None:
             ("--frames", args.frames, fmt != "matterport-raw"),
             ("--rooms", args.rooms, fmt == "matterport-raw"),
             ("--panoramas", args.panoramas, fmt == "matterport-raw"),
-            ("--height", args.height, fmt == "scenes"),
-            ("--width", args.width, fmt == "scenes"),
+            ("--height", args.height, fmt != "scannet-raw"),
+            ("--width", args.width, fmt != "scannet-raw"),
         )
         if val is not None and not ok
     ]
@@ -102,13 +113,19 @@ def _check(args) -> None:
         (args.rooms is None or args.rooms >= 1, f"--rooms must be >= 1, got {args.rooms}"),
         (args.panoramas is None or args.panoramas >= 1, f"--panoramas must be >= 1, got {args.panoramas}"),
         (
-            (args.height or 480) >= 8 and (args.width or 640) >= 8,
-            f"image size must be at least 8x8, got {args.height or 480}x{args.width or 640}",
+            min(_image_hw(args)) >= 8,
+            "image size must be at least 8x8, got {}x{}".format(*_image_hw(args)),
         ),
     ]
     for ok, problem in checks:
         if not ok:
             raise InputError(None, problem)
+
+
+def _image_hw(args) -> tuple[int, int]:
+    """(height, width): the given ones, else the format's default (480 x 640; matterport-raw 1024 x 1280)."""
+    default = (1024, 1280) if args.format == "matterport-raw" else (480, 640)
+    return (args.height or default[0], args.width or default[1])
 
 
 def _given(**options) -> dict:
@@ -129,7 +146,7 @@ def run(args) -> int:
             args.seed,
             n_points=args.points or 100_000,
             n_frames=50 if args.frames is None else args.frames,
-            image_hw=(args.height or 480, args.width or 640),
+            image_hw=_image_hw(args),
         )
         what = "synthetic rooms"
     elif args.format == "scannet-raw":
@@ -149,6 +166,7 @@ def run(args) -> int:
             args.scenes,
             args.seed,
             panoramas=args.panoramas,
+            image_hw=_image_hw(args),
             **_given(n_rooms=args.rooms, n_vertices=args.points),
         )
         what = (

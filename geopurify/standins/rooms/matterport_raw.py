@@ -5,7 +5,7 @@ reads from a Matterport3D download (layout and conventions from Matterport's dat
 and a real `.conf`; see docs/real_data.md):
 
     DIR/v1/scans/<house>/undistorted_camera_parameters/<house>.conf
-    DIR/v1/scans/<house>/undistorted_color_images/<pano>_i<cam>_<yaw>.jpg    1280 x 1024
+    DIR/v1/scans/<house>/undistorted_color_images/<pano>_i<cam>_<yaw>.jpg    1280 x 1024 (or image_hw)
     DIR/v1/scans/<house>/undistorted_depth_images/<pano>_d<cam>_<yaw>.png    uint16, 0.25 mm units (4000 / m)
     DIR/v1/scans/<house>/region_segmentations/region<k>.ply (+ .fsegs.json, .semseg.json)
     DIR/v1/scans/<house>/house_segmentations/<house>.ply
@@ -22,7 +22,8 @@ regions together. (The `.house` text file is not written; prepare does not read 
 Cameras: tripod panoramas at free spots of each room (about one per 8 m^2 of floor, 1..4, or
 `panoramas`), each 18 images as the Matterport Pro takes them: cameras 0, 1, 2 tilted up 42
 degrees, level and down 42 degrees (as in a real .conf), yaw index k turning -60 degrees each,
-per-camera intrinsics near fx 1076, cx 632, cy 510. The .conf stores camera-to-world in
+per-camera intrinsics near fx 1076, cx 632, cy 510 (at 1280 x 1024; scaled with a smaller
+`image_hw`, which tests use to render less). The .conf stores camera-to-world in
 Matterport's canonical camera axes (looking down -z, y up): pose_cv @ diag(1, -1, -1, 1). Depth and
 colour share one ray cast per image (`Room.render`, with its sensor noise). The .conf starts with a
 comment naming the data a synthetic stand-in; `prepare matterport` carries it into meta.json.
@@ -48,7 +49,7 @@ from geopurify.standins.rooms.scannet_raw import DEFAULT_VERTICES, check_marker,
 log = logging.getLogger(__name__)
 
 STAND_IN = "synthetic stand-in: geopurify procedural house"  # the .conf's first comment (prepare reads it)
-IMAGE_HW = (1024, 1280)
+IMAGE_HW = (1024, 1280)  # (height, width) of Matterport3D's undistorted images: the default
 TILT_DEG = (42.0, 0.0, -42.0)  # cameras 0, 1, 2
 YAW_STEP_DEG = -60.0
 DEFAULT_ROOMS = 3
@@ -71,10 +72,10 @@ def mp_category(name: str, nyu40: int) -> int:
     return int(same_class.min())
 
 
-def house_rooms(seed: int, n_rooms: int) -> tuple[list[Room], list[np.ndarray]]:
+def house_rooms(seed: int, n_rooms: int, image_hw: tuple[int, int] = IMAGE_HW) -> tuple[list[Room], list[np.ndarray]]:
     """The rooms of house `seed` and each room's room -> house 4x4 transform (rooms in a row along
     x, WALL_GAP apart, the whole row turned about z and moved)."""
-    rooms = [room_layout(scene_seed(seed, k), image_hw=IMAGE_HW, name=f"region{k}")[0] for k in range(n_rooms)]
+    rooms = [room_layout(scene_seed(seed, k), image_hw=image_hw, name=f"region{k}")[0] for k in range(n_rooms)]
     rng = np.random.default_rng([int(seed), 3])
     psi = rng.uniform(0, 2 * np.pi)
     house = np.eye(4)
@@ -119,13 +120,15 @@ def rig_poses(eye: np.ndarray, yaw0: float) -> np.ndarray:
     return np.stack(out)
 
 
-def _intrinsics(rng: np.random.Generator) -> list[np.ndarray]:
-    """Per-camera undistorted intrinsics of one house, near those of real .conf files."""
+def _intrinsics(rng: np.random.Generator, image_hw: tuple[int, int] = IMAGE_HW) -> list[np.ndarray]:
+    """Per-camera undistorted intrinsics of one house, near those of real .conf files (1280 x 1024),
+    scaled to `image_hw` (the same draws at any size)."""
+    scale = np.diag([image_hw[1] / IMAGE_HW[1], image_hw[0] / IMAGE_HW[0], 1.0])
     out = []
     for _ in range(3):
         fx = rng.uniform(1072.0, 1080.0)
         cx, fy, cy = rng.uniform(626.0, 638.0), fx + rng.uniform(-1, 1), rng.uniform(505.0, 515.0)
-        out.append(np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]]))
+        out.append(scale @ np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]]))
     return out
 
 
@@ -196,6 +199,7 @@ def write_house(
     panoramas: int | None = None,
     name: str | None = None,
     progress: bool = False,
+    image_hw: tuple[int, int] = IMAGE_HW,
 ) -> dict:
     """Write procedural house `seed` into `house_dir` in Matterport3D's layout (module docstring);
     returns a summary (regions, vertices, images, seconds)."""
@@ -208,8 +212,8 @@ def write_house(
     house_dir = Path(house_dir)
     name = name or house_dir.name
     rng = np.random.default_rng([int(seed), 4])
-    rooms, transforms = house_rooms(seed, n_rooms)
-    Ks = _intrinsics(rng)
+    rooms, transforms = house_rooms(seed, n_rooms, image_hw)
+    Ks = _intrinsics(rng, image_hw)
     conf = [
         f"# {STAND_IN}",
         "# written by geopurify synth: not Matterport3D data",
@@ -274,6 +278,7 @@ def synthesize_matterport_raw(
     n_vertices: int = DEFAULT_VERTICES,
     panoramas: int | None = None,
     progress: bool = True,
+    image_hw: tuple[int, int] = IMAGE_HW,
 ) -> list[Path]:
     """Write `n_houses` procedural houses under out_dir/v1/scans/ (named SYNTH000000, ...) plus the
     house split lists. House i depends only on (seed, i); finished houses are kept (staged, renamed
@@ -298,6 +303,7 @@ def synthesize_matterport_raw(
             "n_rooms": int(n_rooms),
             "n_vertices": int(n_vertices),
             "panoramas": panoramas,
+            **({} if tuple(image_hw) == IMAGE_HW else {"image_hw": [int(v) for v in image_hw]}),
         },
     )
     names = [f"SYNTH{i:06d}" for i in range(n_houses)]
@@ -308,7 +314,9 @@ def synthesize_matterport_raw(
         final = out_dir / "v1" / "scans" / name
         if not final.is_dir():
             with staged_dir(final) as tmp:
-                info = write_house(tmp, scene_seed(seed, i), n_rooms, n_vertices, panoramas, name, progress)
+                info = write_house(
+                    tmp, scene_seed(seed, i), n_rooms, n_vertices, panoramas, name, progress, tuple(image_hw)
+                )
             log.info(
                 "%s: %d regions (%s vertices), %d images in %.1fs",
                 name,
