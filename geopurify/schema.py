@@ -109,6 +109,8 @@ RANGES: dict[str, Range] = {
     "purify.steps": _int(0),
     "purify.pooling": _one_of("scores", "features"),
     "purify.unseen": _one_of("nearest_seen", "reference"),
+    "eval.workers": _int(0),
+    "eval.prefetch_mb": _num(0),
     "synthetic.n_train": _int(1),
     "synthetic.n_val": _int(0),
 }
