@@ -111,7 +111,9 @@ def test_two_ranks_write_the_single_process_metrics(trained, exp):
     preds = [n for n in ref if n.startswith("pred/")]
     assert len(preds) == 4 * 4  # per room: 3 methods' predictions and the record
     assert {n: out[n] for n in preds} == {n: ref[n] for n in preds}
-    assert json.loads(out["run.json"])["world"] == 2 and json.loads(ref["run.json"])["world"] == 1
+    run, single = json.loads(out["run.json"]), json.loads(ref["run.json"])
+    assert run["world"] == 2 and [r["scenes"] for r in run["per_rank"]] == [2, 2]  # the rooms split, not repeated
+    assert single["world"] == 1 and [r["scenes"] for r in single["per_rank"]] == [4]
     assert sorted(out) == sorted(ref)
 
 

@@ -40,6 +40,23 @@ class _Loads(torch.utils.data.Dataset):
             return "error", (e.path, e.problem)
 
 
+# lift.vlm -> the frame images its lifting reads (depth: every backend with views tests occlusion by it;
+# the simulated stand-in renders label images, CLIP encodes colour, external backends read feature files)
+FRAME_KINDS = {"simulated": ("depth", "label"), "clip": ("depth", "color"), "external": ("depth",)}
+
+
+def preload_frames(scene, vlm_name: str, budget_mb: float) -> int:
+    """Decode ahead, frame by frame, the images lifting with `vlm_name` reads (FRAME_KINDS), until
+    `budget_mb` is held; the rest are read when the lifting reaches them. Returns the frames decoded."""
+    kinds, held, n = FRAME_KINDS.get(vlm_name, ()), 0, 0
+    for frame in scene.frames:
+        if not kinds or held >= budget_mb * 2**20:
+            break
+        held += frame.preload(kinds)
+        n += 1
+    return n
+
+
 def _as_is(x):
     return x
 
@@ -73,11 +90,16 @@ def prefetched(
             worker_init_fn=_seed_worker,
             generator=torch.Generator().manual_seed(seed),
         )
-    t0 = time.perf_counter()
-    with tqdm(total=len(items), desc=desc, unit=unit) as bar:
+    t0, bar = time.perf_counter(), None
+    try:
         for status, value in source:
             if status == "error":
                 raise InputError(*value)
+            if bar is None:  # shown once the first item is ready: a bad first input stays one error line
+                bar = tqdm(total=len(items), desc=desc, unit=unit)
             yield value
             bar.update(1)
             bar.set_postfix_str(f"{60 * bar.n / max(time.perf_counter() - t0, 1e-9):.1f} {unit}s/min")
+    finally:
+        if bar is not None:
+            bar.close()

@@ -68,7 +68,8 @@ class Frame:
     def preload(self, kinds=("color", "depth", "label")) -> int:
         """Decode this frame's images of `kinds` now and keep them (later calls return them without
         reading a file): a loader process decodes ahead of the computation. Kinds the frame has no
-        file for are left out. Returns the bytes held."""
+        file for are left out, and so are images that fail to read: the lifting reads those again and
+        handles them as it always does (a frame skipped and counted, or the error). Returns the bytes held."""
         read = {
             "color": (self.color_path, self.color),
             "depth": (self.depth_path, self.depth),
@@ -77,7 +78,10 @@ class Frame:
         for kind in kinds:
             path, reader = read[kind]
             if kind not in self._pixels and path is not None:
-                self._pixels[kind] = reader()
+                try:
+                    self._pixels[kind] = reader()
+                except (InputError, OSError, ValueError):
+                    continue
         return sum(0 if a is None else a.nbytes for a in self._pixels.values())
 
     @property

@@ -29,7 +29,7 @@ import torch
 
 from geopurify.data.fingerprint import scene_fingerprint
 from geopurify.data.labels import describe_setting, get_label_set
-from geopurify.data.prefetch import prefetched
+from geopurify.data.prefetch import prefetched, preload_frames
 from geopurify.data.readers import load_scene_for
 from geopurify.device import to_device
 from geopurify.errors import InputError
@@ -238,20 +238,6 @@ def _no_vlm():
     raise _CacheMiss  # cached_lift asks for the VLM only when it must compute
 
 
-# images each VLM backend reads while lifting (depth: the occlusion test of every backend with views)
-_FRAME_KINDS = {"simulated": ("depth", "label"), "clip": ("depth", "color"), "external": ("depth",)}
-
-
-def _preload_frames(scene, kinds, budget_mb: float) -> None:
-    """Decode the scene's frame images of `kinds` ahead, frame by frame, until `budget_mb` is held;
-    the rest are read when lifting reaches them."""
-    held = 0
-    for frame in scene.frames:
-        if held >= budget_mb * 2**20:
-            break
-        held += frame.preload(kinds)
-
-
 def _load(job: _Job, item: tuple[int, Path]) -> _Loaded:
     """Scene `item` = (index, path) read and made ready (in a loader worker): points and labels, the
     prediction key (file fingerprints), an earlier run's record; else the normals (PCA when the
@@ -269,11 +255,11 @@ def _load(job: _Job, item: tuple[int, Path]) -> _Loaded:
         try:
             lifted = cached_lift(scene, cfg, _no_vlm, job.cache_dir, device=job.device)
         except _CacheMiss:
-            _preload_frames(scene, _FRAME_KINDS.get(cfg["lift"]["vlm"], ()), cfg["eval"]["prefetch_mb"])
+            preload_frames(scene, cfg["lift"]["vlm"], cfg["eval"]["prefetch_mb"])
     return _Loaded(index, scene, key, record, lifted)
 
 
-RUN_KEYS = ("timings", "reused_scenes", "world")  # facts of one run: in run.json, not in metrics.json
+RUN_KEYS = ("timings", "reused_scenes", "world", "per_rank")  # facts of one run: in run.json, not in metrics.json
 
 
 def metrics_report(report: dict) -> dict:
@@ -304,7 +290,7 @@ def evaluate_scenes(
     Scenes whose record an earlier (e.g. killed) run already wrote for the same checkpoint,
     settings and scene content are reused instead of predicted again (`reuse=False`: predict
     every scene, e.g. to time it). run.json holds the facts of the run (timings summed over
-    ranks, reused_scenes, world).
+    ranks, reused_scenes, world, and per rank its scenes, reused scenes and timings).
     Returns, on rank 0 (None on the others), {"metrics": {method: metrics dict}, "per_scene": {...},
     "label_set", "class_setting", "also": {label set: {"class_setting", "metrics", "per_scene"}}
     (eval.also_label_sets), "vlm", "skipped_frames": {scene: frames left out as unusable}, ...,
@@ -370,6 +356,10 @@ def evaluate_scenes(
         "timings": {k: round(sum(r["timings"][k] for r in ranks), 2) for k in timings},
         "reused_scenes": sum(r["reused"] for r in ranks),
         "world": dist.world,
+        "per_rank": [
+            {"scenes": len(r["scenes"]), "reused": r["reused"], **{k: round(v, 2) for k, v in r["timings"].items()}}
+            for r in ranks
+        ],
     }
     write_json(out_dir / "metrics.json", report)
     write_json(out_dir / "run.json", run_facts)
