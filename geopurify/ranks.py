@@ -9,6 +9,7 @@ r, r + W, r + 2W, ... of their sorted work list (`shard`): deterministic, disjoi
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 from dataclasses import dataclass
@@ -29,8 +30,16 @@ class Dist:
         return self.rank == 0
 
 
-def init_distributed(device: str) -> Dist:
+SHARDED_TIMEOUT_S = 7 * 24 * 3600  # see init_distributed
+
+
+def init_distributed(device: str, timeout_s: float | None = None) -> Dist:
     """Join the torchrun process group when WORLD_SIZE > 1 (gloo on CPU, nccl on CUDA).
+
+    `timeout_s`: how long a collective may wait for the other ranks (None: torch's default). The
+    sharded commands meet only at their end, where a rank may wait for hours while its peers
+    compute (resumed after a kill, one rank may have nothing left to do), so they pass
+    SHARDED_TIMEOUT_S; a rank that dies is noticed by torchrun, which then ends the others.
 
     Also keeps the CPU threads sensible: unless OMP_NUM_THREADS says otherwise, each of the
     LOCAL_WORLD_SIZE processes on a machine gets cores // LOCAL_WORLD_SIZE torch threads (at least 1),
@@ -48,7 +57,8 @@ def init_distributed(device: str) -> Dist:
         backend = "nccl" if str(device).startswith("cuda") else "gloo"
         if str(device).startswith("cuda"):
             torch.cuda.set_device(local)
-        tdist.init_process_group(backend=backend)
+        kwargs = {} if timeout_s is None else {"timeout": datetime.timedelta(seconds=timeout_s)}
+        tdist.init_process_group(backend=backend, **kwargs)
         log.info("rank %d/%d joined the %s process group", rank, world, backend)
     return Dist(rank, world, local)
 

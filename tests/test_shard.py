@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -66,9 +67,13 @@ def exp(trained):
     shutil.rmtree(trained["exp"] / "result", ignore_errors=True)
 
 
-def torchrun(exp: Path, cfg: Path, nproc: int = 2) -> subprocess.Popen:
+def torchrun(*argv, nproc: int = 2, log_dir: Path | None = None) -> subprocess.Popen:
+    """`torchrun --standalone --nproc_per_node 2 -m geopurify -q *argv`, started; with `log_dir`,
+    without -q and each rank's output in its own file there (`rank_log`)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    cmd += ["-m", "geopurify", "-q", "val", "--exp_dir", str(exp), "--config", str(cfg), "--device", "cpu"]
+    if log_dir is not None:
+        cmd += ["--log-dir", str(log_dir), "--redirects", "3"]
+    cmd += ["-m", "geopurify", *([] if log_dir is not None else ["-q"]), *map(str, argv)]
     err = tempfile.TemporaryFile()  # a file, not a pipe: a full pipe would stall the run
     proc = subprocess.Popen(cmd, env=ENV, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
     proc.err = err
@@ -85,6 +90,44 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> int:
     proc.err.seek(0)
     print(proc.err.read().decode(errors="replace")[-3000:])  # shown when a test fails
     return rc
+
+
+def rank_log(log_dir: Path, rank: int) -> str:
+    """What rank `rank` wrote to stderr (torchrun --log-dir: <dir>/<run>/attempt_0/<rank>/stderr.log)."""
+    (path,) = log_dir.glob(f"*/attempt_0/{rank}/stderr.log")
+    return path.read_text()
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
+def wait_gone(pids: list[int], timeout: float = 30) -> bool:
+    """True once none of `pids` runs (zombies count as gone), False after `timeout` s."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        alive = []
+        for p in pids:
+            try:
+                alive += [p] if Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z" else []
+            except (OSError, IndexError):
+                pass
+        if not alive:
+            return True
+        time.sleep(0.1)
+    for p in pids:  # do not leave them behind
+        try:
+            os.kill(p, signal.SIGKILL)
+        except OSError:
+            pass
+    return False
 
 
 def rank_pid(parent: int, rank: int) -> int | None:
@@ -104,7 +147,7 @@ def rank_pid(parent: int, rank: int) -> int | None:
 
 @pytest.mark.slow
 def test_two_ranks_write_the_single_process_metrics(trained, exp):
-    assert finish(torchrun(exp, trained["cfg"])) == 0
+    assert finish(torchrun("val", "--exp_dir", exp, "--config", trained["cfg"], "--device", "cpu")) == 0
     ref, out = trained["ref"], files(exp / RESULT)
     assert out["metrics.json"] == ref["metrics.json"]
     assert out["per_class.txt"] == ref["per_class.txt"]
@@ -121,7 +164,7 @@ def test_two_ranks_write_the_single_process_metrics(trained, exp):
 def test_rank_killed_then_rerun_gives_the_same_metrics(trained, exp):
     out = exp / RESULT
     names = [f"synth_{i:04d}" for i in range(1, 5)]  # the 4 val rooms, after the training room
-    proc = torchrun(exp, trained["cfg"])
+    proc = torchrun("val", "--exp_dir", exp, "--config", trained["cfg"], "--device", "cpu")
     t0 = time.monotonic()
     try:
         while not (out / "pred" / f"{names[1]}.done.json").exists():  # rank 1's first scene (rank r: r, r + 2)
@@ -130,13 +173,41 @@ def test_rank_killed_then_rerun_gives_the_same_metrics(trained, exp):
             time.sleep(0.005)
         victim = rank_pid(proc.pid, 1)
         assert victim is not None
+        loaders = children(victim)  # its DataLoader worker (eval.workers 1)
         os.kill(victim, signal.SIGKILL)
     finally:
         rc = finish(proc)
+    assert loaders and wait_gone(loaders), "the killed rank's loader worker outlived it"
     assert rc != 0  # torchrun reports the lost rank (and ends the other)
     assert not (out / "metrics.json").exists()  # killed part-way: nothing merged
     assert not (out / "pred" / f"{names[3]}.done.json").exists()
-    assert finish(torchrun(exp, trained["cfg"])) == 0
+    assert finish(torchrun("val", "--exp_dir", exp, "--config", trained["cfg"], "--device", "cpu")) == 0
     assert (out / "metrics.json").read_bytes() == trained["ref"]["metrics.json"]
     assert json.loads((out / "run.json").read_text())["reused_scenes"] >= 1
     assert [p.name for p in (out / "pred").glob(".*")] == []  # no temporary file left behind
+
+
+def test_two_ranks_eval_writes_the_single_process_report(tmp_path):
+    """`eval` sharded the same way: the counts of both ranks' scenes summed in scene order."""
+    from geopurify.data.writers import write_scene
+
+    rng = np.random.default_rng(0)
+    pred, scenes = tmp_path / "pred", []
+    pred.mkdir()
+    for i in range(3):
+        write_scene(
+            tmp_path / f"s{i}",
+            rng.uniform(0, 1, (60, 3)),
+            np.full((60, 3), 128, np.uint8),
+            labels=rng.integers(0, 40, 60).astype(np.int32),
+        )
+        np.save(pred / f"s{i}.pred.npy", rng.integers(-1, 20, 60))
+        scenes += ["--scene", str(tmp_path / f"s{i}")]
+    argv = ["eval", *scenes, "--pred", str(pred), "--label-set", "scannet20", "--device", "cpu"]
+    assert main(["-q", *argv, "--out", str(tmp_path / "one.json")]) == 0
+    assert finish(torchrun(*argv, "--out", tmp_path / "two.json", log_dir=tmp_path / "logs")) == 0
+    one = (tmp_path / "one.json").read_bytes()
+    assert (tmp_path / "two.json").read_bytes() == one
+    assert [sc["name"] for sc in json.loads(one)["scenes"]] == ["s0", "s1", "s2"]
+    scored = [{n for n in ("s0", "s1", "s2") if f"{n}: mIoU" in rank_log(tmp_path / "logs", r)} for r in (0, 1)]
+    assert scored == [{"s0", "s2"}, {"s1"}]  # split over the ranks, not scored twice

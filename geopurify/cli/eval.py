@@ -157,11 +157,18 @@ def run(args) -> int:
     from geopurify.evaluate.metrics import format_table, metrics
     from geopurify.evaluate.split import class_settings
     from geopurify.io import write_json
-    from geopurify.ranks import finish_distributed, gather_objects, init_distributed, rank_device, shard
+    from geopurify.ranks import (
+        SHARDED_TIMEOUT_S,
+        finish_distributed,
+        gather_objects,
+        init_distributed,
+        rank_device,
+        shard,
+    )
 
     cfg = config_of(args, {"lift": {"vlm": args.vlm, "vlm_path": args.vlm_path}, "data": {"label_set": args.label_set}})
     device = device_of(args)
-    dist = init_distributed(str(device))
+    dist = init_distributed(str(device), SHARDED_TIMEOUT_S)
     device = rank_device(device, dist)
     # class settings: --label-set alone, else the config's primary one and eval.also_label_sets beside it
     # (--label-set is data.label_set, so a --set of that key wins over it)

@@ -60,7 +60,7 @@ def run(args) -> int:
     from geopurify.data.prefetch import prefetched
     from geopurify.lift.multiview import lift_scene
     from geopurify.lift.result import save_lifted, views_summary
-    from geopurify.ranks import finish_distributed, init_distributed, rank_device, shard
+    from geopurify.ranks import SHARDED_TIMEOUT_S, finish_distributed, init_distributed, rank_device, shard
     from geopurify.schema import check
     from geopurify.vlm import build_vlm
 
@@ -69,7 +69,7 @@ def run(args) -> int:
     )
     device = device_of(args)
     outs = outputs_for(args.scene, args.out)
-    dist = init_distributed(str(device))
+    dist = init_distributed(str(device), SHARDED_TIMEOUT_S)
     device = rank_device(device, dist)
     mine = shard(list(zip(args.scene, outs)), dist)
     todo = [(s, o) for s, o in mine if not (len(outs) > 1 and o.exists())]

@@ -79,11 +79,11 @@ def _count(done: list, dist) -> int | None:
 
 def run_scannet(args) -> int:
     from geopurify.data.prepare import prepare_scannet
-    from geopurify.ranks import init_distributed
+    from geopurify.ranks import SHARDED_TIMEOUT_S, init_distributed
 
     if args.frame_step < 1:
         raise InputError("--frame-step", f"must be a positive integer, got {args.frame_step}")
-    dist = init_distributed("cpu")
+    dist = init_distributed("cpu", SHARDED_TIMEOUT_S)
     done = prepare_scannet(
         args.root, args.out, frame_step=args.frame_step, scenes=args.scenes, overwrite=args.overwrite, dist=dist
     )
@@ -98,9 +98,9 @@ def run_matterport(args) -> int:
 
     if not 0 <= args.min_fraction <= 1:
         raise InputError("--min-fraction", f"must be in [0, 1], got {args.min_fraction}")
-    from geopurify.ranks import init_distributed
+    from geopurify.ranks import SHARDED_TIMEOUT_S, init_distributed
 
-    dist = init_distributed("cpu")
+    dist = init_distributed("cpu", SHARDED_TIMEOUT_S)
     done = prepare_matterport(
         args.root,
         args.out,

@@ -33,12 +33,12 @@ def run(args) -> int:
     from geopurify.data.splits import resolve_scenes
     from geopurify.evaluate.metrics import format_table
     from geopurify.evaluate.split import evaluate_scenes, metrics_report, summary_table
-    from geopurify.ranks import finish_distributed, init_distributed, rank_device
+    from geopurify.ranks import SHARDED_TIMEOUT_S, finish_distributed, init_distributed, rank_device
     from geopurify.student.checkpoint import check_compatible, load_student
 
     cfg = config_of(args, {"lift": {"vlm": args.vlm, "vlm_path": args.vlm_path}})
     device = device_of(args)
-    dist = init_distributed(str(device))
+    dist = init_distributed(str(device), SHARDED_TIMEOUT_S)
     device = rank_device(device, dist)
     ckpt = args.exp_dir / "model" / args.ckpt_name
     if not ckpt.exists():
