@@ -14,15 +14,17 @@ same `val` over every prepared scan runs, each with an empty lift cache (every r
 - `2_prefetch`: the same with eval.workers 1 (a loader worker per rank).
 
 Per run: wall time of the whole command (start-up, model and VLM loading included), scenes/min,
-CPU time (user + sys of the process tree), the peak of the summed RSS of the process tree (sampled
-every 50 ms), the lift cache it wrote (MB per scene), and whether metrics.json is byte-identical to
-run `1`'s. The machine may be shared: the load average before and after is printed and in the JSON.
+CPU time (user + sys of the process tree), the peak of the process tree's memory (the sum of each
+process's PSS, resident memory with shared pages split among their sharers, sampled every 50 ms),
+the lift cache it wrote (MB per scene), and whether metrics.json is byte-identical to run `1`'s.
+The machine may be shared: the load average before and after is printed and in the JSON.
 
     python bench/val.py [--work DIR] [--scenes 4] [--points 60000] [--frames 200] [--epochs 1]
                         [--device cpu|cuda] [--preset cpu|paper]
 
 `--points` / `--frames` are synth's (mesh vertices, raw .sens frames per scan; prepare keeps every
-20th frame); `--work` keeps the scenes and the checkpoint between invocations (only `val` is timed).
+20th frame); `--work` keeps the scenes and the checkpoint between invocations (synth and prepare
+skip finished scans, so a larger --scenes adds scans; only `val` is timed).
 Ends with one JSON line {"scenes_per_min_1", "scenes_per_min_2", "speedup", "identical_metrics",
 "peak_rss_gb", "cache_mb_per_scene", ...}; speedup = 2 ranks with prefetch over the faster
 single-process run.
@@ -58,10 +60,21 @@ def geopurify(*argv, threads: int | None = 1) -> None:
     subprocess.run([PY, "-m", "geopurify", "-q", *map(str, argv)], env=env(threads), cwd=REPO, check=True)
 
 
-def tree_rss(root: int) -> int:
-    """Summed resident memory (bytes) of process `root` and its descendants."""
+def pss(pid: int) -> int:
+    """Proportional set size (bytes): resident memory with pages shared between processes (a
+    DataLoader worker forked from its rank) split among them, so a sum over processes is honest."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def tree_memory(root: int) -> int:
+    """Summed PSS (bytes) of process `root` and its descendants."""
     children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
     for p in Path("/proc").iterdir():
         if not p.name.isdigit():
             continue
@@ -70,23 +83,22 @@ def tree_rss(root: int) -> int:
         except (OSError, IndexError):
             continue
         children.setdefault(int(fields[1]), []).append(int(p.name))
-        rss[int(p.name)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
     total, todo = 0, [root]
     while todo:
         pid = todo.pop()
-        total += rss.get(pid, 0)
+        total += pss(pid)
         todo += children.get(pid, [])
     return total
 
 
 def timed(cmd: list[str], threads: int | None) -> dict:
-    """Run `cmd`; wall seconds, CPU seconds of the process tree, peak summed RSS."""
+    """Run `cmd`; wall seconds, CPU seconds of the process tree, peak of its summed PSS ("peak_rss_gb")."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env(threads), cwd=REPO, stdout=subprocess.DEVNULL)
     peak = 0
     while proc.poll() is None:
-        peak = max(peak, tree_rss(proc.pid))
+        peak = max(peak, tree_memory(proc.pid))
         time.sleep(0.05)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
@@ -99,12 +111,11 @@ def timed(cmd: list[str], threads: int | None) -> dict:
 def prepare(work: Path, a) -> tuple[Path, Path]:
     """Scenes as the README makes them, a bench config over config/geopurify_scannet.yaml and a
     trained checkpoint (reused from `work` when there)."""
-    data = work / "scannet"
-    if not (data / "scannetv2_val.txt").exists():
-        raw = work / "raw"
-        geopurify("synth", "--format", "scannet-raw", "--out", raw, "--scenes", a.scenes, "--seed", a.seed,
-                  "--points", a.points, "--frames", a.frames)  # fmt: skip
-        geopurify("prepare", "scannet", "--root", raw / "scans", "--out", data, "--frame-step", 20)
+    data, raw = work / "scannet", work / "raw"
+    # both skip what an earlier invocation finished (a larger --scenes adds scans)
+    geopurify("synth", "--format", "scannet-raw", "--out", raw, "--scenes", a.scenes, "--seed", a.seed,
+              "--points", a.points, "--frames", a.frames)  # fmt: skip
+    geopurify("prepare", "scannet", "--root", raw / "scans", "--out", data, "--frame-step", 20)
     names = sorted(p.parent.name for p in data.glob("*/points_xyzrgb.npy"))
     (work / "all_scans.txt").write_text("".join(f"{n}\n" for n in names))
     cfg = {

@@ -211,3 +211,28 @@ def test_two_ranks_eval_writes_the_single_process_report(tmp_path):
     assert [sc["name"] for sc in json.loads(one)["scenes"]] == ["s0", "s1", "s2"]
     scored = [{n for n in ("s0", "s1", "s2") if f"{n}: mIoU" in rank_log(tmp_path / "logs", r)} for r in (0, 1)]
     assert scored == [{"s0", "s2"}, {"s1"}]  # split over the ranks, not scored twice
+
+
+def test_two_ranks_prepare_the_single_process_scenes(tmp_path):
+    """`prepare scannet` sharded: each rank stages its own scans, rank 0 writes the split lists; every
+    file is the one a single process writes."""
+    from test_prepare import tiny_scan
+
+    raw = tmp_path / "dl" / "scans"
+    for i, name in enumerate(["scene0011_00", "scene0000_00", "scene0007_00"]):
+        tiny_scan(raw, name, seed=i)
+    argv = ["prepare", "scannet", "--root", str(raw), "--frame-step", "1"]
+    assert main(["-q", *argv, "--out", str(tmp_path / "one")]) == 0
+    assert finish(torchrun(*argv, "--out", tmp_path / "two", log_dir=tmp_path / "logs")) == 0
+    one, two = files(tmp_path / "one"), files(tmp_path / "two")
+    assert "scannetv2_val.txt" in one and len([n for n in one if n.endswith("points_xyzrgb.npy")]) == 3
+    assert two == one
+    done = [
+        {
+            n
+            for n in ("scene0000_00", "scene0007_00", "scene0011_00")
+            if f"prepared {n}" in rank_log(tmp_path / "logs", r)
+        }
+        for r in (0, 1)
+    ]
+    assert done == [{"scene0000_00", "scene0011_00"}, {"scene0007_00"}]  # sorted scans, strided
