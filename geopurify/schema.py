@@ -122,6 +122,8 @@ RANGES: dict[str, Range] = {
     "purify.pooling": _one_of("scores", "features"),
     "purify.unseen": _one_of("nearest_seen", "reference"),
     "gpu.student_precision": _one_of("fp32", "bf16", "fp16"),
+    "eval.workers": _int(0),
+    "eval.prefetch_mb": _num(0),
     "synthetic.n_train": _int(1),
     "synthetic.n_val": _int(0),
 }

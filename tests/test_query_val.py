@@ -223,7 +223,8 @@ def test_lift_val_query_train_on_cuda(trained, tmp_path):
         out = e / "result" / "geopurify" / "val"
         preds[name] = {m: np.load(out / "pred" / f"synth_0001.{m}.npy") for m in ("raw", "knn_mean", "purified")}
     report = json.loads((gpu_exp / "result" / "geopurify" / "val" / "metrics.json").read_text())
-    assert report["device"] == "cuda:0" and report["reused_scenes"] == 0
+    run_facts = json.loads((gpu_exp / "result" / "geopurify" / "val" / "run.json").read_text())
+    assert report["device"] == "cuda:0" and run_facts["reused_scenes"] == 0
     for m in ("raw", "knn_mean", "purified"):
         assert (preds["cuda"][m] == preds["cpu"][m]).mean() > 0.98, m
 

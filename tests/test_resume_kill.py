@@ -199,12 +199,13 @@ def test_val_reuses_finished_scenes(train_cfg, train_ref, tmp_path):
     (out_b / "metrics.json").unlink()
     (out_b / "per_class.txt").unlink()
     assert main(argv(runs["b"])) == 0
-    ra = json.loads((runs["a"] / "result" / "geopurify" / "val" / "metrics.json").read_text())
+    out_a = runs["a"] / "result" / "geopurify" / "val"
+    ra = json.loads((out_a / "metrics.json").read_text())
     rb = json.loads((out_b / "metrics.json").read_text())
-    assert rb["reused_scenes"] == 1 and ra["reused_scenes"] == 0
+    run_a, run_b = (json.loads((out / "run.json").read_text()) for out in (out_a, out_b))
+    assert run_b["reused_scenes"] == 1 and run_a["reused_scenes"] == 0
     for key in ("metrics", "per_scene", "skipped_frames", "scenes"):
         assert ra[key] == rb[key], key
-    out_a = runs["a"] / "result" / "geopurify" / "val"
     assert visible_files(out_a / "pred") == visible_files(out_b / "pred")
     # a record from another checkpoint is not reused
     with torch.no_grad():
@@ -213,7 +214,7 @@ def test_val_reuses_finished_scenes(train_cfg, train_ref, tmp_path):
         ck["model"][k] += 1.0
         torch.save(ck, runs["b"] / "model" / "geopurify.pth")
     assert main(argv(runs["b"])) == 0
-    assert json.loads((out_b / "metrics.json").read_text())["reused_scenes"] == 0
+    assert json.loads((out_b / "run.json").read_text())["reused_scenes"] == 0
 
 
 def test_temporary_file_of_a_killed_writer_is_removed(tmp_path):

@@ -13,6 +13,10 @@ Class settings: `--label-set X` scores X alone. Without it the config's `data.la
 and, with --features, each of `eval.also_label_sets` beside it (its own prompts); metrics.json and
 every printed table name the setting (e.g. scannet19, the setting of the paper's 55.1, with
 scannet20 under "also"). Predictions (--pred) are indices of one set, so only that one is scored.
+
+Under `torchrun --nproc_per_node N -m geopurify eval ...` the scenes are split over the N processes
+(rank r: scenes r, r + N, ...); rank 0 sums their counts in scene order and writes --out, the same
+file a single process writes.
 """
 
 from __future__ import annotations
@@ -104,17 +108,68 @@ def predict_from_features(path: Path, n_points: int, text_embs: dict) -> tuple[d
     )
 
 
+def _score_scene(args, scene_dir: Path, cfg: dict, sets, text_embs, vlm, exclude) -> dict:
+    """One scene scored: {"name", "dir", "confusion": {setting: (C, C + 1)}, "per_scene": {setting:
+    its entry in the report}, "info": the lifted file's provenance (None for --pred)}."""
+    from geopurify.data.readers import load_scene_for
+    from geopurify.evaluate.metrics import confusion, metrics
+    from geopurify.evaluate.split import scene_ground_truth
+
+    label_set = sets[0]
+    scene = load_scene_for(scene_dir, label_set, frame_step=cfg["data"]["frame_step"])
+    gts = {s.name: scene_ground_truth(scene, s) for s in sets}
+    skipped = int(scene.meta.get("skipped_frames", 0))  # frames the reader left out
+    info = None
+    if args.pred is not None:
+        preds = {
+            label_set.name: load_predictions(
+                args.pred / f"{scene.name}{args.pred_suffix}", scene.n_points, label_set.n_classes
+            )
+        }
+    else:
+        preds, info = predict_from_features(args.features / f"{scene.name}.lift.pt", scene.n_points, text_embs)
+        skipped = int(info.get("skipped_frames", 0))  # those the lifting left out (reader's included)
+        if info.get("vlm") != vlm.name:
+            log.warning("%s: features come from %r but the text side is %r", scene.name, info.get("vlm"), vlm.name)
+    out = {"name": scene.name, "dir": scene_dir, "confusion": {}, "per_scene": {}, "info": info}
+    for s in sets:
+        conf = confusion(preds[s.name], gts[s.name], s.n_classes)
+        out["confusion"][s.name] = conf
+        m = metrics(conf, s.names, exclude=exclude)
+        out["per_scene"][s.name] = {
+            "name": scene.name,
+            "path": str(scene_dir),
+            "n_points": scene.n_points,
+            "labelled_points": int((gts[s.name] >= 0).sum()),
+            "skipped_frames": skipped,
+            "mIoU": m["mIoU"],
+            "mAcc": m["mAcc"],
+        }
+    m = out["per_scene"][label_set.name]
+    log.info("%s: mIoU %s", scene.name, "-" if m["mIoU"] is None else f"{m['mIoU']:.1f}")
+    return out
+
+
 def run(args) -> int:
     from tqdm import tqdm
 
     from geopurify.data.labels import describe_setting, get_label_set
-    from geopurify.data.readers import load_scene_for
-    from geopurify.evaluate.metrics import confusion, format_table, metrics
-    from geopurify.evaluate.split import class_settings, scene_ground_truth
+    from geopurify.evaluate.metrics import format_table, metrics
+    from geopurify.evaluate.split import class_settings
     from geopurify.io import write_json
+    from geopurify.ranks import (
+        SHARDED_TIMEOUT_S,
+        finish_distributed,
+        gather_objects,
+        init_distributed,
+        rank_device,
+        shard,
+    )
 
     cfg = config_of(args, {"lift": {"vlm": args.vlm, "vlm_path": args.vlm_path}, "data": {"label_set": args.label_set}})
     device = device_of(args)
+    dist = init_distributed(str(device), SHARDED_TIMEOUT_S)
+    device = rank_device(device, dist)
     # class settings: --label-set alone, else the config's primary one and eval.also_label_sets beside it
     # (--label-set is data.label_set, so a --set of that key wins over it)
     sets = [get_label_set(cfg["data"]["label_set"])] if args.label_set else class_settings(cfg)  # unknown: InputError
@@ -128,7 +183,6 @@ def run(args) -> int:
     src_dir = args.pred if args.pred is not None else args.features
     if not src_dir.is_dir():
         raise InputError(src_dir, "directory not found")
-    seen_names: dict[str, Path] = {}
     exclude = tuple(cfg["eval"]["exclude_from_f"])
 
     vlm = text_embs = None
@@ -143,45 +197,26 @@ def run(args) -> int:
             vlm.describe(),
         )
 
-    total = {s.name: np.zeros((s.n_classes, s.n_classes + 1), dtype=np.int64) for s in sets}  # last: no prediction
-    per_scene: dict[str, list] = {s.name: [] for s in sets}
-    producers = {}
-    for scene_dir in tqdm(args.scene, desc="eval", unit="scene"):
-        scene = load_scene_for(scene_dir, label_set, frame_step=cfg["data"]["frame_step"])
-        if scene.name in seen_names:
-            raise InputError(scene_dir, f"scene name {scene.name} given twice (also {seen_names[scene.name]})")
-        seen_names[scene.name] = scene_dir
-        gts = {s.name: scene_ground_truth(scene, s) for s in sets}
-        skipped = int(scene.meta.get("skipped_frames", 0))  # frames the reader left out
-        if args.pred is not None:
-            preds = {
-                label_set.name: load_predictions(
-                    args.pred / f"{scene.name}{args.pred_suffix}", scene.n_points, label_set.n_classes
-                )
-            }
-        else:
-            preds, info = predict_from_features(args.features / f"{scene.name}.lift.pt", scene.n_points, text_embs)
-            producers[scene.name] = info
-            skipped = int(info.get("skipped_frames", 0))  # those the lifting left out (reader's included)
-            if info.get("vlm") != vlm.name:
-                log.warning("%s: features come from %r but the text side is %r", scene.name, info.get("vlm"), vlm.name)
-        for s in sets:
-            conf = confusion(preds[s.name], gts[s.name], s.n_classes)
-            total[s.name] += conf
-            m = metrics(conf, s.names, exclude=exclude)
-            per_scene[s.name].append(
-                {
-                    "name": scene.name,
-                    "path": str(scene_dir),
-                    "n_points": scene.n_points,
-                    "labelled_points": int((gts[s.name] >= 0).sum()),
-                    "skipped_frames": skipped,
-                    "mIoU": m["mIoU"],
-                    "mAcc": m["mAcc"],
-                }
-            )
-        m = per_scene[label_set.name][-1]
-        log.info("%s: mIoU %s", scene.name, "-" if m["mIoU"] is None else f"{m['mIoU']:.1f}")
+    mine = shard(list(enumerate(args.scene)), dist)
+    desc = "eval" if dist.world == 1 else f"eval (rank {dist.rank}/{dist.world})"
+    done = [
+        (i, _score_scene(args, d, cfg, sets, text_embs, vlm, exclude)) for i, d in tqdm(mine, desc=desc, unit="scene")
+    ]
+    scored = [r for _, r in sorted(sum(gather_objects(done, dist), []), key=lambda x: x[0])]  # every rank's, in order
+    finish_distributed(dist)
+    seen_names: dict[str, Path] = {}
+    for r in scored:
+        if r["name"] in seen_names:
+            raise InputError(r["dir"], f"scene name {r['name']} given twice (also {seen_names[r['name']]})")
+        seen_names[r["name"]] = r["dir"]
+    if not dist.main:  # another rank than 0: its scenes are scored, rank 0 reports
+        return 0
+    total = {
+        s.name: sum((r["confusion"][s.name] for r in scored), np.zeros((s.n_classes, s.n_classes + 1), np.int64))
+        for s in sets
+    }  # last: no prediction
+    per_scene = {s.name: [r["per_scene"][s.name] for r in scored] for s in sets}
+    producers = {r["name"]: r["info"] for r in scored if r["info"] is not None}
 
     result = {s.name: metrics(total[s.name], s.names, exclude=exclude) for s in sets}
     if args.pred is not None:

@@ -1,12 +1,16 @@
 """`geopurify lift`: project VLM feature maps onto scene points and fuse them over views.
 
 One --scene writes --out as a file; several write --out/<scene>.lift.pt each, skipping scenes
-whose output already exists (so an interrupted batch resumes).
+whose output already exists (so an interrupted batch resumes). Under `torchrun --nproc_per_node N
+-m geopurify lift ...` the scenes are split over the N processes (rank r: scenes r, r + N, ...);
+each writes its own scenes' files. Scenes are read and their frames decoded ahead by `eval.workers`
+DataLoader workers (geopurify.data.prefetch).
 """
 
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 
 from geopurify.cli.options import add_device, add_set, config_of, device_of
@@ -53,9 +57,11 @@ def outputs_for(scenes: list[Path], out: Path) -> list[Path]:
 
 
 def run(args) -> int:
-    from geopurify.data.readers import load_scene
+    from geopurify.data.prefetch import prefetched
     from geopurify.lift.multiview import lift_scene
     from geopurify.lift.result import save_lifted, views_summary
+    from geopurify.ranks import SHARDED_TIMEOUT_S, finish_distributed, init_distributed, rank_device, shard
+    from geopurify.schema import check
     from geopurify.vlm import build_vlm
 
     cfg = config_of(
@@ -63,12 +69,17 @@ def run(args) -> int:
     )
     device = device_of(args)
     outs = outputs_for(args.scene, args.out)
-    todo = [(s, o) for s, o in zip(args.scene, outs) if not (len(outs) > 1 and o.exists())]
-    for s, o in zip(args.scene, outs):
+    dist = init_distributed(str(device), SHARDED_TIMEOUT_S)
+    device = rank_device(device, dist)
+    mine = shard(list(zip(args.scene, outs)), dist)
+    todo = [(s, o) for s, o in mine if not (len(outs) > 1 and o.exists())]
+    for s, o in mine:
         if (s, o) not in todo:
             log.info("skip %s: %s exists", s, o)
     if not todo:
-        print(f"nothing to do: all {len(outs)} outputs exist in {args.out}")
+        where = f" (rank {dist.rank}/{dist.world}: {len(mine)} of them)" if dist.world > 1 else ""
+        print(f"nothing to do: all {len(outs)} outputs exist in {args.out}{where}")
+        finish_distributed(dist)
         return 0
     vlm = build_vlm(cfg, device=str(device))
     if vlm.simulated:
@@ -83,8 +94,11 @@ def run(args) -> int:
         from geopurify.vlm import text_embeddings
 
         text_emb = text_embeddings(vlm, get_label_set(cfg["data"]["label_set"]), cfg["lift"]["prompt_template"])
-    for scene_dir, out in todo:
-        scene = load_scene(scene_dir, frame_step=int(cfg["data"]["frame_step"]))
+    check(cfg, "eval.workers", "eval.prefetch_mb")
+    read = partial(_read_scene, int(cfg["data"]["frame_step"]), cfg["lift"]["vlm"], cfg["eval"]["prefetch_mb"])
+    desc = "lift" if dist.world == 1 else f"lift (rank {dist.rank}/{dist.world})"
+    scenes = prefetched([s for s, _ in todo], read, cfg["eval"]["workers"], desc=desc)
+    for scene, (_, out) in zip(scenes, todo):
         result = lift_scene(scene, vlm, cfg, text_emb=text_emb, device=device)
         save_lifted(out, result)
         tag = " (SIMULATED VLM)" if vlm.simulated else ""
@@ -96,4 +110,15 @@ def run(args) -> int:
             f"{100 * float(result.seen.float().mean()):.1f}% seen, {info.get('fusion', '?')} fusion{tag}, "
             f"on {device} -> {out}"
         )
+    finish_distributed(dist)
     return 0
+
+
+def _read_scene(frame_step: int, vlm_name: str, prefetch_mb: float, path: Path):
+    """A scene read, and the frame images its lifting reads decoded ahead (in a loader worker)."""
+    from geopurify.data.prefetch import preload_frames
+    from geopurify.data.readers import load_scene
+
+    scene = load_scene(path, frame_step=frame_step)
+    preload_frames(scene, vlm_name, prefetch_mb)
+    return scene

@@ -6,6 +6,8 @@
 One output directory per scan / region, built in <out>/.geopurify-partial/ and renamed when
 complete: re-running the same command skips finished scenes and resumes after a kill. Each run then
 writes <out>/scannetv2_<split>.txt (matterport_<split>.txt): the prepared scenes of each split.
+Under `torchrun --nproc_per_node N -m geopurify prepare ...` the scans (houses) are split over the
+N processes (geopurify.ranks.shard); rank 0 writes the split lists when all are done.
 """
 
 from __future__ import annotations
@@ -66,15 +68,28 @@ def add_parser(sub) -> None:
     m.set_defaults(func=run_matterport)
 
 
+def _count(done: list, dist) -> int | None:
+    """The scenes all ranks prepared (on rank 0; None on the others, which print nothing)."""
+    from geopurify.ranks import finish_distributed, gather_objects
+
+    counts = gather_objects(len(done), dist)
+    finish_distributed(dist)
+    return sum(counts) if dist.main else None
+
+
 def run_scannet(args) -> int:
     from geopurify.data.prepare import prepare_scannet
+    from geopurify.ranks import SHARDED_TIMEOUT_S, init_distributed
 
     if args.frame_step < 1:
         raise InputError("--frame-step", f"must be a positive integer, got {args.frame_step}")
+    dist = init_distributed("cpu", SHARDED_TIMEOUT_S)
     done = prepare_scannet(
-        args.root, args.out, frame_step=args.frame_step, scenes=args.scenes, overwrite=args.overwrite
+        args.root, args.out, frame_step=args.frame_step, scenes=args.scenes, overwrite=args.overwrite, dist=dist
     )
-    print(f"{len(done)} ScanNet scenes ready in {args.out}")
+    n = _count(done, dist)
+    if n is not None:
+        print(f"{n} ScanNet scenes ready in {args.out}")
     return 0
 
 
@@ -83,6 +98,9 @@ def run_matterport(args) -> int:
 
     if not 0 <= args.min_fraction <= 1:
         raise InputError("--min-fraction", f"must be in [0, 1], got {args.min_fraction}")
+    from geopurify.ranks import SHARDED_TIMEOUT_S, init_distributed
+
+    dist = init_distributed("cpu", SHARDED_TIMEOUT_S)
     done = prepare_matterport(
         args.root,
         args.out,
@@ -91,6 +109,9 @@ def run_matterport(args) -> int:
         overwrite=args.overwrite,
         seed=args.seed,
         min_fraction=args.min_fraction,
+        dist=dist,
     )
-    print(f"{len(done)} Matterport3D region scenes ready in {args.out}")
+    n = _count(done, dist)
+    if n is not None:
+        print(f"{n} Matterport3D region scenes ready in {args.out}")
     return 0

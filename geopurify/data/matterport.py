@@ -45,6 +45,7 @@ from tqdm import tqdm
 
 from geopurify.errors import InputError
 from geopurify.ops.project import in_bounds
+from geopurify.ranks import Dist, barrier, shard
 
 log = logging.getLogger(__name__)
 
@@ -461,10 +462,13 @@ def prepare_matterport(
     overwrite: bool = False,
     seed: int = 0,
     progress: bool = True,
+    dist: Dist | None = None,
     **kwargs,
 ) -> list[Path]:
     """Prepare every house under `root` (or `root` itself), or those of `houses`: a list file or the
-    name of an official split (train / val / test)."""
+    name of an official split (train / val / test). Under torchrun (`dist`) rank r prepares houses
+    r, r + W, ..., and rank 0 writes the split lists once every rank is done. Returns this rank's
+    region scenes."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(out, "output exists and is not a directory")
@@ -473,10 +477,14 @@ def prepare_matterport(
     from geopurify.data.prepare import scene_names, write_split_lists
 
     names = scene_names(houses, dataset="matterport", root=root)
+    dist = dist or Dist()
     scenes: list[Path] = []
-    for h in tqdm(find_houses(root, names), desc="matterport houses", unit="house", disable=not progress):
+    mine = shard(find_houses(root, names), dist)
+    for h in tqdm(mine, desc="matterport houses", unit="house", disable=not progress):
         scenes += prepare_house(h, out, views=views, overwrite=overwrite, seed=seed, progress=progress, **kwargs)
-    write_split_lists(out, "matterport", root, member=region_house)
+    barrier(dist)
+    if dist.main:
+        write_split_lists(out, "matterport", root, member=region_house)
     return scenes
 
 

@@ -42,6 +42,7 @@ from geopurify.data.layout import read_scene_list
 from geopurify.data.scannet import scannet_instances, scannet_raw_labels
 from geopurify.errors import InputError
 from geopurify.io import save_npy
+from geopurify.ranks import Dist, barrier, shard
 
 log = logging.getLogger(__name__)
 
@@ -326,15 +327,19 @@ def prepare_scannet(
     scenes: str | Path | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    dist: Dist | None = None,
 ) -> list[Path]:
     """Prepare every raw scan under `root` (or those named by `scenes`: a list file or a shipped
-    split name) into `out/<scene>/`. Finished scenes are skipped unless `overwrite`."""
+    split name) into `out/<scene>/`. Finished scenes are skipped unless `overwrite`. Under torchrun
+    (`dist`) rank r prepares scans r, r + W, ... (each scene is staged and renamed on its own), and
+    rank 0 writes the split lists once every rank is done. Returns this rank's scenes."""
     if isinstance(frame_step, bool) or not isinstance(frame_step, (int, np.integer)) or frame_step < 1:
         raise InputError(None, f"frame step must be a positive integer, got {frame_step!r}")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(out, "output exists and is not a directory")
-    scans = find_scannet_scans(root, scene_names(scenes, root=root))
+    dist = dist or Dist()
+    scans = shard(find_scannet_scans(root, scene_names(scenes, root=root)), dist)
     done = []
     n_skip = 0
     for scan in tqdm(scans, desc="scannet scenes", unit="scene", disable=not progress):
@@ -347,5 +352,7 @@ def prepare_scannet(
         done.append(dest)
     if n_skip:
         log.info("%d of %d scenes were already prepared in %s (skipped)", n_skip, len(scans), out)
-    write_split_lists(out, "scannet", root)
+    barrier(dist)
+    if dist.main:
+        write_split_lists(out, "scannet", root)
     return done

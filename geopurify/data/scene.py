@@ -33,11 +33,14 @@ class Frame:
     depth_intrinsic: np.ndarray | None = None  # (3, 3); defaults to `intrinsic`
     depth_scale: float = 1000.0  # depth PNG units per metre (ScanNet 1000, Matterport 4000)
     label_path: Path | None = None  # optional per-pixel label image (synthetic ground truth)
+    _pixels: dict = field(default_factory=dict, repr=False)  # images decoded ahead by `preload`
 
     def color(self) -> np.ndarray:
         """(H, W, 3) uint8."""
         from geopurify.data.images import read_color
 
+        if "color" in self._pixels:
+            return self._pixels["color"]
         if self.color_path is None:
             raise InputError(None, f"frame {self.name} has no colour image")
         return read_color(self.color_path)
@@ -46,6 +49,8 @@ class Frame:
         """(H, W) float32 metres (0 = no measurement), or None when the frame has no depth."""
         from geopurify.data.images import read_depth
 
+        if "depth" in self._pixels:
+            return self._pixels["depth"]
         if self.depth_path is None:
             return None
         return read_depth(self.depth_path, self.depth_scale)
@@ -54,9 +59,30 @@ class Frame:
         """(H, W) int32 raw label ids, or None."""
         from geopurify.data.images import read_label_image
 
+        if "label" in self._pixels:
+            return self._pixels["label"]
         if self.label_path is None:
             return None
         return read_label_image(self.label_path)
+
+    def preload(self, kinds=("color", "depth", "label")) -> int:
+        """Decode this frame's images of `kinds` now and keep them (later calls return them without
+        reading a file): a loader process decodes ahead of the computation. Kinds the frame has no
+        file for are left out, and so are images that fail to read: the lifting reads those again and
+        handles them as it always does (a frame skipped and counted, or the error). Returns the bytes held."""
+        read = {
+            "color": (self.color_path, self.color),
+            "depth": (self.depth_path, self.depth),
+            "label": (self.label_path, self.label_image),
+        }
+        for kind in kinds:
+            path, reader = read[kind]
+            if kind not in self._pixels and path is not None:
+                try:
+                    self._pixels[kind] = reader()
+                except (InputError, OSError, ValueError):
+                    continue
+        return sum(0 if a is None else a.nbytes for a in self._pixels.values())
 
     @property
     def K_depth(self) -> np.ndarray:

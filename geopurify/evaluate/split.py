@@ -20,14 +20,16 @@ import hashlib
 import json
 import logging
 import time
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from geopurify.data.fingerprint import scene_fingerprint
 from geopurify.data.labels import describe_setting, get_label_set
+from geopurify.data.prefetch import prefetched, preload_frames
 from geopurify.data.readers import load_scene_for
 from geopurify.device import set_tf32, student_precision, to_device
 from geopurify.errors import InputError
@@ -37,6 +39,8 @@ from geopurify.io import save_npy, write_json, write_text
 from geopurify.lift.cache import cached_lift, lift_files_fingerprint, lift_settings
 from geopurify.ops.scores import l2_normalize, text_scores
 from geopurify.purify.infer import knn_mean_scene, purify_scene
+from geopurify.ranks import Dist, gather_objects, shard
+from geopurify.schema import check
 from geopurify.student.checkpoint import weights_digest
 from geopurify.vlm import build_vlm
 from geopurify.vlm.text import prompts_for
@@ -150,33 +154,135 @@ def pred_file(pred_dir: Path, scene_name: str, method: str, setting: str, primar
     )
 
 
-def _finished(pred_dir: Path, scene, key: str, methods, settings: list[str]) -> tuple[dict, int] | None:
-    """(predictions {method: {setting: labels}}, skipped frames) of a scene an earlier run finished
-    with the same key, else None.
+def _finished(pred_dir: Path, scene, key: str, methods, settings: list[str]) -> dict | None:
+    """The record (`_write_scene`) of a scene an earlier run finished with the same key and whose
+    prediction files are all there with the scene's point count, else None.
 
     The record `<scene>.done.json` is written after the scene's prediction files, so a run killed
     part-way leaves either a complete, matching scene or one that is predicted again."""
     rec = pred_dir / f"{scene.name}.done.json"
     try:
         done = json.loads(rec.read_text())
-        if done.get("key") != key:
+        if done.get("key") != key or "confusion" not in done:  # another run's, or of a version without counts
             return None
-        preds = {
-            m: {
-                s: np.load(pred_file(pred_dir, scene.name, m, s, settings[0]), allow_pickle=False).astype(np.int64)
-                for s in settings
-            }
-            for m in methods
-        }
+        for m in methods:
+            for s in settings:
+                shape = np.load(pred_file(pred_dir, scene.name, m, s, settings[0]), mmap_mode="r").shape
+                if shape != (scene.n_points,):
+                    return None
     except (OSError, ValueError):
         return None
-    if any(p.shape != (scene.n_points,) for by_set in preds.values() for p in by_set.values()):
-        return None
-    return preds, int(done.get("skipped_frames", 0))
+    return done
+
+
+def _sparse(conf: np.ndarray) -> list[list[int]]:
+    """The non-zero entries of a confusion matrix as [row, column, count] (compact on disk)."""
+    rows, cols = np.nonzero(conf)
+    return [[int(r), int(c), int(conf[r, c])] for r, c in zip(rows, cols)]
+
+
+def _dense(entries: list[list[int]], n_classes: int) -> np.ndarray:
+    conf = np.zeros((n_classes, n_classes + 1), dtype=np.int64)
+    for r, c, n in entries:
+        conf[r, c] = n
+    return conf
+
+
+def _write_scene(pred_dir: Path, scene, key: str, preds: dict, sets, skipped: int) -> dict:
+    """Write a scene's predictions, then its record `<scene>.done.json`: the key, the frames left
+    out, and per class setting and method the scene's confusion counts (None when it has no labels).
+    The record is the scene's whole contribution to the report, so the report can be built from
+    the records alone, by whichever process merges them."""
+    names = [ls.name for ls in sets]
+    for m, by_set in preds.items():
+        for s, pred in by_set.items():
+            save_npy(pred_file(pred_dir, scene.name, m, s, names[0]), pred.astype(np.int16))
+    confusion_counts = None
+    if scene.labels is not None:
+        confusion_counts = {}
+        for ls in sets:
+            gt = scene_ground_truth(scene, ls)
+            confusion_counts[ls.name] = {m: _sparse(confusion(preds[m][ls.name], gt, ls.n_classes)) for m in preds}
+    record = {"key": key, "skipped_frames": skipped, "confusion": confusion_counts}
+    write_json(pred_dir / f"{scene.name}.done.json", record)
+    return record
 
 
 def _score(conf: np.ndarray, label_set, cfg: dict) -> dict:
     return metrics(conf, label_set.names, exclude=tuple(cfg["eval"]["exclude_from_f"]))
+
+
+def _scene_miou(record: dict, label_set, method: str) -> float | None:
+    miou = metrics(_dense(record["confusion"][label_set.name][method], label_set.n_classes), label_set.names)["mIoU"]
+    return None if miou is None else round(miou, 2)
+
+
+@dataclass
+class _Job:
+    """What a loader needs to know to get a scene ready (picklable, for DataLoader workers)."""
+
+    cfg: dict
+    label_set: str
+    digest: str
+    methods: tuple
+    settings: list
+    pred_dir: Path
+    cache_dir: Path
+    reuse: bool
+    device: str  # where a lifting would run: a cache read in a worker computes nothing there
+
+
+@dataclass
+class _Loaded:
+    """A scene ready for the main process: its key, the record of an earlier run when reusable,
+    else the lifted features when the lift cache had them (None: lift in the main process)."""
+
+    index: int
+    scene: object
+    key: str
+    record: dict | None
+    lifted: object | None
+    load_s: float  # seconds this took in the loader (stage "load" of the scene's stage times)
+
+
+class _CacheMiss(Exception):
+    pass
+
+
+def _no_vlm():
+    raise _CacheMiss  # cached_lift asks for the VLM only when it must compute
+
+
+def _load(job: _Job, item: tuple[int, Path]) -> _Loaded:
+    """Scene `item` = (index, path) read and made ready (in a loader worker): points and labels, the
+    prediction key (file fingerprints), an earlier run's record; else the normals (PCA when the
+    scene has none of its own), the lifted features from the cache or, on a miss, the frames the
+    lifting reads, decoded (up to eval.prefetch_mb)."""
+    t0 = time.perf_counter()
+    index, path = item
+    cfg = job.cfg
+    scene = load_scene_for(path, get_label_set(job.label_set), frame_step=cfg["data"]["frame_step"])
+    key = prediction_key(scene, cfg, job.digest, job.methods)
+    record = _finished(job.pred_dir, scene, key, job.methods, job.settings) if job.reuse else None
+    lifted = None
+    if record is None:
+        if "purified" in job.methods:
+            scene.normals  # noqa: B018 - computed here, off the main process
+        try:
+            lifted = cached_lift(scene, cfg, _no_vlm, job.cache_dir, device=job.device)
+        except _CacheMiss:
+            preload_frames(scene, cfg["lift"]["vlm"], cfg["eval"]["prefetch_mb"])
+    return _Loaded(index, scene, key, record, lifted, time.perf_counter() - t0)
+
+
+# facts of one run: in run.json, not in metrics.json
+RUN_KEYS = ("timings", "reused_scenes", "timing", "world", "per_rank")
+
+
+def metrics_report(report: dict) -> dict:
+    """What metrics.json holds: the report without the facts of the run (RUN_KEYS), so it depends
+    only on the inputs, the checkpoint and the settings, not on how many processes ran or resumed."""
+    return {k: v for k, v in report.items() if k not in RUN_KEYS}
 
 
 def evaluate_scenes(
@@ -189,18 +295,28 @@ def evaluate_scenes(
     methods=METHODS,
     vlm=None,
     reuse: bool = True,
-) -> dict:
+    dist: Dist | None = None,
+) -> dict | None:
     """Predict and score every scene; write per-scene predictions, metrics JSON and tables.
 
-    Scenes whose predictions an earlier (e.g. killed) run already wrote for the same checkpoint,
-    settings and scene content (`pred/<scene>.done.json`) are read back instead of predicted again
-    (`reuse=False`: predict every scene, e.g. to time it; report["reused_scenes"] counts them).
-    Returns {"metrics": {method: metrics dict}, "per_scene": {...}, "label_set", "class_setting",
-    "also": {label set: {"class_setting", "metrics", "per_scene"}} (eval.also_label_sets), "vlm",
-    "skipped_frames": {scene: frames left out as unusable}, "timings", "timing" (seconds per stage
-    of each predicted scene and their sums), "precision" (TF32 and the student's autocast precision
-    in use)}; the top-level metrics are those of the primary class setting, data.label_set.
+    Sharded over torchrun's processes (`dist`, geopurify.ranks): rank r predicts scenes r, r + W,
+    ... and writes, per scene, its predictions and then its record `pred/<scene>.done.json` (the
+    confusion counts); rank 0 then merges the records in scene order into metrics.json, which is
+    therefore byte-identical for any number of processes (a single process takes the same path).
+    Scenes are loaded ahead by `eval.workers` DataLoader workers (geopurify.data.prefetch).
+    Scenes whose record an earlier (e.g. killed) run already wrote for the same checkpoint,
+    settings and scene content are reused instead of predicted again (`reuse=False`: predict
+    every scene, e.g. to time it). run.json holds the facts of the run (timings summed over
+    ranks, reused_scenes, world, per rank its scenes, reused scenes and timings, and `timing`:
+    seconds per stage of each predicted scene and their sums); metrics.json holds `precision` (TF32
+    and the student's autocast precision in use).
+    Returns, on rank 0 (None on the others), {"metrics": {method: metrics dict}, "per_scene": {...},
+    "label_set", "class_setting", "also": {label set: {"class_setting", "metrics", "per_scene"}}
+    (eval.also_label_sets), "vlm", "skipped_frames": {scene: frames left out as unusable}, ...,
+    and RUN_KEYS}; the top-level metrics are those of the primary class setting, data.label_set.
     """
+    check(cfg, "eval.workers", "eval.prefetch_mb")
+    dist = dist or Dist()
     out_dir = Path(out_dir)
     sets = class_settings(cfg)
     names = [ls.name for ls in sets]
@@ -210,86 +326,112 @@ def evaluate_scenes(
     vlm = vlm or build_vlm(cfg, device=str(device))
     prompts, columns = prompt_columns(sets, cfg["lift"]["prompt_template"])
     text_emb = l2_normalize(vlm.encode_text(prompts).float())  # to `device` in predict_scene
-    conf = {s.name: {m: np.zeros((s.n_classes, s.n_classes + 1), dtype=np.int64) for m in methods} for s in sets}
-    per_scene: dict[str, dict[str, dict]] = {s: {} for s in names}
-    skipped: dict[str, int] = {}  # frames left out per scene (reader and lifting)
     timings = {"lift_s": 0.0, "predict_s": 0.0}
-    stage_times: dict[str, dict[str, float]] = {}  # scene -> stage -> seconds (report["timing"])
+    stage_times: dict[str, dict[str, float]] = {}  # scene -> stage -> seconds (run.json's "timing")
     digest = "none"
     if model is not None:
         model.eval().to(device)
         digest = weights_digest(model)
     pred_dir = out_dir / "pred"
+    job = _Job(cfg, label_set.name, digest, tuple(methods), names, pred_dir, Path(cache_dir), reuse, str(device))
+    mine = shard(list(enumerate(scene_paths)), dist)
+    scene_names: dict[int, str] = {}
     n_reused = 0
-    for path in tqdm(scene_paths, desc="evaluate", unit="scene"):
+    desc = "evaluate" if dist.world == 1 else f"evaluate (rank {dist.rank}/{dist.world})"
+    for ready in prefetched(mine, partial(_load, job), cfg["eval"]["workers"], desc=desc):
+        scene, record = ready.scene, ready.record
         times = StageTimes(device)
-        with times.stage("load"):
-            scene = load_scene_for(path, label_set, frame_step=cfg["data"]["frame_step"])
-        key = prediction_key(scene, cfg, digest, methods)
-        earlier = _finished(pred_dir, scene, key, methods, names) if reuse else None
-        if earlier is not None:
-            preds, skipped[scene.name] = earlier
+        times.seconds["load"] = ready.load_s  # in a loader worker: overlaps the compute when prefetched
+        scene_names[ready.index] = scene.name
+        if record is not None:
             n_reused += 1
             log.info("%s: predictions of an earlier run with the same checkpoint and settings reused", scene.name)
         else:
             t0 = time.perf_counter()
             with times.stage("lift"):
-                lifted = cached_lift(scene, cfg, vlm, cache_dir, device=device)
+                lifted = ready.lifted or cached_lift(scene, cfg, vlm, cache_dir, device=device)
             t1 = time.perf_counter()
             preds = predict_scene(scene, lifted, model, text_emb, cfg, device, methods, columns, times)
-            t2 = time.perf_counter()
             timings["lift_s"] += t1 - t0
-            timings["predict_s"] += t2 - t1
-            skipped[scene.name] = int(lifted.info.get("skipped_frames", scene.meta.get("skipped_frames", 0)))
-            for m, by_set in preds.items():
-                for s, pred in by_set.items():
-                    save_npy(pred_file(pred_dir, scene.name, m, s, names[0]), pred.astype(np.int16))
-            write_json(pred_dir / f"{scene.name}.done.json", {"key": key, "skipped_frames": skipped[scene.name]})
+            timings["predict_s"] += time.perf_counter() - t1
+            skipped = int(lifted.info.get("skipped_frames", scene.meta.get("skipped_frames", 0)))
+            record = _write_scene(pred_dir, scene, ready.key, preds, sets, skipped)
             stage_times[scene.name] = times.rounded()
             log.info("%s: stage times: %s", scene.name, times.line())
-        if scene.labels is None:
-            log.warning("%s has no labels: predictions written, not scored", path)
+        if record["confusion"] is None:
+            log.warning("%s has no labels: predictions written, not scored", scene.path or scene.name)
             continue
-        for ls in sets:
-            gt = scene_ground_truth(scene, ls)
-            per_scene[ls.name][scene.name] = {}
-            for m in methods:
-                c = confusion(preds[m][ls.name], gt, ls.n_classes)
-                conf[ls.name][m] += c
-                miou = metrics(c, ls.names)["mIoU"]
-                per_scene[ls.name][scene.name][m] = None if miou is None else round(miou, 2)
         log.info(
-            "%s: %s",
-            scene.name,
-            ", ".join(f"{m} mIoU {_fmt(v, 1)}" for m, v in per_scene[names[0]][scene.name].items()),
+            "%s: %s", scene.name, ", ".join(f"{m} mIoU {_fmt(_scene_miou(record, label_set, m), 1)}" for m in methods)
         )
-    results = {ls.name: {m: _score(conf[ls.name][m], ls, cfg) for m in methods} for ls in sets}
-    report = {
-        "metrics": results[names[0]],
-        "per_scene": per_scene[names[0]],
-        "label_set": label_set.name,
-        "class_setting": describe_setting(label_set.name),
-        "also": {
-            s: {"class_setting": describe_setting(s), "metrics": results[s], "per_scene": per_scene[s]}
-            for s in names[1:]
-        },
-        "vlm": vlm.describe(),
-        "vlm_simulated": bool(vlm.simulated),
-        "scenes": [Path(p).name for p in scene_paths],
-        "skipped_frames": skipped,
-        "timings": {k: round(v, 2) for k, v in timings.items()},
-        "timing": timing_report(stage_times),  # seconds per stage of each predicted scene (not reused ones)
-        "precision": precision,  # TF32 and the student's autocast precision in use (CUDA only; fp32 on the CPU)
-        "reused_scenes": n_reused,
-        "device": str(device),
+    ranks = gather_objects(
+        {"scenes": scene_names, "timings": timings, "reused": n_reused, "stages": stage_times}, dist
+    )  # waits for all
+    if not dist.main:
+        return None
+    for r in ranks:
+        scene_names.update(r["scenes"])
+    records = [(n, json.loads((pred_dir / f"{n}.done.json").read_text())) for _, n in sorted(scene_names.items())]
+    report, results = _merge(records, sets, methods, cfg)
+    report.update(
+        vlm=vlm.describe(),
+        vlm_simulated=bool(vlm.simulated),
+        scenes=[Path(p).name for p in scene_paths],
+        skipped_frames={n: int(rec["skipped_frames"]) for n, rec in records},
+        device=str(device),
+        precision=precision,  # TF32 and the student's autocast precision in use (CUDA only; fp32 on the CPU)
+    )
+    run_facts = {
+        "timings": {k: round(sum(r["timings"][k] for r in ranks), 2) for k in timings},
+        "reused_scenes": sum(r["reused"] for r in ranks),
+        "timing": timing_report({n: t for r in ranks for n, t in r["stages"].items()}),  # predicted scenes only
+        "world": dist.world,
+        "per_rank": [
+            {"scenes": len(r["scenes"]), "reused": r["reused"], **{k: round(v, 2) for k, v in r["timings"].items()}}
+            for r in ranks
+        ],
     }
     write_json(out_dir / "metrics.json", report)
+    write_json(out_dir / "run.json", run_facts)
     write_text(
         out_dir / "per_class.txt",
         "\n\n".join(f"[{m}] {describe_setting(s)}\n{format_table(results[s][m])}" for s in names for m in methods)
         + "\n",
     )
-    return report
+    return {**report, **run_facts}
+
+
+def _merge(records: list[tuple[str, dict]], sets, methods, cfg: dict) -> tuple[dict, dict]:
+    """The report's scores from the scenes' records (name, record), in scene order: confusion
+    counts summed per class setting and method, and each labelled scene's own mIoU; also the
+    metrics by setting and method."""
+    conf = {s.name: {m: np.zeros((s.n_classes, s.n_classes + 1), dtype=np.int64) for m in methods} for s in sets}
+    per_scene: dict[str, dict[str, dict]] = {s.name: {} for s in sets}
+    for name, rec in records:
+        if rec["confusion"] is None:
+            continue
+        for ls in sets:
+            per_scene[ls.name][name] = {}
+            for m in methods:
+                conf[ls.name][m] += _dense(rec["confusion"][ls.name][m], ls.n_classes)
+                per_scene[ls.name][name][m] = _scene_miou(rec, ls, m)
+    results = {ls.name: {m: _score(conf[ls.name][m], ls, cfg) for m in methods} for ls in sets}
+    primary = sets[0].name
+    report = {
+        "metrics": results[primary],
+        "per_scene": per_scene[primary],
+        "label_set": primary,
+        "class_setting": describe_setting(primary),
+        "also": {
+            s.name: {
+                "class_setting": describe_setting(s.name),
+                "metrics": results[s.name],
+                "per_scene": per_scene[s.name],
+            }
+            for s in sets[1:]
+        },
+    }
+    return report, results
 
 
 def _fmt(v, width: int) -> str:
