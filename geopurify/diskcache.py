@@ -44,6 +44,25 @@ def touch(path: Path) -> None:
         pass
 
 
+def read_cached(path: Path, read, what: str):
+    """`read()` of the cache file `path`, the file marked as just used; None when there is no such
+    file, when reading it fails (a warning: it is recomputed), or when another process evicted it
+    while it was being read (logged). `what` names the cache in the log ("lift cache")."""
+    if not path.exists():
+        return None
+    touch(path)
+    try:
+        return read()
+    except Exception as e:  # our own cache: any failure to read a file means recompute it
+        if path.exists():
+            log.warning(
+                "%s %s unusable (%s); recomputing", what, path, str(e).splitlines()[0] if str(e) else type(e).__name__
+            )
+        else:
+            log.info("%s %s evicted by another process while being read; recomputing", what, path)
+    return None
+
+
 @dataclass(frozen=True)
 class _Entry:
     mtime_ns: int

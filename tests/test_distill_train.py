@@ -5,7 +5,6 @@ Rooms are tiny (4000 points, ~15 cm apart), so the student uses 10 cm voxels to 
 """
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from support import cli_env
 
 from geopurify.config import load_config
 from geopurify.data.splits import resolve_scenes
@@ -114,12 +114,7 @@ def test_resume_reproduces_uninterrupted_run(setup):
 
 def test_torchrun_two_processes_agree(setup):
     out = setup["tmp"] / "ddp"
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-    }
+    env = cli_env()
     cmd = [
         sys.executable,
         "-m",

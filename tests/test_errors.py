@@ -24,6 +24,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from support import cli_env
 
 from geopurify.cli import main
 from geopurify.config import load_config
@@ -542,12 +543,7 @@ def test_real_process_prints_one_line(tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("purify:\n  steps: 1.5\n")
     out = tmp_path / "o.lift.pt"
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "HF_HUB_OFFLINE": "1",
-        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-    }
+    env = cli_env()
     base_cmd = [sys.executable, "-m", "geopurify"]
     args = ["lift", "--scene", str(tmp_path), "--out", str(out), "--config", str(cfg)]
     want = f"error: {cfg}: config key 'purify.steps' must be int, got float 1.5"

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from support import cli_env
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -122,13 +123,7 @@ def user_checkout(tmp: Path) -> tuple[Path, dict]:
     ):
         (bin_dir / name).write_text(f'#!/bin/sh\nexec {cmd} "$@"\n')
         (bin_dir / name).chmod(0o755)
-    env = {
-        **os.environ,
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-        "HF_HUB_OFFLINE": "1",
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
-        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-    }
+    env = cli_env(PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
     return work, env
 
 

@@ -24,18 +24,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from support import cli_env
 
 from geopurify.cli import main
 from geopurify.standins.rooms import make_room, write_room
 
 REPO = Path(__file__).resolve().parents[1]
-ENV = {
-    **os.environ,
-    "OMP_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-    "HF_HUB_OFFLINE": "1",
-    "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-}
+ENV = cli_env()
 
 
 def kill_when(argv: list, ready, timeout: float = 180.0) -> None:

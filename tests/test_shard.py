@@ -19,17 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from support import cli_env
 
 from geopurify.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-ENV = {
-    **os.environ,
-    "OMP_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-    "HF_HUB_OFFLINE": "1",
-    "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-}
+ENV = cli_env()
 RESULT = Path("result") / "geopurify" / "val"
 
 

@@ -26,15 +26,13 @@ import logging
 from pathlib import Path
 
 from geopurify.data.fingerprint import cache_key, scene_files, scene_fingerprint
-from geopurify.diskcache import after_write, cap_bytes, touch
+from geopurify.diskcache import after_write, cap_bytes, read_cached
 from geopurify.errors import InputError
 from geopurify.io import file_fingerprint
 from geopurify.lift.multiview import lift_scene
 from geopurify.lift.result import load_lifted, save_lifted
 
 log = logging.getLogger(__name__)
-
-_READ_ERRORS = Exception  # our own cache: any failure to read a file means recompute it
 
 
 def _dir_files(path: Path) -> list[Path]:
@@ -126,19 +124,9 @@ def cached_lift(scene, cfg: dict, vlm, cache_dir: str | Path, device: str = "cpu
     """
     max_bytes = cap_bytes("lift.cache_max_gb", cfg["lift"].get("cache_max_gb"))
     path = lift_cache_path(scene, cfg, cache_dir)
-    if path.exists():
-        touch(path)
-        try:
-            return load_lifted(path, n_points=scene.n_points)
-        except _READ_ERRORS as e:
-            if path.exists():
-                log.warning(
-                    "lift cache %s unusable (%s); recomputing",
-                    path,
-                    str(e).splitlines()[0] if str(e) else type(e).__name__,
-                )
-            else:
-                log.info("lift cache %s evicted by another process while being read; recomputing", path)
+    cached = read_cached(path, lambda: load_lifted(path, n_points=scene.n_points), "lift cache")
+    if cached is not None:
+        return cached
     if callable(vlm) and not hasattr(vlm, "frame_features"):
         vlm = vlm()
     text_emb = None

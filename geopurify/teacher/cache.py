@@ -21,13 +21,11 @@ from pathlib import Path
 import torch
 
 from geopurify.data.fingerprint import cache_key, scene_files, scene_fingerprint
-from geopurify.diskcache import after_write, cap_bytes, touch
+from geopurify.diskcache import after_write, cap_bytes, read_cached
 from geopurify.io import file_fingerprint, load_torch_file, save_torch
 from geopurify.schema import check_value
 
 log = logging.getLogger(__name__)
-
-_READ_ERRORS = Exception  # our own cache: any failure to read a file means recompute it
 
 
 def teacher_key(teacher) -> dict:
@@ -104,19 +102,9 @@ def cached_teacher(
     torch_dtype = _cache_dtype(dtype)
     max_bytes = cap_bytes("teacher.cache_max_gb", max_gb)
     path = teacher_cache_path(scene, teacher, cache_dir, dtype)
-    if path.exists():
-        touch(path)
-        try:
-            return _read_teacher(path, scene.n_points, torch_dtype)
-        except _READ_ERRORS as e:
-            if path.exists():
-                log.warning(
-                    "teacher cache %s unusable (%s); recomputing",
-                    path,
-                    str(e).splitlines()[0] if str(e) else type(e).__name__,
-                )
-            else:
-                log.info("teacher cache %s evicted by another process while being read; recomputing", path)
+    cached = read_cached(path, lambda: _read_teacher(path, scene.n_points, torch_dtype), "teacher cache")
+    if cached is not None:
+        return cached
     label = f"{teacher.name} (offline stand-in)" if getattr(teacher, "stand_in", False) else teacher.name
     log.info("teacher %s on %s -> %s (%s)", label, scene.name, path, dtype)
     feat = torch.as_tensor(teacher.embed(scene)).detach().float().cpu()
