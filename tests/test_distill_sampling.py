@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from geopurify.distill.loss import info_nce, ranking_accuracy
-from geopurify.distill.sampling import Pairs, n_anchors_for, sample_pairs, spatial_neighbours
+from geopurify.distill.sampling import Pairs, n_anchors_for, row_argmax, sample_pairs, spatial_neighbours
 
 
 def _unit2d(deg):
@@ -131,3 +131,17 @@ def test_info_nce_gradient_pulls_positive():
     loss.backward()
     emb1 = torch.nn.functional.normalize(emb0.detach() - 0.05 * emb0.grad, dim=1)
     assert info_nce(emb1, pairs) < loss
+
+
+def test_row_argmax_is_torch_argmax_with_ties_and_infinities():
+    """The CPU shortcut of the positive's argmax picks exactly torch's index: the first maximum
+    among ties, -inf (the masked anchor) never, +inf first; float32 and float64, wide rows."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 5, (64, 3001), generator=g).float()  # many ties per row
+    x[:, 0] = -torch.inf
+    x[3, 7] = x[3, 9] = torch.inf
+    for t in (x, x.double(), x[:, ::2]):  # the last one is a non-contiguous view
+        got = row_argmax(t)
+        assert got.dtype == torch.int64
+        assert torch.equal(got, t.argmax(1))
+    assert int(row_argmax(x)[3]) == 7

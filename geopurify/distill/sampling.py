@@ -82,6 +82,15 @@ def check_sizes(n_points: int, n_macro: int, n_micro: int, micro_k: int) -> None
         )
 
 
+def row_argmax(x: torch.Tensor) -> torch.Tensor:
+    """(R,) int64 index of each row's maximum, the first one among ties, exactly as `x.argmax(1)`.
+    On the CPU through numpy, whose argmax is about 5x faster than torch's on wide rows (512 x 81k:
+    0.02 s against 0.10 s, one thread), a third of the pair sampling otherwise."""
+    if x.device.type == "cpu":
+        return torch.from_numpy(np.ascontiguousarray(x.numpy()).argmax(1))
+    return x.argmax(1)
+
+
 @torch.no_grad()
 def sample_pairs(
     teacher: torch.Tensor,
@@ -122,7 +131,7 @@ def sample_pairs(
         sim = torch.mm(tf[a], tf.T, out=block[: len(a)])  # (c, N)
         local = sim.gather(1, nbr[s : s + chunk])  # (c, micro_k), before any masking
         sim[rows, a] = -torch.inf
-        pos = sim.argmax(1)
+        pos = row_argmax(sim)
         sim[rows, a] = torch.inf
         sim[rows, pos] = torch.inf
         macro = sim.topk(n_macro, dim=1, largest=False).indices
