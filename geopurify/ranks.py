@@ -94,9 +94,11 @@ def gather_objects(obj, d: Dist) -> list:
 
 
 def finish_distributed(d: Dist) -> None:
-    """Leave the process group (after the last collective), so the process exits cleanly."""
+    """Leave the process group (after the last collective), so the process exits cleanly: a barrier
+    first, so no rank tears its connections down while a peer is still inside the last collective."""
     if d.world > 1:
         import torch.distributed as tdist
 
         if tdist.is_initialized():
+            tdist.barrier()
             tdist.destroy_process_group()
