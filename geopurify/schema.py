@@ -90,6 +90,7 @@ RANGES: dict[str, Range] = {
     "lift.zbuffer_splat": _int(0),
     "lift.chunk_points": _int(1),
     "lift.group_mb": _int(0),
+    "lift.reuse_mb": _int(0),
     "lift.consensus_topk": _int(1),
     "lift.consensus_logit_scale": _num(0, above=True),
     "lift.virtual_frames": _int(1),  # checked only when a scene has no frames

@@ -6,9 +6,18 @@ the collected items, not xdist's default (units with the most tests first, which
 tests, alone in their files, last: they then ran alone at the end). Here the tests marked `slow` are
 collected first, so they start at once on both workers, and each test of a file in OWN_UNITS (files
 whose tests share nothing) is a unit of its own, so that file's two long recipes can run side by side.
+
+The suite's processes share one text-embedding cache (geopurify.vlm.text; content-keyed, so a hit
+equals a fresh encoding bit for bit) in the temp directory rather than the user's ~/.cache.
 """
 
+import os
+import tempfile
+from pathlib import Path
+
 import pytest
+
+os.environ.setdefault("GEOPURIFY_TEXT_CACHE", str(Path(tempfile.gettempdir()) / f"geopurify-test-text-{os.getuid()}"))
 
 OWN_UNITS = {"tests/test_recipe.py"}
 

@@ -533,6 +533,22 @@ def test_lift_scene_fuses_exactly_the_visible_samples(with_depth):
     assert res_c.info["fusion"] == "consensus"
 
 
+def test_consensus_reuses_first_pass_views_within_the_budget():
+    """Consensus fusion's second pass takes the first pass's feature maps while they fit in
+    lift.reuse_mb (one VLM call per view), asks the VLM again for the others, and gives the same
+    features bit for bit whatever the budget."""
+    hw = (48, 64)
+    scene = small_scene(hw=hw)
+    n_views = len(scene.frames)
+    got = {}
+    for reuse_mb, calls in ((0, 2 * n_views), (1024, n_views)):
+        vlm = RandomMapVLM()
+        cfg = cfg_for(hw, zbuffer_splat=1, fusion="consensus", consensus_topk=2, reuse_mb=reuse_mb)
+        got[reuse_mb] = lift_scene(scene, vlm, cfg, text_emb=vlm.text).feat
+        assert vlm.calls == calls
+    assert torch.equal(got[0], got[1024])
+
+
 def test_lift_scene_hands_over_to_backends_with_per_point_features():
     scene = small_scene(n_frames=0)
     expect = LiftResult(

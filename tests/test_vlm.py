@@ -150,6 +150,47 @@ def test_text_embeddings_are_unit_and_semantic(encoder, labels20):
     )
 
 
+def test_text_cache_equals_a_fresh_encoding_and_skips_the_model_load(tmp_path, monkeypatch):
+    """A prompt list is encoded once: a new process reads it from the text cache without loading
+    sentence-transformers, bit for bit the same; on one thread whatever the process's count; a
+    corrupt cache file is encoded again; GEOPURIFY_TEXT_CACHE=off keeps nothing."""
+    import subprocess
+    import sys
+
+    from tests.support import cli_env
+
+    prompts = ["a chair in a scene", "a sofa in a scene", "a toilet in a scene"]
+    monkeypatch.setenv("GEOPURIFY_TEXT_CACHE", str(tmp_path / "text"))
+    torch.set_num_threads(2)
+    try:
+        fresh = MiniLMTextEncoder().encode(prompts)
+    finally:
+        torch.set_num_threads(1)
+    files = list((tmp_path / "text").glob("minilm.*.pt"))
+    assert len(files) == 1
+    code = (
+        "import sys, torch; from geopurify.vlm.text import MiniLMTextEncoder; "
+        f"e = MiniLMTextEncoder().encode({prompts!r}); torch.save(e, sys.argv[1]); "
+        "print('sentence_transformers' in sys.modules)"
+    )
+    env = {**cli_env(), "GEOPURIFY_TEXT_CACHE": str(tmp_path / "text")}
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "e.pt")], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"  # read from the cache: the model was never loaded
+    assert torch.equal(torch.load(tmp_path / "e.pt"), fresh)
+    # another list is its own entry (batch composition changes the last bits, so rows are not shared)
+    torch.testing.assert_close(MiniLMTextEncoder().encode(prompts[:2]), fresh[:2], atol=1e-5, rtol=0)
+    assert len(list((tmp_path / "text").glob("minilm.*.pt"))) == 2
+    files[0].write_bytes(b"not a torch file")
+    assert torch.equal(MiniLMTextEncoder().encode(prompts), fresh)
+    assert torch.equal(torch.load(files[0])["emb"], fresh)  # encoded again and rewritten
+    monkeypatch.setenv("GEOPURIFY_TEXT_CACHE", "off")
+    for f in (tmp_path / "text").glob("*.pt"):
+        f.unlink()
+    assert torch.equal(MiniLMTextEncoder().encode(prompts), fresh)
+    assert not list((tmp_path / "text").glob("*.pt"))
+
+
 @pytest.mark.parametrize("bad", ["no placeholder", "{} and {}"])
 def test_prompt_template_must_have_one_placeholder(bad):
     with pytest.raises(InputError, match="template"):

@@ -87,7 +87,8 @@ def lift_files_fingerprint(scene, cfg: dict) -> str:
     return file_fingerprint(scene_files(scene) + vlm_files(scene, cfg))
 
 
-MEMORY_ONLY = ("chunk_points", "group_mb", "cache_max_gb")  # lift keys that change memory / disk use, not results
+# lift keys that change memory / disk use, not results
+MEMORY_ONLY = ("chunk_points", "group_mb", "reuse_mb", "cache_max_gb")
 SUFFIX = ".lift.pt"
 
 

@@ -144,10 +144,15 @@ def lift_scene(
 
     def views(desc: str):
         """Yield (point indices, feature-map cells, (h*w, C) cell table) per frame; the visibility
-        is kept for the consensus pass. A frame whose images cannot be read (InputError while
-        loading its pixels, e.g. a truncated JPEG) is skipped with a warning and recorded in `bad`."""
+        is kept for the consensus pass, and so are the cells and tables while they fit in
+        `lift.reuse_mb` (the consensus pass then asks the VLM again only for the others). A frame
+        whose images cannot be read (InputError while loading its pixels, e.g. a truncated JPEG) is
+        skipped with a warning and recorded in `bad`."""
         for i in tqdm(range(len(scene_v.frames)), desc=desc, unit="view", leave=False):
             if i in bad:
+                continue
+            if i in kept:  # consensus pass: the first pass's view, as the VLM gave it
+                yield geom[i][0], *kept.pop(i)
                 continue
             try:
                 if i in geom:
@@ -162,13 +167,20 @@ def lift_scene(
                 bad[i] = e
                 log.warning("%s; frame %s skipped", e, scene_v.frames[i].name)
                 continue
+            cells, table = map_index(pix, hw, tuple(fmap.shape[1:])), _feature_table(fmap, dim, where)
             if i not in geom:
                 n_depth[0] += g.depth is not None
                 if fusion == "consensus":
                     geom[i] = (idx, pix)
-            yield idx, map_index(pix, hw, tuple(fmap.shape[1:])), _feature_table(fmap, dim, where)
+                    size = cells.numel() * cells.element_size() + table.numel() * table.element_size()
+                    if size <= reuse_left[0]:
+                        kept[i] = (cells, table)
+                        reuse_left[0] -= size
+            yield idx, cells, table
 
     geom: dict[int, tuple] = {}  # visibility kept for the consensus pass
+    kept: dict[int, tuple] = {}  # (cells, table) of first-pass views kept for the consensus pass
+    reuse_left = [int(lc["reuse_mb"]) << 20]
     bad: dict[int, InputError] = {}  # frames whose pixels could not be read
     n_depth = [0]
     mean = MeanFusion(n, dim, device, group_bytes=int(lc["group_mb"]) << 20)
