@@ -15,7 +15,9 @@ same `val` over every prepared scan runs, each with an empty lift cache (every r
 
 Per run: wall time of the whole command (start-up, model and VLM loading included), scenes/min,
 CPU time (user + sys of the process tree), the peak of the process tree's memory (the sum of each
-process's PSS, resident memory with shared pages split among their sharers, sampled every 50 ms),
+process's PSS, resident memory with shared pages split among their sharers, sampled every 0.5 s:
+reading PSS walks a process's page tables under its memory lock, and at 50 ms the sampling slowed
+the runs it measured by up to 20%),
 the lift cache it wrote (MB per scene), and whether metrics.json is byte-identical to run `1`'s.
 The machine may be shared: the load average before and after is printed and in the JSON.
 
@@ -53,6 +55,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
+POLL_S = 0.5  # memory sampling period (see the module docstring)
 
 
 def env(threads: int | None) -> dict:
@@ -107,7 +110,7 @@ def timed(cmd: list[str], threads: int | None) -> dict:
     peak = 0
     while proc.poll() is None:
         peak = max(peak, tree_memory(proc.pid))
-        time.sleep(0.05)
+        time.sleep(POLL_S)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"bench/val.py: {' '.join(cmd)} failed with exit code {proc.returncode}")
@@ -164,6 +167,13 @@ def main() -> None:
     cfg_path, exp = prepare(work, a)
     n_scenes = len((work / "all_scans.txt").read_text().split())
     cores = os.cpu_count() or 1
+    # untimed warm-up on one scene: the text-embedding cache (prompts encoded once per machine) and
+    # the OS file cache are then as warm for the first timed run as for the later ones
+    first = work / "first_scan.txt"
+    first.write_text((work / "all_scans.txt").read_text().split()[0] + "\n")
+    geopurify("val", "--exp_dir", exp, "--config", cfg_path, "--device", a.device, "--set", f"data.val_list={first}",
+              "--set", f"data.cache_dir={work / 'cache_warmup'}")  # fmt: skip
+    shutil.rmtree(work / "cache_warmup", ignore_errors=True)
     load_before = os.getloadavg()
     runs = {"1": (1, 0, 1), "1_threads": (1, 0, None), "2": (2, 0, None), "2_prefetch": (2, 1, None)}
     res: dict[str, dict] = {}

@@ -43,6 +43,45 @@ def test_stream_shim_returns_default_stream_without_cuda():
     assert spt.SparseConvTensor is not None
 
 
+_CONV_DIGEST = """
+import hashlib, sys, torch
+if sys.argv[1] == "full":
+    import spconv.pytorch  # before geopurify: its CUDA kernel tables are built as spconv builds them
+from geopurify.student import spconv_compat as sc
+from geopurify.student.network import AffinityNet
+import spconv.core
+torch.manual_seed(0)
+model = AffinityNet(in_channels=6, width=16, blocks=2, out_dim=8)
+g = torch.Generator().manual_seed(0)
+coords = torch.unique(torch.randint(0, 24, (3000, 3), generator=g), dim=0)
+x = torch.randn(len(coords), 6, generator=g, requires_grad=True)
+out = model(x, coords)
+out.square().sum().backward()
+h = hashlib.sha256(out.detach().numpy().tobytes() + x.grad.numpy().tobytes())
+for p in model.parameters():
+    h.update(p.grad.numpy().tobytes())
+print(len(spconv.core.ALL_IMPGEMM_PARAMS) + len(spconv.core.ALL_NATIVE_PARAMS), h.hexdigest())
+"""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the kernel tables are trimmed only without CUDA")
+def test_trimmed_spconv_import_computes_the_same_bits():
+    """Without CUDA, spconv() empties spconv's CUDA kernel tables before importing it (sharp edge
+    5); the student's outputs and gradients are then those of a full import, bit for bit."""
+    import subprocess
+    import sys
+
+    from tests.support import cli_env
+
+    got = {}
+    for how in ("full", "trimmed"):
+        run = subprocess.run([sys.executable, "-c", _CONV_DIGEST, how], env=cli_env(), capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr[-2000:]
+        got[how] = run.stdout.split()
+    assert int(got["full"][0]) > 0 and int(got["trimmed"][0]) == 0
+    assert got["full"][1] == got["trimmed"][1]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the Python GEMM fallback path is CPU-only here")
 def test_python_gemm_path_runs_backward_on_cpu(monkeypatch):
     """CPU-only spconv builds have no C++ GEMM (ops.GEMM_CPP is None); their Python backward

@@ -20,8 +20,14 @@ spconv 2.3.8 and torch 2.13 CPU):
    rule explicit on both devices: under autocast the convolution runs on float16 features and
    weights with autocast off, so a bf16 / fp16 student computes the same on CPU and CUDA.
 
-spconv itself is imported lazily (its kernel tables take ~5 s to import), so importing
-`geopurify.student` stays cheap.
+5. Importing `spconv.pytorch` builds descriptors of every CUDA GEMM / implicit-GEMM kernel for its
+   tuners (`spconv.algo`: ~3.4 s of Python in every process). Without CUDA they are never used:
+   the CPU convolution is gather - torch.mm - scatter-add. When CUDA is unavailable, `spconv()`
+   therefore empties the kernel parameter lists of `spconv.core` before that import, unless
+   spconv was imported already (then it is used as it is). The CPU results are the same bit for
+   bit (tests/test_student.py).
+
+spconv itself is imported lazily, so importing `geopurify.student` stays cheap.
 
 Weight layout: spconv 2.x stores every conv weight as KRSC = (out, k0, k1, k2, in), where kernel
 axis i runs along coordinate column i, and computes a cross-correlation like
@@ -31,6 +37,7 @@ axis i runs along coordinate column i, and computes a cross-correlation like
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 import torch
@@ -52,6 +59,10 @@ def spconv():
     """`spconv.pytorch`, imported on first use with the CPU stream shim installed."""
     global _SPCONV
     if _SPCONV is None:
+        if not torch.cuda.is_available() and "spconv.algo" not in sys.modules:
+            import spconv.core as core
+
+            del core.ALL_IMPGEMM_PARAMS[:], core.ALL_NATIVE_PARAMS[:]  # CUDA kernels only (sharp edge 5)
         import spconv.pytorch as spt
         from spconv.pytorch import cppcore, ops
         from spconv.pytorch import hash as sphash
