@@ -182,6 +182,21 @@ def test_rank_killed_then_rerun_gives_the_same_metrics(trained, exp):
     assert [p.name for p in (out / "pred").glob(".*")] == []  # no temporary file left behind
 
 
+def test_two_ranks_lift_the_single_process_files(trained, tmp_path):
+    """`lift` sharded: each rank lifts its own scenes into the shared output directory; every file
+    is the one a single process writes, byte for byte."""
+    rooms = sorted(p for p in (trained["dir"] / "rooms").iterdir() if p.name != "synth_0000")[:3]
+    assert len(rooms) == 3
+    argv = ["lift", *[a for r in rooms for a in ("--scene", str(r))], "--vlm", "simulated"]
+    argv += ["--config", str(trained["cfg"]), "--device", "cpu"]
+    assert main(["-q", *argv, "--out", str(tmp_path / "one")]) == 0
+    assert finish(torchrun(*argv, "--out", tmp_path / "two", log_dir=tmp_path / "logs")) == 0
+    one, two = files(tmp_path / "one"), files(tmp_path / "two")
+    assert sorted(one) == [f"{r.name}.lift.pt" for r in rooms] and two == one
+    lifted = [{r.name for r in rooms if f"lifting {r.name}:" in rank_log(tmp_path / "logs", k)} for k in (0, 1)]
+    assert lifted == [{rooms[0].name, rooms[2].name}, {rooms[1].name}]  # strided over the ranks, none twice
+
+
 def test_two_ranks_eval_writes_the_single_process_report(tmp_path):
     """`eval` sharded the same way: the counts of both ranks' scenes summed in scene order."""
     from geopurify.data.writers import write_scene
