@@ -95,6 +95,29 @@ def test_step_labels_equal_purify_scene_and_knn_mean(case):
     assert (session.labels("purified", 6) != session.labels("knn_mean", 6)).any()  # different weights
 
 
+def test_reference_unseen_policy_matches_purify_scene(case):
+    """Under purify.unseen: reference the session labels unseen voxels by their own pooled scores and
+    shows their own relevance, as purify_scene / purified_features do, not the nearest seen voxel's."""
+    scene, lifted, text, cfg, model, _ = case
+    over = {"purify": {"k": 24, "steps": 6, "unseen": "reference"}}
+    ref_cfg = load_config(None, over)
+    session = build_session(scene, lifted, model, text, [f"c{i}" for i in range(8)], ref_cfg)
+    unseen = ~lifted.seen.numpy()
+    w = torch.randn(lifted.feat.shape[1], generator=torch.Generator().manual_seed(4))
+    for T in (0, 3, 6):
+        cfg_t = load_config(None, {"purify": {**over["purify"], "steps": T}})
+        pur = purify_scene(scene, lifted, model, text, cfg_t, pooling="scores")
+        knn = knn_mean_scene(scene, lifted, text, cfg_t, pooling="scores")
+        got = session.labels("purified", T)
+        assert (got == pur.labels).mean() >= 0.999 and (got[unseen] == pur.labels[unseen]).mean() >= 0.99
+        assert (session.labels("knn_mean", T) == knn.labels).mean() >= 0.999
+        feats = purified_features(scene, lifted, model, cfg_t)
+        want = (feats @ F.normalize(w, dim=0)).numpy()
+        np.testing.assert_allclose(session.to_points(prompt_steps(session, w)[T]), want, rtol=1e-4, atol=1e-5)
+    near = case[-1]  # the nearest_seen session: unseen points show other voxels' labels there
+    assert (near.labels("purified", 6)[unseen] != session.labels("purified", 6)[unseen]).any()
+
+
 def test_top_scores_at_a_point_match_the_heat_map(case):
     scene, lifted, text, cfg, model, session = case
     prompts = {

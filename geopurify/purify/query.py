@@ -16,8 +16,12 @@ the relevance shown is the purified feature's dot product with the unit prompt e
 the same per-class score whose argmax gives the purified labels (METHOD.md section 5, pooled scores).
 It ranks prompts at a point exactly as the cosine does; across points it also weighs by |F(T)_i|,
 which pooling shrinks where a neighbourhood's features disagree. The cosine itself would need all
-C channels pooled for every T. Points whose voxel holds no seen point take the nearest seen voxel's
-values (as purify_scene does).
+C channels pooled for every T. Unseen voxels follow `purify.unseen` as purify_scene does: with
+`nearest_seen` a point whose voxel holds no seen point shows the nearest seen voxel's values; with
+`reference` every voxel shows its own, and labels at step t come from the nearest voxel whose pooled
+class scores at t are not all zero when a voxel's are (purify_scene's rule). Under `reference` the
+heat map and a point's top scores test its voxel's unpooled features instead (all C channels would
+have to be pooled for every t); the two differ only where pooling cancels a voxel's features exactly.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from geopurify.purify.infer import (
     _student_embeddings,
     _student_voxels,
     cached_knn_graph,
+    fill_sources,
     nearest_seen,
     seen_voxels,
 )
@@ -119,11 +124,14 @@ class QuerySession:
     """One scene loaded for prompting: everything a new prompt needs, computed once.
 
     `pool["purified"]` is None without a student; `point_voxel` is the voxel whose values each point
-    shows (its own, or the nearest seen one when its voxel is unseen)."""
+    shows (its own, or another as `purify.unseen` says: the module docstring)."""
 
     name: str
     n_points: int
     point_voxel: np.ndarray  # (N,) int64
+    own_voxel: np.ndarray  # (N,) int64 the voxel each point lies in
+    voxel_coords: np.ndarray  # (V, 3) int64 grid coordinates
+    unseen: str  # purify.unseen: nearest_seen | reference
     voxel_feat: np.ndarray  # (V, C) float32 unpooled voxel means of the lifted features
     pool: dict  # "purified" | "knn_mean" -> PoolingMatrix or None
     class_names: list[str]
@@ -154,8 +162,19 @@ class QuerySession:
             if self.pool.get(method) is None:
                 raise ValueError(f"no {method} weights in this session (no student loaded?)")
             scores = self.voxel_feat @ self.class_emb.T
-            self._labels[method] = StepStack(self.pool[method], scores, keep=lambda s: s.argmax(1).astype(np.int32))
+            self._labels[method] = StepStack(self.pool[method], scores, keep=self._voxel_labels)
+        if self.unseen == "reference":
+            return self._labels[method][t][self.own_voxel].astype(np.int64)
         return self.to_points(self._labels[method][t]).astype(np.int64)
+
+    def _voxel_labels(self, scores: np.ndarray) -> np.ndarray:
+        """(V,) int32 argmax of pooled class scores; under `reference`, a voxel whose scores are all
+        zero takes the label of the nearest voxel whose are not (purify_scene's fill_sources)."""
+        lab = scores.argmax(1).astype(np.int32)
+        if self.unseen != "reference":
+            return lab
+        fill = nearest_seen(torch.from_numpy(self.voxel_coords), torch.from_numpy((scores != 0).any(1)))
+        return lab[fill.numpy()]
 
 
 def encode_prompt(vlm, text: str) -> np.ndarray:
@@ -260,7 +279,8 @@ def build_session(scene, lifted, model, class_emb, class_names, cfg: dict, devic
         if emb is not None:
             pool["purified"] = PoolingMatrix(idx, affinity_weights(emb, idx, tau))
     timings["weights_s"] = time.perf_counter() - t
-    fill = nearest_seen(coords, seen_voxels(seen, inverse, V))
+    voxel_feat = x[:, : feat.shape[1]].float().cpu()
+    fill = nearest_seen(coords, fill_sources(cfg, seen_voxels(seen, inverse, V), voxel_feat))
     te = unit_text(torch.as_tensor(class_emb).detach().cpu().float())
     raw = classify_by_text(feat.cpu(), te).numpy().astype(np.int64)
     info = {
@@ -292,7 +312,10 @@ def build_session(scene, lifted, model, class_emb, class_names, cfg: dict, devic
         name=scene.name,
         n_points=scene.n_points,
         point_voxel=fill[inverse.cpu()].numpy(),
-        voxel_feat=x[:, : feat.shape[1]].float().cpu().numpy(),
+        own_voxel=inverse.cpu().numpy().astype(np.int64),
+        voxel_coords=coords.cpu().numpy().astype(np.int64),
+        unseen=cfg["purify"]["unseen"],
+        voxel_feat=voxel_feat.numpy(),
         pool=pool,
         class_names=list(class_names),
         class_emb=te.numpy(),
