@@ -246,3 +246,55 @@ def test_two_ranks_prepare_the_single_process_scenes(tmp_path):
         for r in (0, 1)
     ]
     assert done == [{"scene0000_00", "scene0011_00"}, {"scene0007_00"}]  # sorted scans, strided
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_nodes_prepare_the_single_process_scenes(tmp_path):
+    """The README's multi-node launch, both "machines" on this one: two torchrun launchers with
+    --nnodes 2 --node_rank 0 / 1 --master_addr --master_port, one process each, on one file system;
+    every file is the one a single process writes."""
+    from test_prepare import tiny_scan
+
+    raw = tmp_path / "dl" / "scans"
+    for i, name in enumerate(["scene0011_00", "scene0000_00", "scene0007_00"]):
+        tiny_scan(raw, name, seed=i)
+    argv = ["prepare", "scannet", "--root", str(raw), "--frame-step", "1"]
+    assert main(["-q", *argv, "--out", str(tmp_path / "one")]) == 0
+    port = free_port()
+    nodes = []
+    for node in (0, 1):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node)]
+        cmd += ["--master_addr", "127.0.0.1", "--master_port", str(port), "--nproc_per_node", "1"]
+        cmd += ["-m", "geopurify", "-q", *argv, "--out", str(tmp_path / "two")]
+        err = tempfile.TemporaryFile()
+        proc = subprocess.Popen(cmd, env=ENV, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
+        proc.err = err
+        nodes.append(proc)
+    assert [finish(p) for p in nodes] == [0, 0]
+    assert files(tmp_path / "two") == files(tmp_path / "one")
+
+
+def test_two_ranks_prepare_matterport_the_single_process_houses(tmp_path):
+    """`prepare matterport` sharded by house (each house's view sampling seeded on its own): every
+    file is the one a single process writes. Two tiny synthetic houses (offline stand-ins)."""
+    mp = tmp_path / "mp"
+    small = ["--rooms", "1", "--panoramas", "1", "--points", "3000", "--height", "128", "--width", "160"]
+    assert main(["-q", "synth", "--format", "matterport-raw", "--out", str(mp), "--scenes", "2", *small]) == 0
+    argv = ["prepare", "matterport", "--root", str(mp / "v1" / "scans")]
+    assert main(["-q", *argv, "--out", str(tmp_path / "one")]) == 0
+    assert finish(torchrun(*argv, "--out", tmp_path / "two", log_dir=tmp_path / "logs")) == 0
+    one, two = files(tmp_path / "one"), files(tmp_path / "two")
+    assert len([n for n in one if n.endswith("points_xyzrgb.npy")]) >= 2
+    assert two == one
+    houses = [
+        {h for h in ("SYNTH000000", "SYNTH000001") if f"prepared {h} " in rank_log(tmp_path / "logs", r)}
+        for r in (0, 1)
+    ]
+    assert houses == [{"SYNTH000000"}, {"SYNTH000001"}]  # one house per rank, none twice
