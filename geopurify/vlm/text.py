@@ -101,6 +101,12 @@ def _versions() -> str:
     return ", ".join(out)
 
 
+def _model_dim(model) -> int:
+    """The embedding width of a SentenceTransformer (the method's name changed across versions)."""
+    get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    return int(get_dim())
+
+
 class MiniLMTextEncoder:
     """all-MiniLM-L6-v2 sentence embeddings (384-d, L2-normalised): the simulated VLM's text space.
 
@@ -118,37 +124,36 @@ class MiniLMTextEncoder:
 
     def __init__(self, model_dir: str | None = None, batch_size: int = 64):
         self.model_dir = Path(model_dir) if model_dir is not None else Path(_default_model_dir())
-        files = sorted(p for p in self.model_dir.rglob("*") if p.is_file())
         if not (self.model_dir / "config.json").is_file():
             raise InputError(self.model_dir, "not a sentence-transformers model directory (no config.json)")
+        files = sorted(p for p in self.model_dir.rglob("*") if p.is_file())
         self.batch_size = batch_size
-        self._model = None
         self.key = f"{file_fingerprint(files)}|{_versions()}|batch {batch_size}"
-        self.dim = self._cached_dim()
+        self._model = None
+        self.dim = self._config_dim()
+        if self.dim is None:  # not a plain pooled transformer: the loaded model says
+            self.dim = _model_dim(self.model)
 
     @property
     def model(self):
-        """The SentenceTransformer, loaded on first use."""
+        """The SentenceTransformer, loaded on first use (its width checked against `dim`)."""
         if self._model is None:
             self._model = _load_sentence_model(str(self.model_dir))
-            get_dim = getattr(self._model, "get_embedding_dimension", None)
-            dim = int((get_dim or self._model.get_sentence_embedding_dimension)())
-            if dim != self.dim:
+            dim = _model_dim(self._model)
+            if self.dim is not None and dim != self.dim:
                 raise InputError(self.model_dir, f"embeds in {dim} dimensions, its config.json says {self.dim}")
         return self._model
 
-    def _cached_dim(self) -> int:
-        """The embedding width: config.json's hidden_size when the model is a plain pooled
-        transformer (modules Transformer, Pooling, Normalize), else the loaded model's."""
+    def _config_dim(self) -> int | None:
+        """config.json's hidden_size when the model is a plain pooled transformer (modules
+        Transformer, Pooling, Normalize: the width it embeds in), else None."""
         try:
             modules = json.loads((self.model_dir / "modules.json").read_text())
-            kinds = {m["type"].rsplit(".", 1)[-1] for m in modules}
-            if kinds <= {"Transformer", "Pooling", "Normalize"}:
+            if {m["type"].rsplit(".", 1)[-1] for m in modules} <= {"Transformer", "Pooling", "Normalize"}:
                 return int(json.loads((self.model_dir / "config.json").read_text())["hidden_size"])
         except (OSError, ValueError, KeyError, TypeError):
             pass
-        model = self._model = _load_sentence_model(str(self.model_dir))
-        return int((getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension)())
+        return None
 
     def _cache_file(self, prompts: list[str]) -> Path | None:
         where = text_cache_dir()
@@ -165,8 +170,9 @@ class MiniLMTextEncoder:
         path = self._cache_file(prompts)
         if path is not None:
             got = read_cached(path, lambda: torch.load(path, map_location="cpu", weights_only=True), "text cache")
-            if isinstance(got, dict) and got.get("prompts") == prompts and got.get("emb") is not None:
-                return got["emb"].clone()
+            emb = got.get("emb") if isinstance(got, dict) and got.get("prompts") == prompts else None
+            if isinstance(emb, torch.Tensor) and tuple(emb.shape) == (len(prompts), self.dim):
+                return emb.clone()
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # the same bits in every process
         try:
