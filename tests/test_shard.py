@@ -62,10 +62,12 @@ def exp(trained):
     shutil.rmtree(trained["exp"] / "result", ignore_errors=True)
 
 
-def torchrun(*argv, nproc: int = 2, log_dir: Path | None = None) -> subprocess.Popen:
+def torchrun(*argv, nproc: int = 2, log_dir: Path | None = None, launch: list[str] | None = None) -> subprocess.Popen:
     """`torchrun --standalone --nproc_per_node 2 -m geopurify -q *argv`, started; with `log_dir`,
-    without -q and each rank's output in its own file there (`rank_log`)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    without -q and each rank's output in its own file there (`rank_log`); `launch`: torchrun's
+    options instead of --standalone --nproc_per_node."""
+    cmd = [sys.executable, "-m", "torch.distributed.run"]
+    cmd += launch if launch is not None else ["--standalone", f"--nproc_per_node={nproc}"]
     if log_dir is not None:
         cmd += ["--log-dir", str(log_dir), "--redirects", "3"]
     cmd += ["-m", "geopurify", *([] if log_dir is not None else ["-q"]), *map(str, argv)]
@@ -267,16 +269,9 @@ def test_two_nodes_prepare_the_single_process_scenes(tmp_path):
         tiny_scan(raw, name, seed=i)
     argv = ["prepare", "scannet", "--root", str(raw), "--frame-step", "1"]
     assert main(["-q", *argv, "--out", str(tmp_path / "one")]) == 0
-    port = free_port()
-    nodes = []
-    for node in (0, 1):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node)]
-        cmd += ["--master_addr", "127.0.0.1", "--master_port", str(port), "--nproc_per_node", "1"]
-        cmd += ["-m", "geopurify", "-q", *argv, "--out", str(tmp_path / "two")]
-        err = tempfile.TemporaryFile()
-        proc = subprocess.Popen(cmd, env=ENV, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
-        proc.err = err
-        nodes.append(proc)
+    where = ["--nnodes", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "--nproc_per_node", "1"]
+    out = ["--out", tmp_path / "two"]
+    nodes = [torchrun(*argv, *out, launch=[*where, "--node_rank", str(node)]) for node in (0, 1)]
     assert [finish(p) for p in nodes] == [0, 0]
     assert files(tmp_path / "two") == files(tmp_path / "one")
 
