@@ -112,27 +112,29 @@ def test_resume_reproduces_uninterrupted_run(setup):
         train(cfg, b, resume=True)
 
 
+# `geopurify train` (cli.main) in a torchrun rank, which then records whether it left the process
+# group: a rank exiting with the group (and DDP's reducer) alive once aborted at interpreter shutdown
+_TRAIN_THEN_REPORT = """
+import os, sys
+import torch.distributed
+from geopurify.cli import main
+rc = main(sys.argv[1:])
+exp_dir = sys.argv[sys.argv.index("--exp_dir") + 1]
+with open(os.path.join(exp_dir, "group_" + os.environ["RANK"]), "w") as f:
+    f.write(str(torch.distributed.is_initialized()))
+sys.exit(rc)
+"""
+
+
 def test_torchrun_two_processes_agree(setup):
     out = setup["tmp"] / "ddp"
     env = cli_env()
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "geopurify",
-        "train",
-        "--exp_dir",
-        str(out),
-        "--config",
-        str(setup["cfg_path"]),
-        "--device",
-        "cpu",
-    ]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--no-python"]
+    cmd += [sys.executable, "-c", _TRAIN_THEN_REPORT]
+    cmd += ["train", "--exp_dir", str(out), "--config", str(setup["cfg_path"]), "--device", "cpu"]
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [(out / f"group_{r}").read_text() for r in (0, 1)] == ["False", "False"]  # each rank left the group
     done = [r for r in _log(out) if r["event"] == "done"][0]
     assert done["world_size"] == 2 and len(done["weights_digest"]) == 2 and done["ranks_agree"], done
     iters = [r for r in _log(out) if r["event"] == "iter"]

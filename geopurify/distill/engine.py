@@ -22,7 +22,14 @@ from tqdm import tqdm
 
 from geopurify.data.splits import resolve_scenes
 from geopurify.device import resolve_device, set_tf32
-from geopurify.distill.processes import average_buffers, barrier, gather_digests, init_distributed, mean_over_ranks
+from geopurify.distill.processes import (
+    average_buffers,
+    barrier,
+    finish_distributed,
+    gather_digests,
+    init_distributed,
+    mean_over_ranks,
+)
 from geopurify.distill.scenes import SceneStore
 from geopurify.distill.schedule import (
     LRSchedule,
@@ -330,5 +337,9 @@ def train(cfg: dict, exp_dir: str | Path, resume: bool = False, device: str | to
             digests[0],
             "" if len(set(digests)) == 1 else f"; RANKS DISAGREE: {digests}",
         )
-    barrier(dist)
+    # leave the process group before exit, the DDP wrapper (its reducer holds the group) first: left
+    # to interpreter shutdown, their teardown order is undefined, and a rank once aborted there
+    # ("terminate called without an active exception", SIGABRT, after the final checkpoint)
+    del net
+    finish_distributed(dist)
     return final

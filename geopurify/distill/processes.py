@@ -4,7 +4,8 @@ Each epoch's scene order is padded to a multiple of the world size and rank r ta
 ... (geopurify.distill.schedule.epoch_order): disjoint slices with the same number of iterations per
 rank. Gradients are averaged by DistributedDataParallel (gloo on CPU, nccl on CUDA); BatchNorm
 running statistics are averaged over ranks at the end of every epoch (`average_buffers`); rank 0
-writes checkpoints and logs. Who a process is (`Dist`, `init_distributed`, `barrier`) lives in
+writes checkpoints and logs. Who a process is (`Dist`, `init_distributed`, `barrier`,
+`finish_distributed`) lives in
 `geopurify.ranks`, shared with the sharded commands. A single process (WORLD_SIZE unset or 1) is a
 world of one, for which every collective here does nothing.
 """
@@ -15,7 +16,13 @@ import logging
 
 import torch
 
-from geopurify.ranks import Dist, barrier, gather_objects, init_distributed  # noqa: F401 - re-exported for the engine
+from geopurify.ranks import (  # noqa: F401 - re-exported for the engine
+    Dist,
+    barrier,
+    finish_distributed,
+    gather_objects,
+    init_distributed,
+)
 
 log = logging.getLogger(__name__)
 
