@@ -1,5 +1,3 @@
-import sys
+from geopurify.cli import exit_process, main
 
-from geopurify.cli import main
-
-sys.exit(main())
+exit_process(main())

@@ -112,17 +112,17 @@ def test_resume_reproduces_uninterrupted_run(setup):
         train(cfg, b, resume=True)
 
 
-# `geopurify train` (cli.main) in a torchrun rank, which then records whether it left the process
-# group: a rank exiting with the group (and DDP's reducer) alive once aborted at interpreter shutdown
+# `python -m geopurify train` in a torchrun rank (cli.main, then cli.exit_process as __main__ does),
+# recording in between whether the rank left the process group
 _TRAIN_THEN_REPORT = """
 import os, sys
 import torch.distributed
-from geopurify.cli import main
+from geopurify.cli import exit_process, main
 rc = main(sys.argv[1:])
 exp_dir = sys.argv[sys.argv.index("--exp_dir") + 1]
 with open(os.path.join(exp_dir, "group_" + os.environ["RANK"]), "w") as f:
     f.write(str(torch.distributed.is_initialized()))
-sys.exit(rc)
+exit_process(rc)
 """
 
 
