@@ -293,3 +293,18 @@ def test_two_ranks_prepare_matterport_the_single_process_houses(tmp_path):
         for r in (0, 1)
     ]
     assert houses == [{"SYNTH000000"}, {"SYNTH000001"}]  # one house per rank, none twice
+
+
+def test_a_rank_exits_without_interpreter_shutdown():
+    """`python -m geopurify` ends a torchrun rank (WORLD_SIZE > 1) by os._exit once its command is
+    done, output flushed: interpreter shutdown (atexit handlers, C++ destructors) never runs there,
+    where it once aborted finished ranks. A single process exits normally."""
+    code = (
+        "import atexit; from geopurify.cli import exit_process; "
+        "atexit.register(lambda: print(' shutdown ran', end='')); print('done', end=''); exit_process(3)"
+    )
+    for world, out in (("2", "done"), ("1", "done shutdown ran")):
+        run = subprocess.run(
+            [sys.executable, "-c", code], env={**ENV, "WORLD_SIZE": world}, capture_output=True, text=True
+        )
+        assert (run.returncode, run.stdout) == (3, out), run.stderr[-2000:]
